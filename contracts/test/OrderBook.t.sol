@@ -1,0 +1,448 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.37;
+
+import {BookFixture, FeeOnTransferToken} from "./utils/BookFixture.sol";
+import {OrderBook} from "../src/OrderBook.sol";
+import {PoolWhitelist} from "../src/PoolWhitelist.sol";
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
+
+contract OrderBookPlacementTest is BookFixture {
+    function test_registerMarket_isIdempotent() public {
+        uint16 again = book.registerMarket(address(weth), address(usdc));
+        vm.assertEq(again, sellWeth, "same id for the same direction");
+        OrderBook.Market memory m = book.getMarket(buyWeth);
+        vm.assertEq(m.tokenIn, address(usdc), "tokenIn");
+        vm.assertEq(m.tokenOut, address(weth), "tokenOut");
+    }
+
+    function test_registerMarket_rejectsSameToken() public {
+        vm.expectRevert(OrderBook.InvalidMarket.selector);
+        book.registerMarket(address(weth), address(weth));
+    }
+
+    function test_place_escrowsAndStores() public {
+        uint256 before = weth.balanceOf(alice);
+        uint256 id = _limit(alice, 2e18, 3_900e6);
+        vm.assertEq(weth.balanceOf(alice), before - 2e18, "escrowed from trader");
+        vm.assertEq(weth.balanceOf(address(book)), 2e18, "held by book");
+        OrderBook.Order memory o = book.getOrder(id);
+        vm.assertEq(o.owner, alice, "owner");
+        vm.assertEq(o.remaining, 2e18, "remaining");
+        vm.assertEq(o.minAmountOut, 3_900e6, "limit");
+        vm.assertEq(o.expiry, type(uint32).max, "good till cancelled");
+    }
+
+    function test_place_rejectsBadInput() public {
+        OrderBook.PlaceParams memory p = _params(sellWeth, OrderBook.OrderType.Limit, 1e18, 1);
+        vm.startPrank(alice);
+
+        p.market = 99;
+        vm.expectRevert(abi.encodeWithSelector(OrderBook.UnknownMarket.selector, uint16(99)));
+        book.placeOrder(p);
+        p.market = sellWeth;
+
+        p.amountIn = 0;
+        vm.expectRevert(OrderBook.ZeroAmount.selector);
+        book.placeOrder(p);
+        p.amountIn = 1e18;
+
+        p.minAmountOut = 0;
+        vm.expectRevert(OrderBook.ZeroMinAmountOut.selector);
+        book.placeOrder(p);
+        p.minAmountOut = 1;
+
+        p.keeperFeeBps = 101;
+        vm.expectRevert(abi.encodeWithSelector(OrderBook.KeeperFeeTooHigh.selector, 101, 100));
+        book.placeOrder(p);
+        p.keeperFeeBps = 10;
+
+        p.expiry = uint32(block.timestamp);
+        vm.expectRevert(abi.encodeWithSelector(OrderBook.ExpiryInPast.selector, block.timestamp));
+        book.placeOrder(p);
+        p.expiry = 0;
+
+        p.kind = OrderBook.OrderType.StopLoss;
+        vm.expectRevert(OrderBook.InvalidTrigger.selector);
+        book.placeOrder(p);
+
+        p.kind = OrderBook.OrderType.Twap;
+        p.slices = 1;
+        p.interval = 60;
+        vm.expectRevert(OrderBook.InvalidTwap.selector);
+        book.placeOrder(p);
+
+        p.kind = OrderBook.OrderType.Iceberg;
+        p.triggerOrClip = 1e18;
+        vm.expectRevert(OrderBook.InvalidClip.selector);
+        book.placeOrder(p);
+        vm.stopPrank();
+    }
+
+    function test_place_rejectsFeeOnTransferToken() public {
+        FeeOnTransferToken tax = new FeeOnTransferToken();
+        uint16 m = book.registerMarket(address(tax), address(usdc));
+        tax.mint(alice, 10e18);
+        vm.startPrank(alice);
+        tax.approve(address(book), type(uint256).max);
+        vm.expectRevert(abi.encodeWithSelector(OrderBook.UnsupportedToken.selector, address(tax)));
+        book.placeOrder(_params(m, OrderBook.OrderType.Limit, 1e18, 1));
+        vm.stopPrank();
+    }
+
+    function test_cancel_refundsAndCloses() public {
+        uint256 id = _limit(alice, 2e18, 3_900e6);
+        uint256 before = weth.balanceOf(alice);
+        vm.expectEmit();
+        emit OrderBook.OrderCancelled(id, 2e18);
+        vm.prank(alice);
+        book.cancelOrder(id);
+        vm.assertEq(weth.balanceOf(alice), before + 2e18, "full refund");
+        vm.assertEq(book.getOrder(id).owner, address(0), "closed");
+    }
+
+    function test_cancel_onlyOwner() public {
+        uint256 id = _limit(alice, 1e18, 1);
+        vm.expectRevert(abi.encodeWithSelector(OrderBook.NotOrderOwner.selector, id, bob));
+        vm.prank(bob);
+        book.cancelOrder(id);
+    }
+
+    function test_cancel_worksWhilePaused() public {
+        uint256 id = _limit(alice, 1e18, 1);
+        vm.prank(admin);
+        book.pause();
+        vm.prank(alice);
+        book.cancelOrder(id);
+        vm.assertEq(weth.balanceOf(address(book)), 0, "refunded while paused");
+    }
+
+    function test_refundExpired() public {
+        OrderBook.PlaceParams memory p = _params(sellWeth, OrderBook.OrderType.Limit, 1e18, 1);
+        p.expiry = uint32(block.timestamp + 100);
+        vm.prank(alice);
+        uint256 id = book.placeOrder(p);
+
+        vm.expectRevert(abi.encodeWithSelector(OrderBook.OrderNotExpired.selector, id));
+        book.refundExpired(_ids(id));
+
+        vm.warp(block.timestamp + 101);
+        uint256 before = weth.balanceOf(alice);
+        book.refundExpired(_ids(id));
+        vm.assertEq(weth.balanceOf(alice), before + 1e18, "refunded to owner");
+
+        vm.expectRevert(abi.encodeWithSelector(OrderBook.OrderNotOpen.selector, id));
+        book.refundExpired(_ids(id));
+    }
+
+    function test_commitReveal() public {
+        OrderBook.PlaceParams memory p = _params(sellWeth, OrderBook.OrderType.Limit, 5e18, 9_000e6);
+        bytes32 salt = keccak256("salt");
+        bytes32 c = book.commitmentOf(alice, p, salt);
+
+        vm.expectRevert(abi.encodeWithSelector(OrderBook.CommitmentNotFound.selector, c));
+        vm.prank(alice);
+        book.revealOrder(p, salt);
+
+        vm.prank(alice);
+        book.commitOrder(c);
+        vm.expectRevert(abi.encodeWithSelector(OrderBook.CommitmentExists.selector, c));
+        vm.prank(alice);
+        book.commitOrder(c);
+        vm.assertEq(weth.balanceOf(address(book)), 0, "nothing escrowed or revealed at commit");
+
+        vm.expectRevert(abi.encodeWithSelector(OrderBook.RevealTooEarly.selector, c));
+        vm.prank(alice);
+        book.revealOrder(p, salt);
+
+        vm.roll(block.number + 1);
+        // Someone else cannot reveal alice's commitment: the hash binds the owner.
+        bytes32 asBob = book.commitmentOf(bob, p, salt);
+        vm.expectRevert(abi.encodeWithSelector(OrderBook.CommitmentNotFound.selector, asBob));
+        vm.prank(bob);
+        book.revealOrder(p, salt);
+
+        vm.prank(alice);
+        uint256 id = book.revealOrder(p, salt);
+        vm.assertEq(book.getOrder(id).owner, alice, "placed on reveal");
+        vm.assertEq(book.commitments(c), 0, "commitment consumed");
+    }
+
+    function test_pause_guardianAndOwner() public {
+        vm.expectRevert(abi.encodeWithSelector(OrderBook.NotGuardian.selector, bob));
+        vm.prank(bob);
+        book.pause();
+
+        vm.prank(admin);
+        book.setGuardian(bob);
+        vm.prank(bob);
+        book.pause();
+
+        vm.expectRevert(Pausable.EnforcedPause.selector);
+        _limit(alice, 1e18, 1);
+
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, bob));
+        vm.prank(bob);
+        book.unpause();
+
+        vm.prank(admin);
+        book.unpause();
+        _limit(alice, 1e18, 1);
+    }
+
+    function test_ownership_isTwoStep() public {
+        vm.prank(admin);
+        book.transferOwnership(bob);
+        vm.assertEq(book.owner(), admin, "unchanged until accepted");
+        vm.prank(bob);
+        book.acceptOwnership();
+        vm.assertEq(book.owner(), bob, "accepted");
+    }
+
+    function test_setPool_onlyOwner() public {
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, bob));
+        vm.prank(bob);
+        book.setPool(address(1), true);
+    }
+}
+
+contract OrderBookExecutionTest is BookFixture {
+    function test_limit_fillsAtOrAboveLimitAndPaysKeeper() public {
+        (uint256 quote,) = wethUsdc.getAmountOut(1e18, address(weth));
+        uint256 id = _limit(alice, 1e18, 1_900e6);
+        uint256 before = usdc.balanceOf(alice);
+        vm.assertEq(_fill(sellWeth, address(wethUsdc), _ids(id)), 1, "one fill");
+        uint256 fee = (quote * 10) / 10_000;
+        vm.assertEq(usdc.balanceOf(alice) - before, quote - fee, "trader gets quote less fee");
+        vm.assertEq(usdc.balanceOf(keeper), fee, "keeper fee");
+        vm.assertEq(book.getOrder(id).owner, address(0), "closed after full fill");
+    }
+
+    function test_limit_notMetIsSkipped() public {
+        uint256 id = _limit(alice, 1e18, 2_100e6);
+        vm.expectEmit();
+        emit OrderBook.OrderSkipped(id, OrderBook.SkipReason.LimitNotMet);
+        vm.assertEq(_fill(sellWeth, address(wethUsdc), _ids(id)), 0, "no fill");
+        vm.assertEq(book.getOrder(id).remaining, 1e18, "still open");
+    }
+
+    function test_batch_badOrderDoesNotStopOthers() public {
+        uint256 good1 = _limit(alice, 1e18, 1_900e6);
+        uint256 tooGreedy = _limit(bob, 1e18, 2_500e6);
+        uint256 cancelled = _limit(bob, 1e18, 1);
+        uint256 good2 = _limit(alice, 2e18, 3_800e6);
+        vm.prank(bob);
+        book.cancelOrder(cancelled);
+
+        uint256[] memory ids = new uint256[](4);
+        (ids[0], ids[1], ids[2], ids[3]) = (good1, tooGreedy, cancelled, good2);
+        vm.expectEmit();
+        emit OrderBook.OrderSkipped(cancelled, OrderBook.SkipReason.NotOpen);
+        vm.expectEmit();
+        emit OrderBook.OrderSkipped(tooGreedy, OrderBook.SkipReason.LimitNotMet);
+        vm.assertEq(_fill(sellWeth, address(wethUsdc), ids), 2, "two good orders filled");
+        vm.assertEq(book.getOrder(tooGreedy).remaining, 1e18, "greedy order untouched");
+    }
+
+    function test_batch_sharesOneSwapProRata() public {
+        uint256[] memory ids = new uint256[](3);
+        ids[0] = _limit(alice, 1e18, 1_800e6);
+        ids[1] = _limit(bob, 2e18, 3_600e6);
+        ids[2] = _limit(alice, 3e18, 5_400e6);
+        (uint256 quote,) = wethUsdc.getAmountOut(6e18, address(weth));
+        uint256 aliceBefore = usdc.balanceOf(alice);
+        uint256 bobBefore = usdc.balanceOf(bob);
+        _fill(sellWeth, address(wethUsdc), ids);
+        uint256 bobNet = usdc.balanceOf(bob) - bobBefore;
+        uint256 aliceNet = usdc.balanceOf(alice) - aliceBefore;
+        vm.assertEq(bobNet + aliceNet + usdc.balanceOf(keeper), quote, "all output distributed");
+        vm.assertApproxEqRel(bobNet * 2, aliceNet, 1e12, "pro rata (2 of 6 vs 4 of 6)");
+        vm.assertEq(usdc.balanceOf(address(book)), 0, "no dust stranded");
+    }
+
+    function test_batch_rejectsDuplicatesAndWrongMarket() public {
+        uint256 id = _limit(alice, 1e18, 1);
+        vm.prank(bob);
+        uint256 other = book.placeOrder(_params(buyWeth, OrderBook.OrderType.Limit, 2_000e6, 1));
+        uint256[] memory ids = new uint256[](3);
+        (ids[0], ids[1], ids[2]) = (id, id, other);
+        vm.expectEmit();
+        emit OrderBook.OrderSkipped(id, OrderBook.SkipReason.NotAscending);
+        vm.expectEmit();
+        emit OrderBook.OrderSkipped(other, OrderBook.SkipReason.WrongMarket);
+        vm.assertEq(_fill(sellWeth, address(wethUsdc), ids), 1, "filled once");
+    }
+
+    function test_batch_unlistedPoolIsBadRoute() public {
+        uint256 id = _limit(alice, 1e18, 1);
+        vm.prank(admin);
+        book.setPool(address(wethUsdc), false);
+        vm.expectEmit();
+        emit OrderBook.OrderSkipped(id, OrderBook.SkipReason.BadRoute);
+        vm.assertEq(_fill(sellWeth, address(wethUsdc), _ids(id)), 0, "no fill through an unlisted pool");
+    }
+
+    function test_batch_routeMustEndInTokenOut() public {
+        uint256 id = _limit(alice, 1e18, 1);
+        vm.expectEmit();
+        emit OrderBook.OrderSkipped(id, OrderBook.SkipReason.BadRoute);
+        _fill(sellWeth, address(wethDai), _ids(id));
+    }
+
+    function test_twoHopRoute() public {
+        uint256 id = _limit(alice, 1e18, 1_900e6);
+        OrderBook.FillGroup[] memory g = _group(sellWeth, address(wethDai), _ids(id));
+        g[0].path = new address[](2);
+        (g[0].path[0], g[0].path[1]) = (address(wethDai), address(daiUsdc));
+        vm.prank(keeper);
+        vm.assertEq(book.executeBatch(g, keeper), 1, "filled through WETH->DAI->USDC");
+        vm.assertGe(usdc.balanceOf(alice), 1_000_000_000e6 + 1_900e6, "limit held over two hops");
+    }
+
+    function test_partialFillOfLimit() public {
+        uint256 id = _limit(alice, 4e18, 7_600e6);
+        OrderBook.FillGroup[] memory g = _group(sellWeth, address(wethUsdc), _ids(id));
+        g[0].amounts = new uint256[](1);
+        g[0].amounts[0] = 1e18;
+        vm.prank(keeper);
+        book.executeBatch(g, keeper);
+        vm.assertEq(book.getOrder(id).remaining, 3e18, "three quarters left");
+    }
+
+    function test_expiredIsSkipped() public {
+        OrderBook.PlaceParams memory p = _params(sellWeth, OrderBook.OrderType.Limit, 1e18, 1);
+        p.expiry = uint32(block.timestamp + 10);
+        vm.prank(alice);
+        uint256 id = book.placeOrder(p);
+        vm.warp(block.timestamp + 11);
+        vm.expectEmit();
+        emit OrderBook.OrderSkipped(id, OrderBook.SkipReason.Expired);
+        vm.assertEq(_fill(sellWeth, address(wethUsdc), _ids(id)), 0, "expired order not filled");
+    }
+
+    function test_stopLoss_armsOnOracleNotOnPool() public {
+        OrderBook.PlaceParams memory p = _params(sellWeth, OrderBook.OrderType.StopLoss, 1e18, 1_500e6);
+        p.triggerOrClip = 1_800e18; // sell if WETH <= 1800 USDC
+        vm.prank(alice);
+        uint256 id = book.placeOrder(p);
+
+        // A pool-only dump does not trigger it.
+        _swap(wethUsdc, bob, address(weth), 100e18);
+        vm.expectEmit();
+        emit OrderBook.OrderSkipped(id, OrderBook.SkipReason.NotTriggered);
+        vm.assertEq(_fill(sellWeth, address(wethUsdc), _ids(id)), 0, "pool spike ignored");
+
+        // The oracle crossing does.
+        _setPrice(address(weth), 1_790e18);
+        vm.expectEmit();
+        emit OrderBook.OrderArmed(id, 1_790e18);
+        vm.assertEq(_fill(sellWeth, address(wethUsdc), _ids(id)), 1, "stop filled");
+        vm.assertGe(usdc.balanceOf(alice), 1_000_000_000e6 + 1_500e6, "slippage bound held");
+    }
+
+    function test_stopLoss_staysArmedWhenFillFails() public {
+        OrderBook.PlaceParams memory p = _params(sellWeth, OrderBook.OrderType.StopLoss, 1e18, 1_700e6);
+        p.triggerOrClip = 1_800e18;
+        vm.prank(alice);
+        uint256 id = book.placeOrder(p);
+        _swap(wethUsdc, bob, address(weth), 200e18); // pool far below the slippage bound
+        _setPrice(address(weth), 1_790e18);
+        _fill(sellWeth, address(wethUsdc), _ids(id));
+        vm.assertTrue(book.getOrder(id).armed, "armed although the fill missed its bound");
+        _setPrice(address(weth), 1_900e18); // oracle recovers: still armed, fills via the other pool
+        vm.assertEq(_fill(sellWeth, address(wethUsdc2), _ids(id)), 1, "armed stop filled later");
+    }
+
+    function test_takeProfit_triggersAbove() public {
+        OrderBook.PlaceParams memory p = _params(sellWeth, OrderBook.OrderType.TakeProfit, 1e18, 1_900e6);
+        p.triggerOrClip = 2_050e18;
+        vm.prank(alice);
+        uint256 id = book.placeOrder(p);
+        vm.assertEq(_fill(sellWeth, address(wethUsdc), _ids(id)), 0, "not yet");
+        _setPrice(address(weth), 2_060e18);
+        vm.assertEq(_fill(sellWeth, address(wethUsdc), _ids(id)), 1, "take profit filled");
+    }
+
+    function test_stop_staleOracleIsSkipped() public {
+        OrderBook.PlaceParams memory p = _params(sellWeth, OrderBook.OrderType.StopLoss, 1e18, 1);
+        p.triggerOrClip = 1_800e18;
+        vm.prank(alice);
+        uint256 id = book.placeOrder(p);
+        vm.warp(block.timestamp + 3600 + 601);
+        vm.expectEmit();
+        emit OrderBook.OrderSkipped(id, OrderBook.SkipReason.OracleUnavailable);
+        _fill(sellWeth, address(wethUsdc), _ids(id));
+    }
+
+    function test_twap_slicesRespectInterval() public {
+        OrderBook.PlaceParams memory p = _params(sellWeth, OrderBook.OrderType.Twap, 10e18 + 1, 18_000e6);
+        p.slices = 3;
+        p.interval = 300;
+        p.start = uint32(block.timestamp);
+        vm.prank(alice);
+        uint256 id = book.placeOrder(p);
+        uint256 slice = uint256(10e18 + 1) / 3;
+
+        _fill(sellWeth, address(wethUsdc), _ids(id));
+        vm.assertEq(book.getOrder(id).remaining, 10e18 + 1 - slice, "first slice");
+
+        vm.warp(block.timestamp + 299);
+        vm.expectEmit();
+        emit OrderBook.OrderSkipped(id, OrderBook.SkipReason.SliceNotDue);
+        _fill(sellWeth, address(wethUsdc), _ids(id));
+
+        vm.warp(block.timestamp + 1);
+        _fill(sellWeth, address(wethUsdc), _ids(id));
+        vm.assertEq(book.getOrder(id).remaining, 10e18 + 1 - 2 * slice, "second slice");
+
+        vm.warp(block.timestamp + 300);
+        _fill(sellWeth, address(wethUsdc), _ids(id));
+        vm.assertEq(book.getOrder(id).owner, address(0), "last slice takes the remainder and closes");
+    }
+
+    function test_iceberg_fillsInClips() public {
+        OrderBook.PlaceParams memory p = _params(sellWeth, OrderBook.OrderType.Iceberg, 5e18, 9_000e6);
+        p.triggerOrClip = 2e18;
+        vm.prank(alice);
+        uint256 id = book.placeOrder(p);
+        _fill(sellWeth, address(wethUsdc), _ids(id));
+        vm.assertEq(book.getOrder(id).remaining, 3e18, "one clip");
+        _fill(sellWeth, address(wethUsdc), _ids(id));
+        vm.assertEq(book.getOrder(id).remaining, 1e18, "second clip");
+        _fill(sellWeth, address(wethUsdc), _ids(id));
+        vm.assertEq(book.getOrder(id).owner, address(0), "last partial clip closes it");
+    }
+
+    function test_execute_errors() public {
+        OrderBook.FillGroup[] memory g = _group(77, address(wethUsdc), _ids(1));
+        vm.expectRevert(abi.encodeWithSelector(OrderBook.UnknownMarket.selector, uint16(77)));
+        book.executeBatch(g, keeper);
+
+        g[0].market = sellWeth;
+        g[0].amounts = new uint256[](2);
+        vm.expectRevert(OrderBook.LengthMismatch.selector);
+        book.executeBatch(g, keeper);
+
+        vm.prank(admin);
+        book.pause();
+        g[0].amounts = new uint256[](0);
+        vm.expectRevert(Pausable.EnforcedPause.selector);
+        book.executeBatch(g, keeper);
+    }
+
+    /// @notice Fuzz: whatever the size, limit and pool state, a fill never pays below the limit.
+    function testFuzz_fillNeverBelowLimit(uint256 amountIn, uint256 limitBps, uint256 dump) public {
+        amountIn = bound(amountIn, 1e12, 200e18);
+        limitBps = bound(limitBps, 5_000, 10_500);
+        dump = bound(dump, 0, 300e18);
+        if (dump >= 1e12) _swap(wethUsdc, bob, address(weth), dump);
+        uint256 minOut = (amountIn * 2000 * limitBps) / 10_000 / 1e12;
+        vm.assume(minOut > 0);
+        uint256 id = _limit(alice, amountIn, minOut);
+        uint256 before = usdc.balanceOf(alice);
+        _fill(sellWeth, address(wethUsdc), _ids(id));
+        uint256 got = usdc.balanceOf(alice) - before;
+        if (got != 0) vm.assertGe(got * amountIn, amountIn * minOut, "at or above the limit");
+        else vm.assertEq(book.getOrder(id).remaining, amountIn, "untouched when not fillable");
+    }
+}

@@ -1,0 +1,169 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.37;
+
+import {Test} from "../utils/Test.sol";
+import {MarketFixture} from "../LendingMarket.t.sol";
+import {Fixture} from "../utils/Fixture.sol";
+import {LiquidityPool} from "../../src/LiquidityPool.sol";
+import {LendingMarket} from "../../src/LendingMarket.sol";
+import {PriceOracle} from "../../src/PriceOracle.sol";
+import {DevnetToken} from "../../src/devnet/DevnetToken.sol";
+
+/// @notice Random swaps, adds and removes of liquidity; records any drop of k per share squared.
+contract PoolHandler is Test {
+    LiquidityPool internal pool;
+    DevnetToken internal t0;
+    DevnetToken internal t1;
+    uint256 public kDecreases;
+
+    constructor(LiquidityPool pool_) {
+        pool = pool_;
+        t0 = DevnetToken(pool.token0());
+        t1 = DevnetToken(pool.token1());
+    }
+
+    /// @dev sqrt(k) / supply: fees make it grow, nothing may shrink it.
+    function _rootKPerShare() internal view returns (uint256) {
+        (uint256 r0, uint256 r1,) = pool.getReserves();
+        return (_sqrt(r0 * r1) * 1e18) / pool.totalSupply();
+    }
+
+    function swap(uint256 amount, bool zeroForOne, uint256 pause) external {
+        vm.warp(block.timestamp + bound(pause, 0, 120));
+        (uint256 r0, uint256 r1,) = pool.getReserves();
+        DevnetToken tokenIn = zeroForOne ? t0 : t1;
+        amount = bound(amount, 1e3, (zeroForOne ? r0 : r1) / 2);
+        uint256 before = _rootKPerShare();
+        (uint256 out,) = pool.getAmountOut(amount, address(tokenIn));
+        if (out == 0) return;
+        tokenIn.mint(address(pool), amount);
+        pool.swap(zeroForOne ? 0 : out, zeroForOne ? out : 0, address(0xbeef), "");
+        (uint256 n0, uint256 n1,) = pool.getReserves();
+        if (n0 * n1 < r0 * r1 || _rootKPerShare() < before) ++kDecreases;
+    }
+
+    function addLiquidity(uint256 share) external {
+        (uint256 r0, uint256 r1,) = pool.getReserves();
+        share = bound(share, 1, 1_000);
+        uint256 before = _rootKPerShare();
+        t0.mint(address(pool), (r0 * share) / 1_000 + 1);
+        t1.mint(address(pool), (r1 * share) / 1_000 + 1);
+        pool.mint(address(this));
+        if (_rootKPerShare() + 1 < before) ++kDecreases;
+    }
+
+    function removeLiquidity(uint256 share) external {
+        uint256 held = pool.balanceOf(address(this));
+        if (held == 0) return;
+        uint256 before = _rootKPerShare();
+        pool.transfer(address(pool), bound(share, 1, held));
+        pool.burn(address(this));
+        if (_rootKPerShare() + 1 < before) ++kDecreases;
+    }
+
+    function _sqrt(uint256 x) internal pure returns (uint256 y) {
+        if (x == 0) return 0;
+        uint256 z = (x + 1) / 2;
+        y = x;
+        while (z < y) {
+            (y, z) = (z, (x / z + z) / 2);
+        }
+    }
+}
+
+contract PoolInvariantTest is Fixture {
+    PoolHandler internal handler;
+
+    function setUp() public override {
+        super.setUp();
+        handler = new PoolHandler(wethUsdc);
+        targetContract(address(handler));
+    }
+
+    /// @notice The pool's k (per LP share) never decreases.
+    function invariant_kNeverDecreases() public view {
+        vm.assertEq(handler.kDecreases(), 0, "k decreased");
+    }
+}
+
+/// @notice Random borrowing, repaying, price moves and liquidation attempts; records any
+/// liquidation that succeeded against a healthy position.
+contract LendingHandler is Test {
+    LendingMarket internal market;
+    PriceOracle internal oracle;
+    DevnetToken internal weth;
+    DevnetToken internal usdc;
+    address internal updater;
+    address[] internal borrowers;
+    uint256 public healthyLiquidated;
+    uint256 public liquidations;
+
+    constructor(LendingMarket m, PriceOracle o, DevnetToken w, DevnetToken u, address up) {
+        (market, oracle, weth, usdc, updater) = (m, o, w, u, up);
+        for (uint256 i; i < 4; ++i) borrowers.push(address(uint160(0xb0000 + i)));
+        usdc.mint(address(this), 1e30);
+        usdc.approve(address(market), type(uint256).max);
+    }
+
+    function open(uint256 who, uint256 collateral, uint256 ltvBps) external {
+        address b = borrowers[who % borrowers.length];
+        collateral = bound(collateral, 1e17, 100e18);
+        weth.mint(b, collateral);
+        vm.startPrank(b);
+        weth.approve(address(market), collateral);
+        market.depositCollateral(collateral);
+        uint256 price = oracle.getPrice(address(weth));
+        uint256 room = (collateral * price / 1e30) * bound(ltvBps, 1, 7_400) / 10_000;
+        uint256 debt = market.debtOf(b);
+        if (room > debt + 1) market.borrow(room - debt - 1);
+        vm.stopPrank();
+    }
+
+    function movePrice(uint256 seed) external {
+        uint256 current = oracle.getPrice(address(weth));
+        uint256 p = bound(seed, current * 85 / 100, current * 115 / 100);
+        vm.prank(updater);
+        oracle.updatePrice(address(weth), p);
+    }
+
+    function passTime(uint256 seed) external {
+        vm.warp(block.timestamp + bound(seed, 1, 1 days));
+        (, uint256 p,) = oracle.latestRound(address(weth));
+        vm.startPrank(updater);
+        oracle.updatePrice(address(weth), p);
+        oracle.updatePrice(address(usdc), 1e18);
+        vm.stopPrank();
+    }
+
+    function liquidate(uint256 who, uint256 amount) external {
+        address b = borrowers[who % borrowers.length];
+        market.accrue();
+        uint256 health = market.healthFactor(b);
+        try market.liquidate(b, bound(amount, 1, 1e13), address(this)) {
+            ++liquidations;
+            if (health >= 1e18) ++healthyLiquidated;
+        } catch {}
+    }
+}
+
+contract LendingInvariantTest is MarketFixture {
+    LendingHandler internal handler;
+
+    function setUp() public override {
+        super.setUp();
+        handler = new LendingHandler(market, oracle, weth, usdc, address(0x0b0b));
+        vm.prank(admin);
+        oracle.setUpdater(address(0x0b0b), true);
+        targetContract(address(handler));
+    }
+
+    /// @notice A healthy position is never liquidated.
+    function invariant_noHealthyLiquidation() public view {
+        vm.assertEq(handler.healthyLiquidated(), 0, "healthy position liquidated");
+    }
+
+    /// @notice Debt-token accounting matches the tokens held.
+    function invariant_cashMatchesBalance() public view {
+        vm.assertEq(usdc.balanceOf(address(market)), market.cash(), "cash == balance");
+    }
+}
