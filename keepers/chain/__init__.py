@@ -1,0 +1,1 @@
+"""Chain access: compiled contract bindings and revert decoding."""

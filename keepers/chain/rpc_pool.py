@@ -1,0 +1,191 @@
+"""Several RPC endpoints behind one web3 provider: health, failover and per-endpoint rate limits.
+
+`AsyncWeb3(RpcPool([...]))` works wherever a single provider would. Each request goes to the
+healthiest endpoint with a free token: endpoints that fail repeatedly are taken out of rotation
+for a growing cool-down (a circuit breaker), endpoints whose head lags the best one are used
+last, and transport faults or rate-limit answers fail over to the next endpoint. Contract
+errors (reverts) are answers, not faults: they are returned as they are.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import anyio
+import structlog
+from web3 import AsyncHTTPProvider
+from web3.providers.async_base import AsyncJSONBaseProvider
+from web3.types import RPCEndpoint, RPCResponse
+
+from keepers.obs import metrics
+
+log = structlog.get_logger("rpc")
+
+#: JSON-RPC error codes that mean "this endpoint, not the request": rate limited, overloaded.
+ENDPOINT_FAULT_CODES = frozenset({-32005, -32098, 429})
+
+
+class AllEndpointsFailed(ConnectionError):
+    """Every endpoint failed for one request; the message lists why (URLs without credentials)."""
+
+
+@dataclass
+class _Bucket:
+    rate: float
+    tokens: float = field(init=False)
+    stamp: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.tokens = max(1.0, self.rate)
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(max(1.0, self.rate), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def take(self) -> bool:
+        self._refill()
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+    def wait_time(self) -> float:
+        self._refill()
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
+
+@dataclass
+class Endpoint:
+    index: int
+    provider: AsyncHTTPProvider
+    bucket: _Bucket
+    label: str
+    failures: int = 0
+    cooldown_until: float = 0.0
+    head: int = 0
+    requests: int = 0
+    errors: int = 0
+
+    @property
+    def cooling(self) -> bool:
+        return time.monotonic() < self.cooldown_until
+
+
+def redact(url: str) -> str:
+    """scheme://host[:port] only: paths and queries often carry API keys."""
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}"
+
+
+class RpcPool(AsyncJSONBaseProvider):
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        rate_limits: Sequence[float] | None = None,
+        chain: str = "",
+        max_head_lag: int = 3,
+        failures_to_cool: int = 3,
+        request_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        if not urls:
+            raise ValueError("at least one RPC URL")
+        rates = list(rate_limits or [50.0] * len(urls))
+        self.chain = chain
+        self.max_head_lag = max_head_lag
+        self.failures_to_cool = failures_to_cool
+        self.endpoints = [
+            Endpoint(
+                index=i,
+                provider=AsyncHTTPProvider(
+                    url, request_kwargs={"timeout": aiohttp.ClientTimeout(total=request_timeout)},
+                    exception_retry_configuration=None,
+                ),
+                bucket=_Bucket(rates[i]),
+                label=redact(url),
+            )
+            for i, url in enumerate(urls)
+        ]  # fmt: skip
+        for ep in self.endpoints:
+            metrics.RPC_ENDPOINT_HEALTHY.labels(chain, str(ep.index)).set(1)
+
+    def __str__(self) -> str:
+        return f"RpcPool({', '.join(e.label for e in self.endpoints)})"
+
+    def _order(self) -> list[Endpoint]:
+        best_head = max(e.head for e in self.endpoints)
+
+        def rank(e: Endpoint) -> tuple[int, int, int, int]:
+            lagging = best_head - e.head > self.max_head_lag if e.head else False
+            return (int(e.cooling), int(lagging), e.failures, e.index)
+
+        return sorted(self.endpoints, key=rank)
+
+    async def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
+        reasons: list[str] = []
+        for _round in range(2):
+            for ep in self._order():
+                if ep.cooling and _round == 0:
+                    continue
+                while not ep.bucket.take():
+                    # Prefer another endpoint with a token over waiting for this one.
+                    if any(
+                        o is not ep and not o.cooling and o.bucket.wait_time() == 0 for o in self.endpoints
+                    ):
+                        break
+                    await anyio.sleep(ep.bucket.wait_time())
+                else:
+                    response = await self._try(ep, method, params, reasons)
+                    if response is not None:
+                        return response
+        raise AllEndpointsFailed(f"{method} failed on every endpoint: {'; '.join(reasons)}")
+
+    async def _try(
+        self, ep: Endpoint, method: RPCEndpoint, params: Any, reasons: list[str]
+    ) -> RPCResponse | None:
+        ep.requests += 1
+        try:
+            response = await ep.provider.make_request(method, params)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._fault(ep, method, f"{ep.label}: {exc.__class__.__name__}")
+            reasons.append(f"{ep.label}: {exc.__class__.__name__}")
+            return None
+        error = response.get("error") if isinstance(response, dict) else None
+        if isinstance(error, dict) and int(error.get("code", 0)) in ENDPOINT_FAULT_CODES:
+            self._fault(ep, method, f"{ep.label}: {error.get('message')}")
+            reasons.append(f"{ep.label}: {error.get('code')}")
+            return None
+        ep.failures = 0
+        metrics.RPC_ENDPOINT_HEALTHY.labels(self.chain, str(ep.index)).set(1)
+        if method == "eth_blockNumber" and isinstance(response.get("result"), str):
+            ep.head = int(response["result"], 16)
+        return response
+
+    def _fault(self, ep: Endpoint, method: str, reason: str) -> None:
+        ep.errors += 1
+        ep.failures += 1
+        metrics.RPC_ERRORS.labels(self.chain, str(ep.index), method).inc()
+        if ep.failures >= self.failures_to_cool:
+            ep.cooldown_until = time.monotonic() + min(60.0, 2.0 ** (ep.failures - self.failures_to_cool))
+            metrics.RPC_ENDPOINT_HEALTHY.labels(self.chain, str(ep.index)).set(0)
+        log.warning(
+            "rpc endpoint fault", endpoint=ep.label, method=method, reason=reason, failures=ep.failures
+        )
+
+    async def disconnect(self) -> None:
+        """Closes every endpoint's HTTP session."""
+        for ep in self.endpoints:
+            await ep.provider.disconnect()
+
+    async def is_connected(self, show_traceback: bool = False) -> bool:
+        for ep in self.endpoints:
+            if await ep.provider.is_connected():
+                return True
+        return False

@@ -1,0 +1,186 @@
+"""The `keepers` command."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from web3 import Web3
+
+from keepers import __version__
+from keepers.config import ConfigError, load_config
+from keepers.config.schema import KEEPER_KINDS
+from keepers.devnet.anvil import DEFAULT_KEYS, Anvil
+from keepers.devnet.demo import place_and_fill
+from keepers.devnet.deploy import DeployError, deploy_platform, write_deployment
+from keepers.toolchain import ToolchainError
+
+
+def _devnet(args: argparse.Namespace) -> int:
+    anvil = Anvil(port=args.port) if args.port else Anvil()
+    with anvil:
+        w3 = Web3(Web3.HTTPProvider(anvil.url))
+        started = time.monotonic()
+        dep = deploy_platform(w3, DEFAULT_KEYS[0])
+        write_deployment(dep, args.out)
+        print(f"anvil        {anvil.url} (chain {dep.chain_id})")
+        print(f"deployed in  {time.monotonic() - started:.1f}s, addresses in {args.out}")
+        print(f"OrderBook    {dep.order_book}")
+        print(f"PriceOracle  {dep.oracle}")
+        print(f"Lending      {dep.lending_market}")
+        print(f"Vault        {dep.vault}")
+        print(f"Liquidator   {dep.flash_liquidator}")
+        for p in dep.pools:
+            print(f"Pool         {p['address']} {p['base']}/{p['quote']}")
+        for sym, addr in dep.tokens.items():
+            print(f"Token        {addr} {sym}")
+
+        fill = place_and_fill(w3, dep, DEFAULT_KEYS[1], DEFAULT_KEYS[2])
+        print(
+            f"fill         order {fill.order_id}: {fill.amount_in / 1e18:g} WETH -> "
+            f"{fill.amount_out / 1e6:,.2f} USDC (keeper fee {fill.keeper_fee / 1e6:.2f}) "
+            f"in block {fill.block}, {fill.gas_used:,} gas"
+        )
+        if args.exit:
+            return 0
+        # From here on a block a second, as the full devnet runs.
+        w3.provider.make_request("evm_setIntervalMining", [args.block_time])  # type: ignore[arg-type]
+        print(f"running      a block every {args.block_time}s; Ctrl-C stops")
+        stop = False
+
+        def _stop(_sig: int, _frame: FrameType | None) -> None:
+            nonlocal stop
+            stop = True
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        last = -1
+        while not stop:
+            head = w3.eth.block_number
+            if head != last:
+                print(f"block        {head}", flush=True)
+                last = head
+            time.sleep(0.2)
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    try:
+        settings = load_config(args.file)
+    except ConfigError as exc:
+        print(f"{args.file}: invalid ({len(exc.problems)} problem(s))", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: ok")
+    for name, chain in settings.chains.items():
+        rpcs = len(chain.rpc)
+        print(f"  chain {name}: id {chain.chain_id}, {rpcs} RPC endpoint(s), submission {chain.submission}")
+    for kind, k in settings.keepers.items():
+        state = "enabled" if k.enabled else "disabled"
+        print(f"  keeper {kind}: strategy {k.strategy} on {k.chain} ({state})")
+    print(f"  signer: {settings.signer.describe()}; database: {settings.database_url.split(':', 1)[0]}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from keepers.obs.logging import configure_logging
+    from keepers.runtime import run_keeper
+
+    settings = load_config(args.config)
+    configure_logging(settings.log_level, keeper=args.kind)
+    anyio.run(run_keeper, settings, args.kind)
+    return 0
+
+
+def _strategies_list(_args: argparse.Namespace) -> int:
+    from keepers.engine.plugins import PluginError, list_plugins
+
+    plugins = list_plugins()
+    if not plugins:
+        print("no strategies registered under the keepers.strategies entry point group")
+    failed = 0
+    for p in plugins:
+        if isinstance(p, PluginError):
+            print(f"  BROKEN  {p}")
+            failed += 1
+        else:
+            print(f"  {p.name:<22} kind {p.kind:<12} {p.target}  ({p.distribution} {p.version})")
+    return 1 if failed else 0
+
+
+def _relay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from aiohttp import web
+
+    from keepers.obs.logging import configure_logging
+    from keepers.relay.server import Relay, make_app
+
+    configure_logging("info", json=not sys.stderr.isatty(), component="relay")
+    relay = Relay(args.anvil, args.block_time or None)
+    web.run_app(make_app(relay), host=args.host, port=args.port, print=None, loop=asyncio.new_event_loop())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keepers", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"keepers {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    devnet = sub.add_parser("devnet", help="start anvil, deploy the platform, show a fill")
+    devnet.add_argument("--port", type=int, default=0, help="anvil port (default: a free one)")
+    devnet.add_argument("--block-time", type=int, default=1, help="seconds per block after deployment")
+    devnet.add_argument("--out", type=Path, default=Path(".devnet/deployment.json"), help="addresses file")
+    devnet.add_argument("--exit", action="store_true", help="stop after the deployment and the demo fill")
+    devnet.set_defaults(func=_devnet)
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a config file; name every bad key")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=_config_check)
+
+    run = sub.add_parser("run", help="run one keeper process")
+    run.add_argument("kind", choices=KEEPER_KINDS)
+    run.add_argument("--config", type=Path, required=True)
+    run.set_defaults(func=_run)
+
+    strategies = sub.add_parser("strategies", help="strategy plugins")
+    strategies_sub = strategies.add_subparsers(dest="strategies_command", required=True)
+    strategies_sub.add_parser(
+        "list", help="registered strategies, their kind, source and version"
+    ).set_defaults(func=_strategies_list)
+
+    relay = sub.add_parser("relay", help="run the local Flashbots-protocol relay in front of anvil")
+    relay.add_argument("--anvil", required=True, help="anvil URL (started with --no-mining --order fifo)")
+    relay.add_argument("--host", default="127.0.0.1")
+    relay.add_argument("--port", type=int, default=8546)
+    relay.add_argument(
+        "--block-time", type=float, default=1.0, help="seconds per block; 0 = on relay_buildBlock"
+    )
+    relay.set_defaults(func=_relay)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"keepers: invalid config:\n{exc}", file=sys.stderr)
+        return 2
+    except (ToolchainError, DeployError) as exc:
+        print(f"keepers: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

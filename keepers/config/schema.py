@@ -1,0 +1,151 @@
+"""The settings a deployment file describes. Unknown keys are errors, so a typo is caught."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import AnyUrl, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from keepers.config.secrets import SecretRef
+
+KEEPER_KINDS = ("limit-stop", "twap", "iceberg", "rebalancer", "liquidation", "oracle")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SubmissionMode(StrEnum):
+    FLASHBOTS = "flashbots"  # bundles to relays/builders (mainnet-like)
+    PRIVATE = "private"  # a private-transaction endpoint (Polygon-, BSC-like)
+    PUBLIC = "public"  # public mempool with EIP-1559 fee bumping
+
+
+class FlashbotsSettings(Strict):
+    """Relays and builders that speak the Flashbots protocol."""
+
+    relays: list[AnyUrl] = Field(min_length=1)
+    #: Signs the X-Flashbots-Signature header; must not be the funds key.
+    reputation_key: SecretRef
+    #: A bundle is sent for the target block and this many after it.
+    target_blocks: int = Field(default=3, ge=1, le=25)
+    builders: list[str] = Field(default_factory=list)
+
+
+class RpcEndpoint(Strict):
+    url: str
+    #: Requests per second this endpoint allows us.
+    rate_limit: float = Field(default=50.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v
+
+
+class Contracts(Strict):
+    """Where the platform lives on this chain; or a deployment file written by `keepers devnet`."""
+
+    deployment_file: Path | None = None
+    order_book: str | None = None
+    oracle: str | None = None
+    lending_market: str | None = None
+    vault: str | None = None
+    flash_liquidator: str | None = None
+    pools: list[str] = Field(default_factory=list)
+
+    @field_validator("order_book", "oracle", "lending_market", "vault", "flash_liquidator")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        return None if v is None else _check_address(v)
+
+    @field_validator("pools")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        return [_check_address(a) for a in v]
+
+    @model_validator(mode="after")
+    def _some_source(self) -> Contracts:
+        if self.deployment_file is None and self.order_book is None:
+            raise ValueError("give deployment_file or the contract addresses (order_book at least)")
+        return self
+
+
+class ChainSettings(Strict):
+    chain_id: int = Field(gt=0)
+    rpc: list[RpcEndpoint] = Field(min_length=1)
+    ws_url: str | None = None
+    block_time: float = Field(default=12.0, gt=0)
+    submission: SubmissionMode
+    flashbots: FlashbotsSettings | None = None
+    private_rpc: str | None = None
+    #: Blocks after which a confirmed transaction is final.
+    confirmations: int = Field(default=12, ge=0)
+    #: Hard cap on maxFeePerGas, whatever the market or the action's value says.
+    max_fee_gwei: float = Field(default=500.0, gt=0)
+    #: Blocks per eth_getLogs page during catch-up.
+    log_page_size: int = Field(default=2000, ge=1, le=100_000)
+    contracts: Contracts
+
+    @model_validator(mode="after")
+    def _route_settings(self) -> ChainSettings:
+        if self.submission is SubmissionMode.FLASHBOTS and self.flashbots is None:
+            raise ValueError(
+                "submission = 'flashbots' needs a [flashbots] table with relays and reputation_key"
+            )
+        if self.submission is SubmissionMode.PRIVATE and not self.private_rpc:
+            raise ValueError("submission = 'private' needs private_rpc")
+        return self
+
+
+class KeeperSettings(Strict):
+    chain: str
+    strategy: str
+    enabled: bool = True
+    params: dict[str, Any] = Field(default_factory=dict)
+    #: Seconds a strategy may take per block before it is cut off and counted as failed.
+    strategy_timeout: float = Field(default=2.0, gt=0)
+
+
+class Settings(Strict):
+    database_url: str = "sqlite:///keepers.sqlite"
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
+    health_port: int | None = Field(default=None, ge=0, le=65535)
+    log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+    #: Seconds SIGTERM waits for in-flight work before exiting.
+    drain_timeout: float = Field(default=20.0, ge=0)
+    signer: SecretRef
+    chains: dict[str, ChainSettings] = Field(min_length=1)
+    keepers: dict[str, KeeperSettings] = Field(default_factory=dict)
+
+    @field_validator("database_url")
+    @classmethod
+    def _db(cls, v: str) -> str:
+        if not v.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return v
+
+    @field_validator("keepers")
+    @classmethod
+    def _kinds(cls, v: dict[str, KeeperSettings], info: ValidationInfo) -> dict[str, KeeperSettings]:
+        chains = info.data.get("chains", {})
+        for kind, k in v.items():
+            if kind not in KEEPER_KINDS:
+                raise ValueError(f"unknown keeper kind {kind!r}; kinds are {', '.join(KEEPER_KINDS)}")
+            if chains and k.chain not in chains:
+                raise ValueError(f"keepers.{kind}.chain = {k.chain!r} is not a chain in [chains]")
+        return v
+
+
+def _check_address(v: str) -> str:
+    if not (v.startswith("0x") and len(v) == 42):
+        raise ValueError(f"{v!r} is not a 0x-prefixed 20-byte address")
+    try:
+        int(v, 16)
+    except ValueError:
+        raise ValueError(f"{v!r} is not hexadecimal") from None
+    return v

@@ -1,0 +1,1 @@
+"""The keeper engine: strategy interface, plugin discovery, containment, and the keeper loop."""

@@ -1,0 +1,153 @@
+"""One block's view of the venues and the oracle, read once and shared by the candidate source
+and the strategy: pool reserves and fees, oracle prices, and exact off-chain quotes (the pool's
+own math, `keepers.chain.pool_math`) over direct and two-hop routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import permutations
+from typing import Any
+
+from web3 import AsyncWeb3
+from web3.contract import AsyncContract
+
+from keepers.chain.artifacts import load_artifact
+from keepers.chain.pool_math import amount_out
+
+
+@dataclass(frozen=True)
+class PoolState:
+    address: str
+    token0: str
+    token1: str
+    reserve0: int
+    reserve1: int
+    fee_pips: int
+
+    def has(self, token: str) -> bool:
+        return token in (self.token0, self.token1)
+
+    def other(self, token: str) -> str:
+        return self.token1 if token == self.token0 else self.token0
+
+    def quote(self, token_in: str, amount: int) -> int:
+        r_in, r_out = (
+            (self.reserve0, self.reserve1) if token_in == self.token0 else (self.reserve1, self.reserve0)
+        )
+        if r_in == 0 or r_out == 0 or amount <= 0:
+            return 0
+        return amount_out(amount, r_in, r_out, self.fee_pips)
+
+
+@dataclass(frozen=True)
+class Route:
+    path: tuple[str, ...]  # pool addresses
+    amount_in: int
+    amount_out: int
+
+
+@dataclass
+class MarketSnapshot:
+    block: int
+    pools: list[PoolState] = field(default_factory=list)
+    #: token (lowercase) -> (USD per whole token, 18 decimals; fresh)
+    prices: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    decimals: dict[str, int] = field(default_factory=dict)
+    #: market id -> (tokenIn, tokenOut), lowercase
+    markets: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+    def routes(self, token_in: str, token_out: str) -> list[tuple[PoolState, ...]]:
+        """Every direct and two-hop path from token_in to token_out."""
+        direct: list[tuple[PoolState, ...]] = [
+            (p,) for p in self.pools if p.has(token_in) and p.has(token_out)
+        ]
+        two_hop: list[tuple[PoolState, ...]] = [
+            (a, b)
+            for a, b in permutations(self.pools, 2)
+            if a.has(token_in)
+            and a.other(token_in) != token_out
+            and b.has(a.other(token_in))
+            and b.has(token_out)
+        ]
+        return direct + two_hop
+
+    def quote_path(self, path: tuple[PoolState, ...], token_in: str, amount: int) -> int:
+        token = token_in
+        for pool in path:
+            amount = pool.quote(token, amount)
+            token = pool.other(token)
+        return amount
+
+    def best_route(self, token_in: str, token_out: str, amount: int) -> Route | None:
+        """The route that pays the most for `amount`, quoted exactly as the pools would."""
+        best: Route | None = None
+        for path in self.routes(token_in, token_out):
+            out = self.quote_path(path, token_in, amount)
+            if out > 0 and (best is None or out > best.amount_out):
+                best = Route(tuple(p.address for p in path), amount, out)
+        return best
+
+    def oracle_rate(self, token_in: str, token_out: str) -> int | None:
+        """tokenOut per tokenIn in whole tokens, 1e18 (the contract's stop trigger unit)."""
+        p_in, fresh_in = self.prices.get(token_in, (0, False))
+        p_out, fresh_out = self.prices.get(token_out, (0, False))
+        if not (fresh_in and fresh_out and p_out):
+            return None
+        return p_in * 10**18 // p_out
+
+    def value_usd(self, token: str, amount: int) -> int:
+        """USD value with 18 decimals (0 if the oracle has no fresh price)."""
+        price, fresh = self.prices.get(token, (0, False))
+        if not fresh:
+            return 0
+        return int(amount * price // 10 ** self.decimals.get(token, 18))
+
+
+class SnapshotReader:
+    """Reads a MarketSnapshot per block; token metadata and markets are cached."""
+
+    def __init__(
+        self, w3: AsyncWeb3[Any], pools: list[str], oracle: str | None, order_book: str | None
+    ) -> None:
+        self.w3 = w3
+        self.pool_addrs = [w3.to_checksum_address(p) for p in pools]
+        self.oracle = self._bind("PriceOracle", oracle) if oracle else None
+        self.book = self._bind("OrderBook", order_book) if order_book else None
+        self._tokens: dict[str, tuple[str, str]] = {}
+        self._decimals: dict[str, int] = {}
+        self._markets: dict[int, tuple[str, str]] = {}
+
+    def _bind(self, name: str, address: str) -> AsyncContract:
+        return self.w3.eth.contract(address=self.w3.to_checksum_address(address), abi=load_artifact(name).abi)
+
+    async def read(self, block: int) -> MarketSnapshot:
+        snap = MarketSnapshot(block=block)
+        for addr in self.pool_addrs:
+            pool = self._bind("LiquidityPool", addr)
+            if addr not in self._tokens:
+                t0 = str(await pool.functions.token0().call()).lower()
+                t1 = str(await pool.functions.token1().call()).lower()
+                self._tokens[addr] = (t0, t1)
+            t0, t1 = self._tokens[addr]
+            r0, r1, _ = await pool.functions.getReserves().call(block_identifier=block)
+            fee = await pool.functions.currentFee().call(block_identifier=block)
+            snap.pools.append(PoolState(addr.lower(), t0, t1, int(r0), int(r1), int(fee)))
+        tokens = {t for pair in self._tokens.values() for t in pair}
+        for token in tokens:
+            if token not in self._decimals:
+                erc20 = self._bind("DevnetToken", token)
+                self._decimals[token] = int(await erc20.functions.decimals().call())
+            if self.oracle is not None:
+                price, fresh = await self.oracle.functions.tryGetPrice(
+                    self.w3.to_checksum_address(token)
+                ).call(block_identifier=block)
+                snap.prices[token] = (int(price), bool(fresh))
+        snap.decimals = dict(self._decimals)
+        if self.book is not None:
+            count = int(await self.book.functions.marketCount().call(block_identifier=block))
+            for market in range(1, count + 1):
+                if market not in self._markets:
+                    m = await self.book.functions.getMarket(market).call()
+                    self._markets[market] = (str(m[0]).lower(), str(m[1]).lower())
+            snap.markets = dict(self._markets)
+        return snap

@@ -1,0 +1,1 @@
+"""Observability: JSON logs, Prometheus metrics, health endpoints."""

@@ -1,0 +1,192 @@
+"""Builds one keeper process from settings, in one place, and runs it until SIGTERM/SIGINT.
+
+Everything is passed by constructor; nothing here is a module-level singleton, so a test can
+build the same keeper against a temporary database and a local chain.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import anyio
+import structlog
+from eth_account import Account
+from sqlalchemy import Engine, text
+from web3 import AsyncWeb3
+
+from keepers.chain.artifacts import load_artifact
+from keepers.chain.events import EventDecoder
+from keepers.chain.follower import ChainFollower
+from keepers.chain.rpc_pool import RpcPool
+from keepers.config.schema import ChainSettings, Settings, SubmissionMode
+from keepers.engine.candidates import candidates_for
+from keepers.engine.loop import KeeperLoop
+from keepers.engine.market import SnapshotReader
+from keepers.engine.plugins import build_strategy
+from keepers.obs import metrics
+from keepers.obs.health import make_health_app, serve
+from keepers.store.engine import make_engine
+from keepers.store.migrations import migrate
+from keepers.tx.fees import FeeEstimator
+from keepers.tx.flashbots import FlashbotsClient
+from keepers.tx.nonces import NonceManager
+from keepers.tx.signer import TxSigner
+from keepers.tx.submit import BundleSubmitter, MempoolSubmitter, Submitter
+
+log = structlog.get_logger("runtime")
+
+
+@dataclass(frozen=True)
+class ContractAddresses:
+    order_book: str | None
+    oracle: str | None
+    lending_market: str | None
+    vault: str | None
+    flash_liquidator: str | None
+    pools: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: v for k, v in self.__dict__.items() if isinstance(v, str)}
+
+
+def contract_addresses(chain: ChainSettings) -> ContractAddresses:
+    c = chain.contracts
+    if c.deployment_file is not None:
+        dep = json.loads(c.deployment_file.read_text())
+        return ContractAddresses(
+            dep.get("order_book"),
+            dep.get("oracle"),
+            dep.get("lending_market"),
+            dep.get("vault"),
+            dep.get("flash_liquidator"),
+            tuple(p["address"] for p in dep.get("pools", [])),
+        )
+    return ContractAddresses(
+        c.order_book, c.oracle, c.lending_market, c.vault, c.flash_liquidator, tuple(c.pools)
+    )
+
+
+def event_decoder(addrs: ContractAddresses) -> EventDecoder:
+    pairs = [
+        (addrs.order_book, "OrderBook"),
+        (addrs.lending_market, "LendingMarket"),
+        (addrs.vault, "RebalancingVault"),
+        (addrs.oracle, "PriceOracle"),
+    ]
+    return EventDecoder((a, load_artifact(name)) for a, name in pairs if a)
+
+
+@dataclass
+class Built:
+    loop: KeeperLoop
+    engine: Engine
+    w3: AsyncWeb3[Any]
+    chain: ChainSettings
+
+
+async def build_keeper(settings: Settings, kind: str, stack: AsyncExitStack) -> Built:
+    if kind not in settings.keepers:
+        raise ValueError(
+            f"keeper {kind!r} is not in the config (configured: {', '.join(settings.keepers) or 'none'})"
+        )
+    ks = settings.keepers[kind]
+    chain = settings.chains[ks.chain]
+    engine = make_engine(settings.database_url)
+    await anyio.to_thread.run_sync(migrate, engine)
+    strategy = build_strategy(ks.strategy, kind, ks.params)
+
+    pool = RpcPool([e.url for e in chain.rpc], rate_limits=[e.rate_limit for e in chain.rpc], chain=ks.chain)
+    stack.push_async_callback(pool.disconnect)
+    w3: AsyncWeb3[Any] = AsyncWeb3(pool)
+    chain_id = int(await w3.eth.chain_id)
+    if chain_id != chain.chain_id:
+        raise ValueError(f"chains.{ks.chain}: RPC reports chain id {chain_id}, config says {chain.chain_id}")
+
+    account = Account.from_key(settings.signer.resolve())
+    signer = TxSigner(account, chain_id)
+    addrs = contract_addresses(chain)
+    follower = ChainFollower(
+        w3, engine, chain_id, event_decoder(addrs), name=f"{kind}", chain_label=ks.chain,
+        page_size=chain.log_page_size,
+    )  # fmt: skip
+    nonces = NonceManager(engine, chain_id, account.address)
+    fees = FeeEstimator(w3, chain.max_fee_gwei)
+    common: dict[str, Any] = {"w3": w3, "nonces": nonces, "signer": signer, "fees": fees, "chain": ks.chain}
+    submitter: Submitter
+    if chain.submission is SubmissionMode.FLASHBOTS:
+        assert chain.flashbots is not None
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        reputation = Account.from_key(chain.flashbots.reputation_key.resolve())
+        if reputation.address == account.address:
+            raise ValueError(f"chains.{ks.chain}.flashbots.reputation_key must not be the funds key")
+        client = FlashbotsClient([str(u) for u in chain.flashbots.relays], reputation, session)
+        submitter = BundleSubmitter(
+            client=client, block_time=chain.block_time, builders=chain.flashbots.builders, **common
+        )
+    elif chain.submission is SubmissionMode.PRIVATE:
+        assert chain.private_rpc is not None
+        submitter = MempoolSubmitter(send_w3=AsyncWeb3(RpcPool([chain.private_rpc])), private=True, **common)
+    else:
+        submitter = MempoolSubmitter(**common)
+
+    loop = KeeperLoop(
+        kind=kind,
+        chain=ks.chain,
+        chain_id=chain_id,
+        strategy=strategy,
+        strategy_name=ks.strategy,
+        follower=follower,
+        submitter=submitter,
+        candidates=candidates_for(engine, chain_id, kind),
+        snapshots=SnapshotReader(w3, list(addrs.pools), addrs.oracle, addrs.order_book),
+        keeper_address=account.address,
+        contracts=addrs.as_dict(),
+        strategy_timeout=ks.strategy_timeout,
+        drain_timeout=settings.drain_timeout,
+    )
+    return Built(loop, engine, w3, chain)
+
+
+async def run_keeper(settings: Settings, kind: str) -> None:
+    """Runs one keeper until SIGTERM or SIGINT, then drains and returns."""
+    async with AsyncExitStack() as stack:
+        built = await build_keeper(settings, kind, stack)
+
+        async def ready() -> tuple[bool, str]:
+            try:
+                await anyio.to_thread.run_sync(_ping, built.engine)
+            except Exception as exc:  # noqa: BLE001 - any failure is "not ready"
+                return False, f"database: {exc.__class__.__name__}"
+            if built.loop.state.draining:
+                return False, "draining"
+            if built.loop.state.last_block < 0:
+                return False, "not synced yet"
+            behind = metrics.BLOCKS_BEHIND.labels(built.loop.chain)._value.get()
+            return (behind <= 5, f"{int(behind)} blocks behind head")
+
+        runner = await serve(make_health_app(ready), settings.health_port or settings.metrics_port)
+        stack.push_async_callback(runner.cleanup)
+        log.info("keeper started", kind=kind, chain=built.loop.chain, strategy=built.loop.strategy_name)
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for sig in signals:
+                        log.info("stopping", signal=sig.name if hasattr(sig, "name") else sig)
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(stop_on_signal)
+            poll = max(0.05, built.chain.block_time / 4)
+            await built.loop.run(ws_url=built.chain.ws_url, poll_interval=poll)
+        log.info("keeper stopped", kind=kind, in_flight=built.loop.state.in_flight)
+
+
+def _ping(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))

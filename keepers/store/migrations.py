@@ -1,0 +1,57 @@
+"""Schema migrations: an ordered list applied under a lock, so several keeper processes that
+start together migrate once. (Alembic does not lock; our schema is one package's, so a short
+list of Python steps is all we need.)"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, select, text
+from sqlmodel import SQLModel
+
+from keepers.store import tables
+from keepers.store.engine import is_sqlite
+
+_LOCK_KEY = 0x4B45455045  # arbitrary, fixed: the advisory lock id for migrations
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _initial(conn: Connection) -> None:
+    SQLModel.metadata.create_all(conn)
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _initial),)
+
+
+def migrate(engine: Engine) -> list[int]:
+    """Applies what is missing; returns the versions applied now."""
+    applied_now: list[int] = []
+    with engine.begin() as conn:
+        if not is_sqlite(engine):
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+        tables.SchemaVersion.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+        done = set(conn.execute(select(tables.SchemaVersion.version)).scalars())  # type: ignore[call-overload]
+        for m in MIGRATIONS:
+            if m.version in done:
+                continue
+            m.apply(conn)
+            conn.execute(
+                tables.SchemaVersion.__table__.insert().values(  # type: ignore[attr-defined]
+                    version=m.version, description=m.description
+                )
+            )
+            applied_now.append(m.version)
+    return applied_now
+
+
+def current_version(engine: Engine) -> int:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT max(version) FROM schemaversion")).scalar()
+        return int(rows or 0)

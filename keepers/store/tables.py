@@ -1,0 +1,191 @@
+"""The store's tables. Chain-derived rows are keyed by chain id so one database serves many chains."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+from keepers.store.types import Uint256
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _u256(**kw: Any) -> Any:
+    return Field(default=0, sa_column=Column(Uint256(), nullable=False, **kw))
+
+
+class Cursor(SQLModel, table=True):
+    """Last block a follower has fully applied, per chain and follower name."""
+
+    chain_id: int = Field(primary_key=True)
+    name: str = Field(primary_key=True)
+    block_number: int
+    block_hash: str
+
+
+class BlockHash(SQLModel, table=True):
+    """Recent canonical block hashes, to find the fork point of a reorg."""
+
+    chain_id: int = Field(primary_key=True)
+    number: int = Field(primary_key=True)
+    hash: str
+    parent_hash: str
+
+
+class ChainEvent(SQLModel, table=True):
+    """Every applied log, once: the key makes re-delivery a no-op."""
+
+    chain_id: int = Field(primary_key=True)
+    tx_hash: str = Field(primary_key=True)
+    log_index: int = Field(primary_key=True)
+    block_number: int = Field(index=True)
+    block_hash: str
+    address: str
+    name: str
+    args: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class Order(SQLModel, table=True):
+    """An OrderBook order as the events describe it."""
+
+    chain_id: int = Field(primary_key=True)
+    order_id: int = Field(primary_key=True)
+    book: str
+    owner: str = Field(index=True)
+    market: int
+    kind: int
+    amount_in: int = _u256()
+    min_amount_out: int = _u256()
+    remaining: int = _u256()
+    expiry: int
+    keeper_fee_bps: int
+    trigger_or_clip: int = _u256()
+    start: int = 0
+    interval: int = 0
+    slices: int = 0
+    status: str = Field(index=True)  # open, armed, partially_filled, filled, cancelled, expired
+    placed_block: int
+    executable_block: int | None = None
+    updated_block: int
+
+
+class Fill(SQLModel, table=True):
+    """One OrderFilled event."""
+
+    chain_id: int = Field(primary_key=True)
+    tx_hash: str = Field(primary_key=True)
+    log_index: int = Field(primary_key=True)
+    order_id: int = Field(index=True)
+    keeper: str
+    amount_in: int = _u256()
+    amount_out: int = _u256()
+    keeper_fee: int = _u256()
+    block_number: int
+
+
+class Position(SQLModel, table=True):
+    """A LendingMarket borrower. Debt here is principal flow; health is read on chain."""
+
+    chain_id: int = Field(primary_key=True)
+    market: str = Field(primary_key=True)
+    borrower: str = Field(primary_key=True)
+    collateral: int = _u256()
+    borrowed: int = _u256()
+    repaid: int = _u256()
+    updated_block: int
+
+
+class Vault(SQLModel, table=True):
+    """A RebalancingVault basket."""
+
+    chain_id: int = Field(primary_key=True)
+    vault: str = Field(primary_key=True)
+    basket_id: int = Field(primary_key=True)
+    owner: str
+    tokens: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    weights_bps: list[int] = Field(sa_column=Column(JSON, nullable=False))
+    drift_threshold_bps: int
+    max_slippage_bps: int
+    reward_bps: int
+    updated_block: int
+
+
+class NonceCounter(SQLModel, table=True):
+    """Next never-used nonce per (chain, signer); the row every allocation locks."""
+
+    chain_id: int = Field(primary_key=True)
+    signer: str = Field(primary_key=True)
+    next_nonce: int
+
+
+class FreeNonce(SQLModel, table=True):
+    """A nonce below next_nonce that no live transaction holds (its transaction was dropped);
+    allocation hands these out first so no gap is left standing."""
+
+    chain_id: int = Field(primary_key=True)
+    signer: str = Field(primary_key=True)
+    nonce: int = Field(primary_key=True)
+
+
+class TxRecord(SQLModel, table=True):
+    """A transaction we own, with its state (see keepers.tx.states). One row per nonce use."""
+
+    __table_args__ = (
+        UniqueConstraint("idempotency_key", name="uq_tx_idempotency"),
+        Index("ix_tx_signer_nonce", "chain_id", "signer", "nonce"),
+        # The database itself refuses two live transactions on one nonce.
+        Index(
+            "uq_tx_live_nonce",
+            "chain_id",
+            "signer",
+            "nonce",
+            unique=True,
+            sqlite_where=text("state != 'dropped'"),
+            postgresql_where=text("state != 'dropped'"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str
+    chain_id: int
+    signer: str
+    nonce: int
+    state: str = Field(index=True)
+    route: str = "bundle"  # bundle, private, public, gap-fill
+    to: str | None = None
+    data: str = "0x"
+    value: int = _u256()
+    gas_limit: int = 0
+    tx_hash: str | None = None
+    bundle_hash: str | None = None
+    target_block: int | None = None
+    deadline_block: int | None = None
+    included_block: int | None = None
+    reason: str = ""
+    created_at: dt.datetime = Field(default_factory=_now)
+    updated_at: dt.datetime = Field(default_factory=_now)
+
+
+class TxAttempt(SQLModel, table=True):
+    """One signed version of a TxRecord as sent (fee bumps and re-targets are new attempts)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    tx_id: int = Field(foreign_key="txrecord.id", index=True)
+    tx_hash: str
+    max_fee_per_gas: int = _u256()
+    max_priority_fee_per_gas: int = _u256()
+    target_block: int | None = None
+    sent_at: dt.datetime = Field(default_factory=_now)
+
+
+class SchemaVersion(SQLModel, table=True):
+    """Applied migrations."""
+
+    version: int = Field(primary_key=True)
+    description: str
+    applied_at: dt.datetime = Field(default_factory=_now)

@@ -1,0 +1,336 @@
+"""Test harness for strategy authors: a running anvil with the platform deployed, funded traders,
+blocks stepped by the test through the local relay, helpers to move prices, and a harness that
+runs a real keeper loop (follower, store, nonce manager, bundle submission) in the background.
+
+Loaded as a pytest plugin (`keepers.testing.plugin`) wherever `keepers` is installed:
+
+    def test_my_strategy(keepers_devnet):
+        oid = keepers_devnet.place_limit("WETH/USDC", amount_in=10**18, min_out=1900 * 10**6)
+        with keepers_devnet.keeper("limit-stop", "my-strategy") as k:
+            keepers_devnet.mine()                      # the keeper sees the order
+            block = k.wait_for_bundle()               # and targets the next block
+            keepers_devnet.mine()
+        assert keepers_devnet.order(oid).owner == ZERO  # filled
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import requests
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import AsyncHTTPProvider, AsyncWeb3, Web3
+from web3.contract import Contract
+from web3.logs import DISCARD
+from web3.types import TxReceipt
+
+from keepers.devnet.anvil import Anvil, anvil_key, free_port
+from keepers.devnet.deploy import Deployment, bind, deploy_platform
+from keepers.engine.candidates import candidates_for
+from keepers.engine.loop import KeeperLoop
+from keepers.engine.market import SnapshotReader
+from keepers.engine.plugins import build_strategy, strategy_class
+from keepers.relay.server import RelayThread
+from keepers.runtime import ContractAddresses, event_decoder
+from keepers.store.engine import make_engine
+from keepers.store.migrations import migrate
+from keepers.tx.fees import FeeEstimator
+from keepers.tx.flashbots import FlashbotsClient
+from keepers.tx.nonces import NonceManager
+from keepers.tx.signer import TxSigner
+from keepers.tx.submit import BundleSubmitter
+
+ORDER_KINDS = {"limit": 0, "stop-loss": 1, "take-profit": 2, "twap": 3, "iceberg": 4}
+KEEPER_KEY_INDEX = 9
+TRADER_KEY_INDEXES = (1, 2, 3, 5, 6)
+
+
+@dataclass
+class KeeperHarness:
+    """A keeper loop running on its own thread and event loop."""
+
+    loop: KeeperLoop
+    relay_url: str
+    _thread: threading.Thread | None = None
+    _stop: threading.Event | None = None
+    error: BaseException | None = None
+
+    def pending_bundle_blocks(self) -> list[int]:
+        resp = requests.post(
+            self.relay_url, json={"jsonrpc": "2.0", "id": 1, "method": "relay_pendingBundles"}, timeout=10
+        )
+        return sorted({int(b["blockNumber"], 16) for b in resp.json()["result"]})
+
+    def wait_for_bundle(self, block: int | None = None, timeout: float = 15.0) -> int:
+        """Waits until a bundle is pending (for `block` if given); returns its target block."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.error:
+                raise self.error
+            blocks = self.pending_bundle_blocks()
+            if blocks and (block is None or block in blocks):
+                return block if block is not None else blocks[0]
+            time.sleep(0.02)
+        raise TimeoutError(f"no bundle pending{f' for block {block}' if block else ''} within {timeout}s")
+
+    def wait_synced(self, block: int, timeout: float = 15.0) -> None:
+        """Waits until the keeper has handled `block` (its strategy has run for it)."""
+        deadline = time.monotonic() + timeout
+        while self.loop.state.last_block < block or self.loop._maintaining:
+            if self.error:
+                raise self.error
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"keeper did not reach block {block}")
+            time.sleep(0.02)
+
+    def wait_idle(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.loop.state.in_flight and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+class Devnet:
+    """A deployed platform on anvil behind the relay, with blocks stepped by the test."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.anvil = Anvil(extra_args=("--order", "fifo"))
+        self.relay: RelayThread | None = None
+        self.keeper_account: LocalAccount = Account.from_key(anvil_key(KEEPER_KEY_INDEX))
+        self.traders: list[LocalAccount] = [Account.from_key(anvil_key(i)) for i in TRADER_KEY_INDEXES]
+        self.deployer: LocalAccount = Account.from_key(anvil_key(0))
+        self._nonces: dict[str, int] = {}
+
+    def start(self) -> Devnet:
+        self.anvil.start()
+        w3 = Web3(Web3.HTTPProvider(self.anvil.url))
+        self.deployment: Deployment = deploy_platform(
+            w3, anvil_key(0), updaters=(self.keeper_account.address,)
+        )
+        w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+        self.relay = RelayThread(self.anvil.url, free_port(), block_time=None).start()
+        self.w3 = Web3(Web3.HTTPProvider(self.relay.url))
+        self.book = bind(self.w3, "OrderBook", self.deployment.order_book)
+        self.oracle = bind(self.w3, "PriceOracle", self.deployment.oracle)
+        for trader in self.traders:
+            for symbol in self.deployment.tokens:
+                token = self.token(symbol)
+                self.send(trader, token, "mint", trader.address, 10**30, mine=False)
+                self.send(trader, token, "approve", self.book.address, 2**256 - 1, mine=False)
+        self.mine()
+        return self
+
+    def stop(self) -> None:
+        if self.relay:
+            self.relay.stop()
+        self.anvil.stop()
+
+    # ----------------------------------------------------------------- chain
+
+    @property
+    def head(self) -> int:
+        return int(self.w3.eth.block_number)
+
+    def mine(self, blocks: int = 1) -> int:
+        """Builds `blocks` blocks through the relay (public txs first, then the best bundles)."""
+        assert self.relay is not None
+        for _ in range(blocks):
+            requests.post(
+                self.relay.url, json={"jsonrpc": "2.0", "id": 1, "method": "relay_buildBlock"}, timeout=60
+            )
+        return self.head
+
+    def advance_time(self, seconds: int) -> None:
+        """The next block comes `seconds` later than it otherwise would."""
+        assert self.relay is not None
+        requests.post(
+            self.relay.url,
+            json={"jsonrpc": "2.0", "id": 1, "method": "relay_advanceTime", "params": [seconds]},
+            timeout=10,
+        )
+
+    def token(self, symbol: str) -> Contract:
+        return bind(self.w3, "DevnetToken", self.deployment.tokens[symbol])
+
+    def send(
+        self, acct: LocalAccount, contract: Contract, fn: str, *args: Any, mine: bool = True
+    ) -> TxReceipt | None:
+        """Signs and sends a public transaction; with mine=True builds the block and returns the receipt."""
+        # The relay holds public txs until it builds a block, so the node's pending count lags:
+        # count locally, never below the chain.
+        nonce = max(self._nonces.get(acct.address, 0), self.w3.eth.get_transaction_count(acct.address))
+        self._nonces[acct.address] = nonce + 1
+        tx = getattr(contract.functions, fn)(*args).build_transaction(
+            {
+                "from": acct.address,
+                "nonce": nonce,
+                "gas": 1_500_000,
+                "maxFeePerGas": 200 * 10**9,
+                "maxPriorityFeePerGas": 10**9,
+                "chainId": 31337,
+            }
+        )
+        tx_hash = self.w3.eth.send_raw_transaction(acct.sign_transaction(tx).raw_transaction)
+        if not mine:
+            return None
+        self.mine()
+        receipt = self.w3.eth.get_transaction_receipt(tx_hash)
+        if receipt["status"] != 1:
+            raise RuntimeError(f"{fn} reverted in block {receipt['blockNumber']}")
+        return receipt
+
+    # ---------------------------------------------------------------- orders
+
+    def place(
+        self,
+        market: str,
+        kind: str,
+        amount_in: int,
+        min_out: int,
+        *,
+        trader: int = 0,
+        fee_bps: int = 10,
+        trigger: int = 0,
+        clip: int = 0,
+        start: int = 0,
+        interval: int = 0,
+        slices: int = 0,
+        expiry: int = 0,
+    ) -> int:
+        params = (
+            self.deployment.markets[market], ORDER_KINDS[kind], amount_in, min_out, expiry, fee_bps,
+            trigger or clip, start, interval, slices,
+        )  # fmt: skip
+        receipt = self.send(self.traders[trader], self.book, "placeOrder", params)
+        assert receipt is not None
+        return int(self.book.events.OrderPlaced().process_receipt(receipt, errors=DISCARD)[0]["args"]["id"])
+
+    def order(self, order_id: int) -> Any:
+        return self.book.functions.getOrder(order_id).call()
+
+    def fills(self, order_id: int, from_block: int = 0) -> list[Any]:
+        return list(
+            self.book.events.OrderFilled().get_logs(from_block=from_block, argument_filters={"id": order_id})
+        )
+
+    # ---------------------------------------------------------------- prices
+
+    def pools(self, base: str, quote: str) -> list[str]:
+        return [p["address"] for p in self.deployment.pools if (p["base"], p["quote"]) == (base, quote)]
+
+    def swap(self, pool: str, token_in: str, amount: int, *, trader: int = 4) -> None:
+        """A trader's exact-input swap (moves the pool's price), in its own block."""
+        acct = self.traders[trader]
+        p = bind(self.w3, "LiquidityPool", pool)
+        token = self.token(token_in)
+        out, token_out = p.functions.getAmountOut(amount, token.address).call()
+        self.send(acct, token, "transfer", p.address, amount, mine=False)
+        zero_for_one = int(token_out, 16) < int(token.address, 16)
+        self.send(acct, p, "swap", out if zero_for_one else 0, 0 if zero_for_one else out, acct.address, b"")
+
+    def set_price(self, symbol: str, usd: float) -> None:
+        """Moves the oracle to `usd` in steps within its per-update bound, one block each."""
+        asset = self.deployment.tokens[symbol]
+        target = int(usd * 10**18)
+        _dev, max_change, _hb = self.oracle.functions.assetConfig(asset).call()
+        while True:
+            _r, current, _at = self.oracle.functions.latestRound(asset).call()
+            if current == target:
+                return
+            step = current * (max_change - 1) // 10_000
+            nxt = max(min(target, current + step), current - step)
+            self.send(self.deployer, self.oracle, "updatePrice", asset, nxt)
+
+    # --------------------------------------------------------------- keepers
+
+    @contextmanager
+    def keeper(
+        self, kind: str, strategy: str, params: dict[str, Any] | None = None, *, key: str | None = None,
+        db: str | None = None,
+    ) -> Iterator[KeeperHarness]:  # fmt: skip
+        """Runs a keeper loop for `kind` with a strategy plugin until the block exits."""
+        assert self.relay is not None
+        key = key or anvil_key(KEEPER_KEY_INDEX)
+        account = Account.from_key(key)
+        engine = make_engine(
+            db or f"sqlite:///{self.workdir / f'keeper-{kind}-{time.monotonic_ns()}.sqlite'}"
+        )
+        migrate(engine)
+        params = dict(params or {})
+        if "native_token" in strategy_class(strategy).Params.model_fields:
+            params.setdefault("native_token", self.deployment.tokens["WETH"].lower())
+        built = build_strategy(strategy, kind, params)
+        dep = self.deployment
+        addrs = ContractAddresses(
+            dep.order_book, dep.oracle, dep.lending_market, dep.vault, dep.flash_liquidator,
+            tuple(p["address"] for p in dep.pools),
+        )  # fmt: skip
+        harness_holder: dict[str, KeeperHarness] = {}
+        started = threading.Event()
+        stop = threading.Event()
+        relay_url = self.relay.url
+
+        async def main() -> None:
+            w3 = AsyncWeb3(AsyncHTTPProvider(relay_url))
+            async with aiohttp.ClientSession() as session:
+                from keepers.chain.follower import ChainFollower
+
+                loop = KeeperLoop(
+                    kind=kind,
+                    chain="devnet",
+                    chain_id=31337,
+                    strategy=built,
+                    strategy_name=strategy,
+                    follower=ChainFollower(w3, engine, 31337, event_decoder(addrs), name=kind),
+                    submitter=BundleSubmitter(
+                        client=FlashbotsClient([relay_url], Account.create(), session),
+                        block_time=1.0,
+                        w3=w3,
+                        nonces=NonceManager(engine, 31337, account.address),
+                        signer=TxSigner(account, 31337),
+                        fees=FeeEstimator(w3, max_fee_gwei=500),
+                        chain="devnet",
+                        poll_interval=0.02,
+                    ),
+                    candidates=candidates_for(engine, 31337, kind),
+                    snapshots=SnapshotReader(w3, list(addrs.pools), addrs.oracle, addrs.order_book),
+                    keeper_address=account.address,
+                    contracts=addrs.as_dict(),
+                    strategy_timeout=5.0,
+                    drain_timeout=10.0,
+                )
+                harness_holder["h"] = KeeperHarness(loop, relay_url)
+                started.set()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(lambda: loop.run(poll_interval=0.02))
+                    while not stop.is_set():
+                        await anyio.sleep(0.02)
+                    tg.cancel_scope.cancel()
+
+        def run() -> None:
+            try:
+                anyio.run(main)
+            except BaseException as exc:  # noqa: BLE001 - surfaced to the test through the harness
+                if "h" in harness_holder:
+                    harness_holder["h"].error = exc
+                started.set()
+
+        thread = threading.Thread(target=run, daemon=True, name=f"keeper-{kind}")
+        thread.start()
+        started.wait(30)
+        harness = harness_holder["h"]
+        harness.wait_synced(self.head)
+        try:
+            yield harness
+        finally:
+            stop.set()
+            thread.join(30)

@@ -1,0 +1,1 @@
+"""Transactions we own: states, nonces, fees, submission routes and inclusion tracking."""

@@ -1,0 +1,358 @@
+"""The nonce manager: one nonce sequence per (chain, signer), shared by every process that
+signs with that key, through the store.
+
+Every mutation runs in one database transaction that first takes the (chain, signer) lock:
+a row lock (SELECT ... FOR UPDATE) on PostgreSQL, the database write lock (BEGIN IMMEDIATE)
+on SQLite. Inside it, allocation takes the lowest freed nonce, else the next never-used one,
+and writes the transaction record that holds it, so a process killed at any point leaves
+either a complete allocation or none. A partial unique index makes the database itself refuse
+two live records on one nonce.
+
+Bundles and public transactions draw from this one source, so they cannot collide.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine, delete, func
+from sqlmodel import Session, col, select
+
+from keepers.store.engine import is_sqlite
+from keepers.store.tables import FreeNonce, NonceCounter, TxAttempt, TxRecord
+from keepers.tx.states import LIVE, PENDING, TxState, check_transition
+
+#: A receipt lookup for reconciliation: tx hash -> block number, or None if not mined.
+ReceiptLookup = Callable[[str], int | None]
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What the caller wants sent; the manager gives it a nonce and a record."""
+
+    idempotency_key: str
+    to: str | None
+    data: str = "0x"
+    value: int = 0
+    gas_limit: int = 0
+    route: str = "bundle"
+    deadline_block: int | None = None
+
+
+@dataclass
+class ReconcileReport:
+    chain_nonce: int
+    confirmed: list[int] = field(default_factory=list)  # tx ids found mined
+    consumed: list[int] = field(default_factory=list)  # tx ids whose nonce something else used
+    reorged: list[int] = field(default_factory=list)  # tx ids no longer mined
+    gaps: list[int] = field(default_factory=list)  # nonces that must be filled
+
+
+class NonceManager:
+    """Allocates, tracks and frees nonces for one (chain, signer)."""
+
+    def __init__(self, engine: Engine, chain_id: int, signer: str) -> None:
+        self.engine = engine
+        self.chain_id = chain_id
+        self.signer = signer.lower()
+
+    # ----------------------------------------------------------------- locking
+
+    def _locked(self, session: Session) -> NonceCounter:
+        """The counter row, locked for this transaction (created at nonce 0 if absent)."""
+        key = (self.chain_id, self.signer)
+        stmt = select(NonceCounter).where(
+            NonceCounter.chain_id == self.chain_id, NonceCounter.signer == self.signer
+        )
+        if not is_sqlite(self.engine):
+            stmt = stmt.with_for_update()
+        row = session.exec(stmt).first()
+        if row is None:
+            if is_sqlite(self.engine):
+                # BEGIN IMMEDIATE already serialises writers: a plain insert cannot race.
+                session.add(NonceCounter(chain_id=key[0], signer=key[1], next_nonce=0))
+                session.flush()
+            else:
+                # Racing creators: the loser's insert does nothing and it waits on the winner's row.
+                session.exec(_pg_insert_ignore(*key))  # type: ignore[call-overload]
+            row = session.exec(stmt).one()
+        return row
+
+    # -------------------------------------------------------------- allocation
+
+    def allocate(self, intent: Intent) -> TxRecord:
+        """A record holding a nonce for `intent`; the same record again for a known key."""
+        with Session(self.engine) as session, session.begin():
+            counter = self._locked(session)
+            existing = session.exec(
+                select(TxRecord).where(TxRecord.idempotency_key == intent.idempotency_key)
+            ).first()
+            if existing is not None:
+                session.expunge(existing)
+                return existing
+            nonce = self._take_nonce(session, counter)
+            record = TxRecord(
+                idempotency_key=intent.idempotency_key,
+                chain_id=self.chain_id,
+                signer=self.signer,
+                nonce=nonce,
+                state=TxState.UNSTARTED,
+                route=intent.route,
+                to=intent.to,
+                data=intent.data,
+                value=intent.value,
+                gas_limit=intent.gas_limit,
+                deadline_block=intent.deadline_block,
+            )
+            session.add(record)
+            session.flush()
+            session.expunge(record)
+            return record
+
+    def _take_nonce(self, session: Session, counter: NonceCounter) -> int:
+        free = session.exec(
+            select(FreeNonce)
+            .where(FreeNonce.chain_id == self.chain_id, FreeNonce.signer == self.signer)
+            .order_by(FreeNonce.nonce)  # type: ignore[arg-type]
+            .limit(1)
+        ).first()
+        if free is not None:
+            session.delete(free)
+            return free.nonce
+        nonce = counter.next_nonce
+        counter.next_nonce = nonce + 1
+        session.add(counter)
+        return nonce
+
+    # ------------------------------------------------------------- transitions
+
+    def transition(self, tx_id: int, target: TxState, reason: str = "", **fields: object) -> TxRecord:
+        """Moves a record to `target` (checked against the state machine); dropping frees its nonce."""
+        with Session(self.engine) as session, session.begin():
+            self._locked(session)
+            record = session.get(TxRecord, tx_id)
+            if record is None:
+                raise KeyError(f"no transaction {tx_id}")
+            self._move(session, record, target, reason)
+            for name, value in fields.items():
+                setattr(record, name, value)
+            session.add(record)
+            session.flush()
+            session.expunge(record)
+            return record
+
+    def release(self, tx_id: int, reason: str) -> TxRecord:
+        """The transaction will not land (e.g. its bundle missed every block): free the nonce."""
+        return self.transition(tx_id, TxState.DROPPED, reason)
+
+    def _move(self, session: Session, record: TxRecord, target: TxState, reason: str) -> None:
+        assert record.id is not None
+        check_transition(record.id, TxState(record.state), target)
+        record.state = target
+        record.reason = reason
+        record.updated_at = dt.datetime.now(dt.UTC)
+        if target is TxState.DROPPED:
+            session.add(FreeNonce(chain_id=self.chain_id, signer=self.signer, nonce=record.nonce))
+
+    # ---------------------------------------------------------- reconciliation
+
+    def reconcile(self, chain_nonce: int, receipt_block: ReceiptLookup) -> ReconcileReport:
+        """Aligns the records with the chain, whose mined transaction count is `chain_nonce`.
+
+        Below it every nonce is used: our pending record is confirmed if its hash was mined,
+        otherwise something else used the nonce and the record is dropped. At or above it a
+        record we thought mined was reorged out. The counter never falls below the chain.
+        """
+        report = ReconcileReport(chain_nonce=chain_nonce)
+        with Session(self.engine) as session, session.begin():
+            counter = self._locked(session)
+            live = session.exec(
+                select(TxRecord).where(
+                    TxRecord.chain_id == self.chain_id,
+                    TxRecord.signer == self.signer,
+                    TxRecord.state.in_([s.value for s in LIVE]),  # type: ignore[attr-defined]
+                )
+            ).all()
+            for rec in live:
+                assert rec.id is not None
+                state = TxState(rec.state)
+                mined_at = receipt_block(rec.tx_hash) if rec.tx_hash else None
+                if rec.nonce < chain_nonce and state in PENDING:
+                    if mined_at is not None:
+                        if state is TxState.UNSTARTED:
+                            self._move(session, rec, TxState.IN_FLIGHT, "found mined")
+                        self._move(session, rec, TxState.CONFIRMED, "found mined")
+                        rec.included_block = mined_at
+                        report.confirmed.append(rec.id)
+                    else:
+                        check_transition(rec.id, state, TxState.DROPPED)
+                        rec.state, rec.reason = TxState.DROPPED, "nonce used by another transaction"
+                        report.consumed.append(rec.id)
+                elif rec.nonce >= chain_nonce and state is TxState.CONFIRMED:
+                    self._move(session, rec, TxState.UNCONFIRMED, "reorged out")
+                    rec.included_block = None
+                    report.reorged.append(rec.id)
+                session.add(rec)
+            # Nonces the chain has used are not free, whoever used them.
+            session.exec(
+                delete(FreeNonce).where(
+                    FreeNonce.chain_id == self.chain_id,  # type: ignore[arg-type]
+                    FreeNonce.signer == self.signer,  # type: ignore[arg-type]
+                    FreeNonce.nonce < chain_nonce,  # type: ignore[arg-type]
+                )
+            )
+            if counter.next_nonce < chain_nonce:
+                # The key was used outside this manager: never hand out what the chain has seen.
+                counter.next_nonce = chain_nonce
+                session.add(counter)
+            session.flush()
+            report.gaps = self._gaps(session)
+        return report
+
+    def gaps(self) -> list[int]:
+        """Free nonces below the highest live one: later transactions wait on them."""
+        with Session(self.engine) as session, session.begin():
+            self._locked(session)
+            return self._gaps(session)
+
+    def _gaps(self, session: Session) -> list[int]:
+        top = session.exec(
+            select(func.max(TxRecord.nonce)).where(
+                TxRecord.chain_id == self.chain_id,
+                TxRecord.signer == self.signer,
+                TxRecord.state.in_([s.value for s in PENDING]),  # type: ignore[attr-defined]
+            )
+        ).one()
+        if top is None:
+            return []
+        return list(
+            session.exec(
+                select(FreeNonce.nonce)
+                .where(
+                    FreeNonce.chain_id == self.chain_id,
+                    FreeNonce.signer == self.signer,
+                    FreeNonce.nonce < top,
+                )
+                .order_by(FreeNonce.nonce)  # type: ignore[arg-type]
+            ).all()
+        )
+
+    def claim_gap(self, nonce: int, idempotency_key: str) -> TxRecord | None:
+        """A no-op self-transfer record on a gap nonce, or None if the gap was filled meanwhile."""
+        with Session(self.engine) as session, session.begin():
+            self._locked(session)
+            free = session.get(FreeNonce, (self.chain_id, self.signer, nonce))
+            if free is None:
+                return None
+            session.delete(free)
+            return self._add_noop(session, nonce, idempotency_key)
+
+    def _add_noop(self, session: Session, nonce: int, idempotency_key: str) -> TxRecord:
+        """A 0-value self-transfer record holding `nonce` (gap fill or cancellation)."""
+        record = TxRecord(
+            idempotency_key=idempotency_key,
+            chain_id=self.chain_id,
+            signer=self.signer,
+            nonce=nonce,
+            state=TxState.UNSTARTED,
+            route="gap-fill",
+            to=self.signer,
+            gas_limit=21_000,
+        )
+        session.add(record)
+        session.flush()
+        session.expunge(record)
+        return record
+
+    def supersede(self, tx_id: int, reason: str) -> TxRecord:
+        """Drops a record whose transaction may still land and hands its nonce, without freeing
+        it, to a new no-op record (a self-transfer that replaces it at a higher fee)."""
+        with Session(self.engine) as session, session.begin():
+            self._locked(session)
+            old = session.get(TxRecord, tx_id)
+            if old is None:
+                raise KeyError(f"no transaction {tx_id}")
+            assert old.id is not None
+            check_transition(old.id, TxState(old.state), TxState.DROPPED)
+            old.state, old.reason, old.updated_at = TxState.DROPPED, reason, dt.datetime.now(dt.UTC)
+            session.add(old)
+            session.flush()
+            return self._add_noop(session, old.nonce, f"{old.idempotency_key}:cancel")
+
+    def record_attempt(
+        self, tx_id: int, tx_hash: str, max_fee: int, priority_fee: int, target: int | None
+    ) -> None:
+        """Keeps every signed version of a transaction, as sent (fee bumps, re-targets)."""
+        with Session(self.engine) as session, session.begin():
+            session.add(
+                TxAttempt(
+                    tx_id=tx_id,
+                    tx_hash=tx_hash,
+                    max_fee_per_gas=max_fee,
+                    max_priority_fee_per_gas=priority_fee,
+                    target_block=target,
+                )
+            )
+
+    def live_hashes(self) -> list[str]:
+        """Hashes of live transactions that were sent (for receipt look-ups before reconcile)."""
+        with Session(self.engine) as session:
+            return [
+                h
+                for h in session.exec(
+                    select(TxRecord.tx_hash).where(
+                        TxRecord.chain_id == self.chain_id,
+                        TxRecord.signer == self.signer,
+                        col(TxRecord.state).in_([s.value for s in LIVE]),
+                    )
+                ).all()
+                if h
+            ]
+
+    def state_counts(self) -> dict[str, int]:
+        """Transactions of this signer by state (for the metric)."""
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(TxRecord.state, func.count())
+                .where(TxRecord.chain_id == self.chain_id, TxRecord.signer == self.signer)
+                .group_by(TxRecord.state)
+            ).all()
+            return {str(state): int(n) for state, n in rows}
+
+    # ------------------------------------------------------------------- views
+
+    def get(self, tx_id: int) -> TxRecord | None:
+        with Session(self.engine) as session:
+            rec = session.get(TxRecord, tx_id)
+            if rec is not None:
+                session.expunge(rec)
+            return rec
+
+    def live_nonces(self) -> list[int]:
+        with Session(self.engine) as session:
+            return sorted(
+                session.exec(
+                    select(TxRecord.nonce).where(
+                        TxRecord.chain_id == self.chain_id,
+                        TxRecord.signer == self.signer,
+                        TxRecord.state.in_([s.value for s in LIVE]),  # type: ignore[attr-defined]
+                    )
+                ).all()
+            )
+
+    def next_nonce(self) -> int:
+        with Session(self.engine) as session:
+            row = session.get(NonceCounter, (self.chain_id, self.signer))
+            return row.next_nonce if row else 0
+
+
+def _pg_insert_ignore(chain_id: int, signer: str) -> object:
+    from sqlalchemy.dialects.postgresql import insert
+
+    return (
+        insert(NonceCounter.__table__)  # type: ignore[attr-defined]
+        .values(chain_id=chain_id, signer=signer, next_nonce=0)
+        .on_conflict_do_nothing()
+    )

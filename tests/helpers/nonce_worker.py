@@ -1,0 +1,50 @@
+"""A separate process allocating nonces, as one keeper process does.
+
+python -m tests.helpers.nonce_worker URL CHAIN SIGNER WORKER COUNT SEED
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+
+from keepers.store.engine import make_engine
+from keepers.tx.nonces import Intent, NonceManager
+from keepers.tx.states import TxState
+
+
+def main() -> None:
+    url, chain, signer, worker, count, seed = sys.argv[1:7]
+    rng = random.Random(int(seed))
+    nm = NonceManager(make_engine(url), int(chain), signer)
+    mine: list[int] = []
+    released = 0
+    nm.next_nonce()  # connect and warm up before the clock starts
+    started = time.time()
+    for i in range(int(count)):
+        rec = nm.allocate(Intent(f"{worker}-{i}", to=None))
+        assert rec.id is not None
+        mine.append(rec.id)
+        if rng.random() < 0.05:
+            victim = rng.choice(mine)
+            got = nm.get(victim)
+            if got is not None and got.state == TxState.UNSTARTED:
+                nm.release(victim, "bundle missed its blocks")
+                released += 1
+    print(
+        json.dumps(
+            {
+                "worker": worker,
+                "allocated": len(mine),
+                "released": released,
+                "start": started,
+                "end": time.time(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

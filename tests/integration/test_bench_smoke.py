@@ -1,0 +1,46 @@
+"""The benchmarks run in the test command at full size when cheap, so they never rot.
+Figures are not asserted here: gas is gated by the forge snapshot, floors by the bench itself."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_gas_bench_runs_and_writes_both_sides(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.gas", "--results-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "gas.json").read_text())
+    swap = result["rows"][0]
+    assert swap["gas"] > 21_000
+    assert swap["uniswap_v2"] > 21_000, "Uniswap V2's pair was deployed and measured in the same run"
+    assert {"cores", "memory_gib", "python", "web3", "anvil"} <= set(result["machine"])
+    assert "| operation | ours | Uniswap V2 |" in (tmp_path / "gas.md").read_text()
+
+
+def test_nonce_and_catchup_benches_run_at_smoke_size(tmp_path):
+    for args in (
+        ["bench.nonces", "--processes", "2", "--per-process", "20"],
+        ["bench.catchup", "--orders", "60"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", *args, "--results-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    nonces = json.loads((tmp_path / "nonces.json").read_text())
+    assert all(r["duplicates"] == 0 and r["gaps_after_fill"] == 0 for r in nonces["rows"])
+    catchup = json.loads((tmp_path / "catchup.json").read_text())
+    assert catchup["rows"][0]["events_applied"] >= 60

@@ -1,0 +1,226 @@
+"""The keeper engine with plugins discovered through entry points, a real anvil behind the local
+relay, and a real store; and `keepers run` as a real process (readiness, metrics, SIGTERM)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+import requests
+from eth_account import Account
+from prometheus_client import REGISTRY
+from web3 import AsyncHTTPProvider, AsyncWeb3, Web3
+
+from keepers.chain.events import EventDecoder
+from keepers.chain.follower import ChainFollower
+from keepers.devnet.anvil import DEFAULT_KEYS, Anvil, free_port
+from keepers.devnet.deploy import deploy_platform, write_deployment
+from keepers.engine.loop import KeeperLoop
+from keepers.engine.plugins import PluginError, build_strategy, list_plugins
+from keepers.relay.server import RelayThread
+from keepers.store.engine import make_engine
+from keepers.store.migrations import migrate
+from keepers.tx.fees import FeeEstimator
+from keepers.tx.flashbots import FlashbotsClient
+from keepers.tx.nonces import NonceManager
+from keepers.tx.signer import TxSigner
+from keepers.tx.submit import BundleSubmitter, Status
+
+pytestmark = pytest.mark.integration
+
+PLUGINS = Path(__file__).resolve().parent.parent / "fixtures" / "plugins"
+KEEPER = Account.from_key(DEFAULT_KEYS[4])
+
+
+@pytest.fixture
+def plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(PLUGINS))
+
+
+@pytest.fixture
+def chain(tmp_path) -> Iterator[tuple[Anvil, RelayThread]]:
+    """The platform deployed on auto-mine, then anvil in manual mode behind the relay."""
+    with Anvil(extra_args=("--order", "fifo")) as a:
+        w3 = Web3(Web3.HTTPProvider(a.url))
+        write_deployment(deploy_platform(w3, DEFAULT_KEYS[0]), tmp_path / "deployment.json")
+        w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+        with RelayThread(a.url, free_port(), 0.3) as r:
+            yield a, r
+
+
+def _errors(kind: str, strategy: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "keepers_strategy_errors_total", {"keeper": "limit-stop", "strategy": strategy, "kind": kind}
+    )
+    return value or 0.0
+
+
+@pytest.mark.usefixtures("plugins")
+def test_discovery_lists_source_and_version_and_reports_broken_plugins():
+    found = list_plugins()
+    good = {p.name: p for p in found if not isinstance(p, PluginError)}
+    broken = [str(p) for p in found if isinstance(p, PluginError)]
+    assert good["test-transfer"].distribution == "keepers-test-plugins"
+    assert good["test-transfer"].version == "0.0.1"
+    assert good["test-transfer"].target == "keepers_test_plugins:TransferStrategy"
+    assert any("test-not-a-strategy" in b and "not a keepers.engine.strategy.Strategy" in b for b in broken)
+    assert any("test-missing-module" in b and "failed to import" in b for b in broken)
+
+
+@pytest.mark.usefixtures("plugins")
+def test_build_strategy_validates_params_and_kind():
+    with pytest.raises(PluginError, match=r"params\.value_wei"):
+        build_strategy("test-transfer", "limit-stop", {"value_wei": "lots"})
+    with pytest.raises(PluginError, match=r"params\.colour.*Extra inputs"):
+        build_strategy("test-transfer", "limit-stop", {"colour": "red"})
+    with pytest.raises(PluginError, match="serves 'limit-stop', not 'oracle'"):
+        build_strategy("test-transfer", "oracle", {})
+    with pytest.raises(PluginError, match="no strategy named 'nope'"):
+        build_strategy("nope", "limit-stop", {})
+
+
+def _run_loop(
+    anvil: Anvil, relay: RelayThread, tmp_path: Path, strategy_name: str, blocks: int
+) -> KeeperLoop:
+    engine = make_engine(f"sqlite:///{tmp_path / 'k.sqlite'}")
+    migrate(engine)
+    w3 = AsyncWeb3(AsyncHTTPProvider(relay.url))
+    loop_holder: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with aiohttp.ClientSession() as session:
+            submitter = BundleSubmitter(
+                client=FlashbotsClient([relay.url], Account.create(), session),
+                block_time=0.3,
+                w3=w3,
+                nonces=NonceManager(engine, 31337, KEEPER.address),
+                signer=TxSigner(KEEPER, 31337),
+                fees=FeeEstimator(w3, max_fee_gwei=100),
+                chain="test",
+                poll_interval=0.05,
+            )
+            loop = KeeperLoop(
+                kind="limit-stop",
+                chain="test",
+                chain_id=31337,
+                strategy=build_strategy(strategy_name, "limit-stop", {}),
+                strategy_name=strategy_name,
+                follower=ChainFollower(w3, engine, 31337, EventDecoder([])),
+                submitter=submitter,
+                strategy_timeout=0.5,
+                drain_timeout=10,
+            )
+            loop_holder["loop"] = loop
+            with anyio.move_on_after(30):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(lambda: loop.run(poll_interval=0.05))
+                    while loop.state.blocks < blocks:
+                        await anyio.sleep(0.05)
+                    tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    return loop_holder["loop"]
+
+
+@pytest.mark.usefixtures("plugins")
+def test_loop_submits_strategy_actions_and_drains(chain, tmp_path):
+    anvil, relay = chain
+    loop = _run_loop(anvil, relay, tmp_path, "test-transfer", blocks=4)
+    assert loop.state.in_flight == 0, "cancellation drained every submission"
+    included = [o for o in loop.state.outcomes if o.status is Status.INCLUDED]
+    assert len(included) >= 2
+    assert Web3(Web3.HTTPProvider(anvil.url)).eth.get_transaction_count(KEEPER.address) == len(included)
+
+
+@pytest.mark.usefixtures("plugins")
+@pytest.mark.parametrize(("strategy", "kind"), [("test-raising", "exception"), ("test-hanging", "timeout"),
+                                                  ("test-garbage", "invalid")])  # fmt: skip
+def test_misbehaving_strategy_is_contained_and_counted(chain, tmp_path, strategy: str, kind: str):
+    anvil, relay = chain
+    before = _errors(kind, strategy)
+    loop = _run_loop(anvil, relay, tmp_path, strategy, blocks=3)
+    assert loop.state.blocks >= 3, "the keeper kept following blocks"
+    assert _errors(kind, strategy) - before >= 2
+    assert loop.state.outcomes == []
+
+
+def _config(tmp_path: Path, relay_url: str, health_port: int) -> Path:
+    cfg = tmp_path / "keepers.toml"
+    cfg.write_text(
+        f"""
+database_url = "sqlite:///{tmp_path / "run.sqlite"}"
+health_port = {health_port}
+drain_timeout = 10
+signer = {{ env = "TEST_SIGNER" }}
+
+[chains.local]
+chain_id = 31337
+rpc = [{{ url = "{relay_url}" }}]
+block_time = 0.3
+submission = "flashbots"
+confirmations = 0
+contracts = {{ deployment_file = "{tmp_path / "deployment.json"}" }}
+
+[chains.local.flashbots]
+relays = ["{relay_url}"]
+reputation_key = {{ env = "TEST_REPUTATION" }}
+
+[keepers.limit-stop]
+chain = "local"
+strategy = "test-transfer"
+"""
+    )
+    return cfg
+
+
+def test_keepers_run_is_ready_serves_metrics_and_stops_cleanly_on_sigterm(chain, tmp_path):
+    anvil, relay = chain
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")]),
+        "TEST_SIGNER": DEFAULT_KEYS[4],
+        "TEST_REPUTATION": Account.create().key.hex(),
+    }
+    cfg = _config(tmp_path, relay.url, port)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keepers.cli", "run", "limit-stop", "--config", str(cfg)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    w3 = Web3(Web3.HTTPProvider(anvil.url))
+    try:
+        deadline = time.monotonic() + 60
+        ready = False
+        while time.monotonic() < deadline and not (
+            ready and w3.eth.get_transaction_count(KEEPER.address) >= 2
+        ):
+            with contextlib.suppress(requests.ConnectionError):
+                ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.1)
+        assert ready, "readyz turned 200"
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json() == {"status": "ok"}
+        metrics_text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        assert 'keepers_actions_total{chain="local",outcome="included"}' in metrics_text
+        assert DEFAULT_KEYS[4][2:] not in metrics_text
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert '"keeper stopped"' in err or "keeper stopped" in err
+    assert DEFAULT_KEYS[4][2:] not in err, "the signing key never reaches the logs"

@@ -1,0 +1,213 @@
+"""Every keeper kind end to end: the real contracts on anvil, the local relay, a real keeper loop
+with its built-in strategy, blocks stepped by the test (keepers.testing)."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import pytest
+
+from keepers.testing import Devnet
+
+pytestmark = pytest.mark.integration
+
+E18 = 10**18
+USDC = 10**6
+
+
+def _fill_blocks(devnet: Devnet, order_id: int) -> list[int]:
+    return [int(e["blockNumber"]) for e in devnet.fills(order_id)]
+
+
+def test_limit_order_fills_at_the_first_block_it_is_executable(keepers_devnet: Devnet):
+    d = keepers_devnet
+    oid = d.place("WETH/USDC", "limit", E18, 2_050 * USDC)  # above the market: not executable yet
+    with d.keeper("limit-stop", "best-execution") as k:
+        d.mine(2)
+        k.wait_synced(d.head)
+        assert k.pending_bundle_blocks() == [], "nothing sent while the limit is out of reach"
+        big = d.pools("WETH", "USDC")[0]
+        d.swap(big, "USDC", 150_000 * USDC)  # buys WETH: the pool now pays more than 2050
+        executable = d.head
+        k.wait_for_bundle(executable + 1)
+        d.mine()
+    fills = d.fills(oid)
+    assert [int(f["blockNumber"]) for f in fills] == [executable + 1]
+    assert fills[0]["args"]["amountOut"] >= 2_050 * USDC, "never below the limit"
+
+
+def test_stop_loss_fires_on_the_oracle_not_on_a_pool_spike(keepers_devnet: Devnet):
+    d = keepers_devnet
+    oid = d.place("WETH/USDC", "stop-loss", E18, 1_700 * USDC, trigger=1_900 * E18)
+    with d.keeper("limit-stop", "best-execution") as k:
+        d.swap(d.pools("WETH", "USDC")[1], "WETH", 30 * E18)  # the small pool dumps; the oracle does not move
+        d.mine()
+        k.wait_synced(d.head)
+        assert k.pending_bundle_blocks() == []
+        d.set_price("WETH", 1_890)
+        crossed = d.head
+        k.wait_for_bundle(crossed + 1)
+        d.mine()
+    assert _fill_blocks(d, oid) == [crossed + 1]
+
+
+def test_take_profit_and_cancelled_orders(keepers_devnet: Devnet):
+    d = keepers_devnet
+    tp = d.place("WETH/USDC", "take-profit", E18, 1_900 * USDC, trigger=2_100 * E18)
+    cancelled = d.place("WETH/USDC", "limit", E18, 1 * USDC, trader=1)
+    d.send(d.traders[1], d.book, "cancelOrder", cancelled)
+    with d.keeper("limit-stop", "best-execution") as k:
+        d.set_price("WETH", 2_110)
+        crossed = d.head
+        k.wait_for_bundle(crossed + 1)
+        d.mine(3)
+    assert _fill_blocks(d, tp) == [crossed + 1]
+    assert _fill_blocks(d, cancelled) == [], "a cancelled order is never filled"
+
+
+def test_twap_slices_respect_their_interval(keepers_devnet: Devnet):
+    d = keepers_devnet
+    start = d.w3.eth.get_block("latest")["timestamp"]
+    oid = d.place("WETH/USDC", "twap", 3 * E18, 5_400 * USDC, start=start, interval=60, slices=3)
+    with d.keeper("twap", "on-schedule") as k:
+        for _ in range(3):
+            k.wait_for_bundle(d.head + 1)
+            d.mine()
+            k.wait_idle()
+            d.mine(2)
+            k.wait_synced(d.head)
+            assert k.pending_bundle_blocks() == [], "no slice before its interval"
+            d.advance_time(60)
+            d.mine()
+            k.wait_synced(d.head)
+    fills = d.fills(oid)
+    assert len(fills) == 3
+    times = [d.w3.eth.get_block(f["blockNumber"])["timestamp"] for f in fills]
+    assert all(b - a >= 60 for a, b in pairwise(times))
+    assert d.order(oid)[0] == "0x0000000000000000000000000000000000000000", "fully filled and closed"
+
+
+def test_iceberg_clips_never_exceed_the_clip_size(keepers_devnet: Devnet):
+    d = keepers_devnet
+    oid = d.place("WETH/USDC", "iceberg", 5 * E18, 9_500 * USDC, clip=2 * E18)
+    with d.keeper("iceberg", "impact-bounded") as k:
+        for _ in range(3):
+            k.wait_for_bundle(d.head + 1)
+            d.mine()
+            k.wait_idle()
+    fills = d.fills(oid)
+    assert [f["args"]["amountIn"] for f in fills] == [2 * E18, 2 * E18, E18]
+    assert all(f["args"]["amountOut"] * E18 >= f["args"]["amountIn"] * 1_900 * USDC for f in fills)
+
+
+def _market(d: Devnet):
+    from keepers.devnet.deploy import bind
+
+    return bind(d.w3, "LendingMarket", d.deployment.lending_market)
+
+
+def test_unhealthy_position_is_liquidated_in_the_next_block(keepers_devnet: Devnet):
+    d = keepers_devnet
+    market = _market(d)
+    borrower = d.traders[2]
+    d.send(borrower, d.token("WETH"), "approve", market.address, 2**256 - 1, mine=False)
+    d.send(borrower, market, "depositCollateral", 10 * E18, mine=False)
+    d.send(borrower, market, "borrow", 14_500 * USDC)
+    keeper = d.keeper_account.address
+    with d.keeper("liquidation", "max-profit") as k:
+        d.mine()
+        k.wait_synced(d.head)
+        assert k.pending_bundle_blocks() == [], "a healthy position is left alone"
+        d.set_price("WETH", 1_780)  # 10 * 1780 * 0.8 = 14,240 < 14,500
+        unhealthy = d.head
+        k.wait_for_bundle(unhealthy + 1)
+        d.mine()
+    events = market.events.Liquidated().get_logs(from_block=unhealthy + 1, to_block=unhealthy + 1)
+    assert len(events) == 1
+    assert d.token("WETH").functions.balanceOf(keeper).call() > 0, (
+        "profit paid to the keeper, no inventory used"
+    )
+
+
+def test_drifted_vault_is_rebalanced_in_the_next_block(keepers_devnet: Devnet):
+    from keepers.devnet.deploy import bind
+
+    d = keepers_devnet
+    vault = bind(d.w3, "RebalancingVault", d.deployment.vault)
+    owner = d.traders[3]
+    weth, usdc = d.token("WETH"), d.token("USDC")
+    d.send(owner, weth, "approve", vault.address, 2**256 - 1, mine=False)
+    d.send(owner, usdc, "approve", vault.address, 2**256 - 1, mine=False)
+    d.send(owner, vault, "createBasket", [weth.address, usdc.address], [5_000, 5_000], 300, 200, 10)
+    d.send(owner, vault, "deposit", 1, weth.address, 10 * E18, mine=False)
+    d.send(owner, vault, "deposit", 1, usdc.address, 20_000 * USDC)
+    with d.keeper("rebalancer", "drift-restoring") as k:
+        d.mine()
+        k.wait_synced(d.head)
+        assert k.pending_bundle_blocks() == []
+        for pool in d.pools("WETH", "USDC"):  # the market moves, pools first, then the oracle
+            d.swap(pool, "USDC", 150_000 * USDC if pool == d.pools("WETH", "USDC")[0] else 30_000 * USDC)
+        d.set_price("WETH", 2_300)
+        drifted = d.head
+        assert vault.functions.drift(1).call() >= 300
+        k.wait_for_bundle(drifted + 1)
+        d.mine()
+    events = vault.events.Rebalanced().get_logs(from_block=drifted + 1, to_block=drifted + 1)
+    assert len(events) == 1
+    assert vault.functions.drift(1).call() < 300
+
+
+def test_oracle_follows_pools_and_ignores_one_manipulated_pool(keepers_devnet: Devnet):
+    d = keepers_devnet
+    weth = d.deployment.tokens["WETH"]
+    with d.keeper("oracle", "median") as k:
+        d.mine()
+        k.wait_synced(d.head)
+        assert k.pending_bundle_blocks() == [], "pools agree with the oracle: nothing due"
+        d.swap(d.pools("WETH", "USDC")[1], "USDC", 200_000 * USDC)  # one pool pumped hard, alone
+        d.mine()
+        k.wait_synced(d.head)
+        assert k.pending_bundle_blocks() == [], "one manipulated source is an outlier"
+        for pool in (d.pools("WETH", "USDC")[0], d.pools("WETH", "DAI")[0]):
+            token = "USDC" if pool == d.pools("WETH", "USDC")[0] else "DAI"
+            d.swap(pool, token, (100_000 if token == "USDC" else 50_000) * (USDC if token == "USDC" else E18))
+        moved = d.head
+        k.wait_for_bundle(moved + 1)
+        d.mine()
+        _r, price, _at = d.oracle.functions.latestRound(weth).call()
+        assert 2_050 * E18 < price < 2_400 * E18, "the oracle followed the majority of pools"
+        rounds = d.oracle.functions.latestRound(weth).call()[0]
+        d.advance_time(3_600)  # heartbeat: due again with no move
+        d.mine()
+        k.wait_for_bundle(d.head + 1)
+        d.mine()
+        assert d.oracle.functions.latestRound(weth).call()[0] > rounds
+
+
+def test_two_keepers_sharing_a_signer_fill_once_and_never_collide(keepers_devnet: Devnet, tmp_path):
+    d = keepers_devnet
+    oids = [d.place("WETH/USDC", "limit", E18, 1_900 * USDC, trader=i % 3) for i in range(3)]
+    shared_db = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    with (
+        d.keeper("limit-stop", "best-execution", db=shared_db) as a,
+        d.keeper("limit-stop", "fee-maximising", {"min_fee_bps": 0}, db=shared_db) as b,
+    ):
+        d.mine()
+        a.wait_synced(d.head)
+        b.wait_synced(d.head)
+        a.wait_for_bundle(d.head + 1)
+        d.mine(2)
+        a.wait_idle()
+        b.wait_idle()
+    for oid in oids:
+        assert len(d.fills(oid)) == 1, "each order filled once"
+    keeper_txs = d.w3.eth.get_transaction_count(d.keeper_account.address)
+    assert keeper_txs >= 1
+    from sqlmodel import Session, select
+
+    from keepers.store.engine import make_engine
+    from keepers.store.tables import TxRecord
+
+    with Session(make_engine(shared_db)) as s:
+        live = [r.nonce for r in s.exec(select(TxRecord).where(TxRecord.state != "dropped")).all()]
+    assert len(live) == len(set(live)), "no two live transactions on one nonce"
