@@ -1,0 +1,1 @@
+"""Built-in strategy plugins, registered through the `keepers.strategies` entry point group."""

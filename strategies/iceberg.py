@@ -1,0 +1,76 @@
+"""iceberg: the largest clip of each iceberg order that still meets its limit at the current
+price impact, so no clip moves the pool past the order's own limit."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+from keepers.engine.market import MarketSnapshot
+from keepers.engine.strategy import BlockContext, Strategy
+from keepers.store.tables import Order
+from keepers.tx.actions import Action
+from strategies.fills import batch_action, meets_limit, plan_group
+
+
+class IcebergParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    native_token: str | None = None
+    #: Smallest clip worth a fill, as a share of the order's clip size (bps).
+    min_clip_bps: int = 100
+
+
+def clip_size(snap: MarketSnapshot, order: Order) -> int:
+    """Largest amount <= min(clip, remaining) whose exact quote meets the limit (binary search:
+    output per input falls as the amount grows, so the feasible amounts are a prefix)."""
+    token_in, token_out = snap.markets[order.market]
+    hi = min(order.trigger_or_clip, order.remaining)
+
+    def ok(amount: int) -> bool:
+        route = snap.best_route(token_in, token_out, amount)
+        return route is not None and meets_limit(order, amount, route.amount_out)
+
+    if hi <= 0:
+        return 0
+    if ok(hi):
+        return hi
+    lo, hi = 0, hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class ImpactBounded(Strategy):
+    kind = "iceberg"
+    Params = IcebergParams
+
+    async def on_block(self, ctx: BlockContext) -> Sequence[Action]:
+        assert isinstance(self.params, IcebergParams)
+        snap, book = ctx.market, ctx.contracts.get("order_book")
+        if snap is None or book is None:
+            return []
+        by_market: dict[int, list[tuple[Order, int]]] = defaultdict(list)
+        for order in ctx.candidates:
+            if order.market not in snap.markets:
+                continue
+            size = clip_size(snap, order)
+            if size * 10_000 >= order.trigger_or_clip * self.params.min_clip_bps or size == order.remaining:
+                by_market[order.market].append((order, size))
+        groups = [
+            g for m, items in sorted(by_market.items()) if (g := plan_group(snap, m, items)) is not None
+        ]
+        action = batch_action(
+            f"iceberg:{ctx.chain_id}:{ctx.number}",
+            book,
+            groups,
+            snap,
+            ctx.keeper_address,
+            self.params.native_token,
+        )
+        return [action] if action else []

@@ -1,0 +1,73 @@
+"""limit-stop strategies: limit, stop-loss and take-profit orders crossed this block (from the
+trigger index), batched per market into one transaction."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from keepers.engine.strategy import BlockContext, Strategy
+from keepers.store.tables import Order
+from keepers.tx.actions import Action
+from strategies.fills import PlannedGroup, batch_action, plan_group
+
+
+class LimitStopParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: Address of the wrapped native token, to value fees in wei (the devnet's WETH).
+    native_token: str | None = None
+    #: Most orders in one transaction.
+    max_orders: int = Field(default=40, ge=1, le=500)
+
+
+class BestExecution(Strategy):
+    """Fills every crossed order at the best route (direct or two-hop) for the batch."""
+
+    kind = "limit-stop"
+    Params = LimitStopParams
+
+    def select(self, orders: Sequence[Order]) -> list[Order]:
+        assert isinstance(self.params, LimitStopParams)
+        return sorted(orders, key=lambda o: o.order_id)[: self.params.max_orders]
+
+    async def on_block(self, ctx: BlockContext) -> Sequence[Action]:
+        assert isinstance(self.params, LimitStopParams)
+        snap, book = ctx.market, ctx.contracts.get("order_book")
+        if snap is None or book is None or not ctx.candidates:
+            return []
+        by_market: dict[int, list[tuple[Order, int]]] = defaultdict(list)
+        for o in self.select(ctx.candidates):
+            by_market[o.market].append((o, o.remaining))
+        groups = [
+            g for m, items in sorted(by_market.items()) if (g := plan_group(snap, m, items)) is not None
+        ]
+        action = batch_action(
+            f"limit-stop:{ctx.chain_id}:{ctx.number}",
+            book,
+            groups,
+            snap,
+            ctx.keeper_address,
+            self.params.native_token,
+        )
+        return [action] if action else []
+
+
+class FeeMaxParams(LimitStopParams):
+    #: Orders paying less than this keeper fee are left to others.
+    min_fee_bps: int = Field(default=5, ge=0, le=100)
+
+
+class FeeMaximising(BestExecution):
+    """Takes the best-paying crossed orders first and skips those below a minimum fee."""
+
+    Params = FeeMaxParams
+
+    def select(self, orders: Sequence[Order]) -> list[Order]:
+        assert isinstance(self.params, FeeMaxParams)
+        paying = [o for o in orders if o.keeper_fee_bps >= self.params.min_fee_bps]
+        return sorted(paying, key=lambda o: (-o.keeper_fee_bps, o.order_id))[: self.params.max_orders]
+
+
+__all__ = ["BestExecution", "FeeMaximising", "PlannedGroup"]

@@ -1,0 +1,71 @@
+"""twap: every due slice of every TWAP order in one transaction per block.
+
+A slice is due when the next block's timestamp reaches the order's nextSliceAt. The schedule is
+the chain's clock (block timestamps), read from the contract, not a wall-clock scheduler: a
+wall-clock timer fires early or late relative to blocks, the contract would skip an early slice
+(SliceNotDue) and the gas would be wasted.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from keepers.chain.artifacts import load_artifact
+from keepers.engine.strategy import BlockContext, Strategy
+from keepers.store.tables import Order
+from keepers.tx.actions import Action
+from strategies.common import checksum
+from strategies.fills import batch_action, plan_group
+
+
+class TwapParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    native_token: str | None = None
+    #: Seconds the next block is expected after this one (blocks on the devnet: 1).
+    block_time: int = 1
+
+
+def slice_size(order: Order, remaining: int) -> int:
+    """The contract's slice: amountIn / slices, the last slice takes the remainder."""
+    size = order.amount_in // order.slices
+    return size if remaining >= 2 * size else remaining
+
+
+class OnSchedule(Strategy):
+    kind = "twap"
+    Params = TwapParams
+
+    async def _next_slice_at(self, ctx: BlockContext, order_id: int) -> tuple[int, int]:
+        assert ctx.reader is not None
+        book: Any = ctx.reader.eth.contract(
+            address=checksum(ctx.contracts["order_book"]), abi=load_artifact("OrderBook").abi
+        )
+        o = await book.functions.getOrder(order_id).call(block_identifier=ctx.number)
+        return int(o[1]), int(o[9])  # remaining, nextSliceAt
+
+    async def on_block(self, ctx: BlockContext) -> Sequence[Action]:
+        assert isinstance(self.params, TwapParams)
+        snap, book = ctx.market, ctx.contracts.get("order_book")
+        if snap is None or book is None or ctx.reader is None:
+            return []
+        due: dict[int, list[tuple[Order, int]]] = defaultdict(list)
+        for order in ctx.candidates:
+            remaining, next_at = await self._next_slice_at(ctx, order.order_id)
+            if remaining and next_at <= ctx.timestamp + self.params.block_time:
+                due[order.market].append((order, slice_size(order, remaining)))
+        groups = [g for m, items in sorted(due.items()) if (g := plan_group(snap, m, items)) is not None]
+        # TWAP amounts are fixed by the contract; send none so it applies its own slice.
+        groups = [g.__class__(**{**g.__dict__, "amounts": ()}) for g in groups]
+        action = batch_action(
+            f"twap:{ctx.chain_id}:{ctx.number}",
+            book,
+            groups,
+            snap,
+            ctx.keeper_address,
+            self.params.native_token,
+        )
+        return [action] if action else []
