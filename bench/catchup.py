@@ -13,12 +13,13 @@ from typing import Any
 
 import anyio
 from eth_account import Account
-from web3 import AsyncHTTPProvider, AsyncWeb3, Web3
+from web3 import AsyncWeb3, Web3
 
 from bench.common import RESULTS, machine, write_results
 from keepers.chain.artifacts import load_artifact
 from keepers.chain.events import EventDecoder
 from keepers.chain.follower import ChainFollower
+from keepers.chain.http import SessionHTTPProvider
 from keepers.devnet.anvil import DEFAULT_KEYS, Anvil
 from keepers.devnet.deploy import Sender, bind, deploy_platform
 from keepers.store.engine import make_engine
@@ -60,7 +61,7 @@ def run(orders: int, url: str) -> dict[str, Any]:
         migrate(engine)
         decoder = EventDecoder([(book, load_artifact("OrderBook")), (market, load_artifact("LendingMarket"))])
         follower = ChainFollower(
-            AsyncWeb3(AsyncHTTPProvider(chain.url)), engine, 31337, decoder, page_size=2000
+            AsyncWeb3(SessionHTTPProvider(chain.url)), engine, 31337, decoder, page_size=2000
         )
         t1 = time.perf_counter()
         result = anyio.run(follower.sync)

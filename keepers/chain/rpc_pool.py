@@ -17,10 +17,10 @@ from typing import Any
 import aiohttp
 import anyio
 import structlog
-from web3 import AsyncHTTPProvider
 from web3.providers.async_base import AsyncJSONBaseProvider
 from web3.types import RPCEndpoint, RPCResponse
 
+from keepers.chain.http import SessionHTTPProvider
 from keepers.obs import metrics
 
 log = structlog.get_logger("rpc")
@@ -62,7 +62,7 @@ class _Bucket:
 @dataclass
 class Endpoint:
     index: int
-    provider: AsyncHTTPProvider
+    provider: SessionHTTPProvider
     bucket: _Bucket
     label: str
     failures: int = 0
@@ -104,10 +104,7 @@ class RpcPool(AsyncJSONBaseProvider):
         self.endpoints = [
             Endpoint(
                 index=i,
-                provider=AsyncHTTPProvider(
-                    url, request_kwargs={"timeout": aiohttp.ClientTimeout(total=request_timeout)},
-                    exception_retry_configuration=None,
-                ),
+                provider=SessionHTTPProvider(url, request_timeout=request_timeout),
                 bucket=_Bucket(rates[i]),
                 label=redact(url),
             )

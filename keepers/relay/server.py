@@ -23,6 +23,7 @@ from eth_account.messages import encode_defunct
 from eth_utils.crypto import keccak
 
 from keepers.relay.builder import BlockBuilder, Bundle, tx_hash
+from keepers.relay.gate import ReadWriteGate
 from keepers.relay.jsonrpc import JsonRpc, RpcError
 from keepers.tx.flashbots import BAD_SIGNATURE, SIGNATURE_HEADER
 
@@ -103,7 +104,8 @@ class Relay:
         self.anvil_url = anvil_url
         self.block_time = block_time
         self.state = RelayState()
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # the bundle list
+        self.gate = ReadWriteGate()  # the node: simulations and builds exclude every reader
         self.session: aiohttp.ClientSession | None = None
         self.rpc: JsonRpc | None = None
         self.builder: BlockBuilder | None = None
@@ -136,7 +138,7 @@ class Relay:
 
     async def build_block(self) -> dict[str, Any]:
         assert self.builder is not None
-        async with self.lock:
+        async with self.gate.write(), self.lock:
             block, chosen = await self.builder.build(list(self.state.bundles))
             for b in chosen:
                 self.state.included[b.hash] = block
@@ -170,9 +172,9 @@ class Relay:
         if method == "eth_sendPrivateTransaction":
             p = params[0] if params else {}
             raw = _raw_tx(p.get("tx"), "tx")
-            max_block = _block_number(
-                p.get("maxBlockNumber", hex(await self.builder.head() + 25)), "maxBlockNumber"
-            )
+            async with self.gate.read():
+                head = await self.builder.head()
+            max_block = _block_number(p.get("maxBlockNumber", hex(head + 25)), "maxBlockNumber")
             async with self.lock:
                 self.state.bundles.append(
                     Bundle([raw], max_block, signer or "", next(self.state.seq), private=True)
@@ -203,7 +205,8 @@ class Relay:
         if method == "relay_pendingBundles":
             return [{"bundleHash": b.hash, "blockNumber": hex(b.block)} for b in self.state.bundles]
         # Everything else is the node's business.
-        return await self.rpc.raw(payload)
+        async with self.gate.read():
+            return await self.rpc.raw(payload)
 
     async def _send_bundle(self, params: list[Any], signer: str) -> dict[str, str]:
         assert self.builder is not None
@@ -212,7 +215,8 @@ class Relay:
             raise RpcFault(-32602, "txs required")
         txs = [_raw_tx(t, "txs[]") for t in p["txs"]]
         block = _block_number(p.get("blockNumber"))
-        head = await self.builder.head()
+        async with self.gate.read():
+            head = await self.builder.head()
         if block <= head:
             raise RpcFault(-32602, f"blockNumber {block} is not in the future (head {head})")
         bundle = Bundle(
@@ -241,12 +245,12 @@ class Relay:
         if not isinstance(p, dict) or not p.get("txs"):
             raise RpcFault(-32602, "txs required")
         txs = [_raw_tx(t, "txs[]") for t in p["txs"]]
-        head = await self.builder.head()
-        state = p.get("stateBlockNumber", "latest")
-        if state not in ("latest", hex(head), head):
-            raise RpcFault(-32602, "this relay simulates on the latest state only")
-        timestamp = int(p.get("timestamp") or self.builder.next_timestamp())
-        async with self.lock:
+        async with self.gate.write():
+            head = await self.builder.head()
+            state = p.get("stateBlockNumber", "latest")
+            if state not in ("latest", hex(head), head):
+                raise RpcFault(-32602, "this relay simulates on the latest state only")
+            timestamp = int(p.get("timestamp") or self.builder.next_timestamp())
             sim = await self.builder.simulate([], txs, timestamp)
         results = []
         for r in sim.results:

@@ -28,11 +28,12 @@ import anyio
 import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from web3 import AsyncHTTPProvider, AsyncWeb3, Web3
+from web3 import AsyncWeb3, Web3
 from web3.contract import Contract
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
+from keepers.chain.http import SessionHTTPProvider
 from keepers.devnet.anvil import Anvil, anvil_key, free_port
 from keepers.devnet.deploy import Deployment, bind, deploy_platform
 from keepers.engine.candidates import candidates_for
@@ -280,7 +281,7 @@ class Devnet:
         relay_url = self.relay.url
 
         async def main() -> None:
-            w3 = AsyncWeb3(AsyncHTTPProvider(relay_url))
+            w3 = AsyncWeb3(SessionHTTPProvider(relay_url))
             async with aiohttp.ClientSession() as session:
                 from keepers.chain.follower import ChainFollower
 
@@ -315,6 +316,7 @@ class Devnet:
                     while not stop.is_set():
                         await anyio.sleep(0.02)
                     tg.cancel_scope.cancel()
+            await w3.provider.disconnect()
 
         def run() -> None:
             try:

@@ -48,6 +48,7 @@ class ReconcileReport:
     consumed: list[int] = field(default_factory=list)  # tx ids whose nonce something else used
     reorged: list[int] = field(default_factory=list)  # tx ids no longer mined
     gaps: list[int] = field(default_factory=list)  # nonces that must be filled
+    recovered: list[int] = field(default_factory=list)  # unheld nonces at or above the chain's, freed
 
 
 class NonceManager:
@@ -208,8 +209,41 @@ class NonceManager:
                 counter.next_nonce = chain_nonce
                 session.add(counter)
             session.flush()
+            report.recovered = self._free_unheld(session, chain_nonce, counter.next_nonce)
             report.gaps = self._gaps(session)
         return report
+
+    def _free_unheld(self, session: Session, chain_nonce: int, next_nonce: int) -> list[int]:
+        """Frees every nonce from the chain's count up to the counter that no live record holds
+        and that is not free already. Such a nonce was given up on a reading the chain later
+        contradicted (a node that served a block that was then reorged out, or one that ran
+        ahead of the others); left alone it would be a gap no record knows about."""
+        if next_nonce <= chain_nonce:
+            return []
+        held = set(
+            session.exec(
+                select(TxRecord.nonce).where(
+                    TxRecord.chain_id == self.chain_id,
+                    TxRecord.signer == self.signer,
+                    TxRecord.nonce >= chain_nonce,
+                    col(TxRecord.state).in_([s.value for s in LIVE]),
+                )
+            ).all()
+        )
+        held.update(
+            session.exec(
+                select(FreeNonce.nonce).where(
+                    FreeNonce.chain_id == self.chain_id,
+                    FreeNonce.signer == self.signer,
+                    FreeNonce.nonce >= chain_nonce,
+                )
+            ).all()
+        )
+        recovered = [n for n in range(chain_nonce, next_nonce) if n not in held]
+        for n in recovered:
+            session.add(FreeNonce(chain_id=self.chain_id, signer=self.signer, nonce=n))
+        session.flush()
+        return recovered
 
     def gaps(self) -> list[int]:
         """Free nonces below the highest live one: later transactions wait on them."""

@@ -142,8 +142,14 @@ class _Common:
         chain_nonce = int(await self.w3.eth.get_transaction_count(self.signer.address, "latest"))
         report = await anyio.to_thread.run_sync(self.nonces.reconcile, chain_nonce, mined.get)
         metrics.NONCE_GAPS.labels(self.chain).set(len(report.gaps))
-        if report.consumed or report.reorged:
-            log.warning("nonce reconcile", consumed=report.consumed, reorged=report.reorged, gaps=report.gaps)
+        if report.consumed or report.reorged or report.recovered:
+            log.warning(
+                "nonce reconcile",
+                consumed=report.consumed,
+                reorged=report.reorged,
+                recovered=report.recovered,
+                gaps=report.gaps,
+            )
         return report
 
     async def fill_gaps(self) -> int:

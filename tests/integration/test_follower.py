@@ -9,11 +9,12 @@ import anyio
 import pytest
 from eth_account import Account
 from sqlmodel import Session, func, select
-from web3 import AsyncHTTPProvider, AsyncWeb3, Web3
+from web3 import AsyncWeb3, Web3
 
 from keepers.chain.artifacts import load_artifact
 from keepers.chain.events import EventDecoder
 from keepers.chain.follower import ChainFollower
+from keepers.chain.http import SessionHTTPProvider
 from keepers.devnet.anvil import DEFAULT_KEYS, Anvil
 from keepers.devnet.deploy import Deployment, Sender, bind, deploy_platform
 from keepers.store.engine import make_engine
@@ -56,7 +57,7 @@ def _follower(url: str, dep: Deployment, db: str, **kw: Any) -> ChainFollower:
             (dep.vault, load_artifact("RebalancingVault")),
         ]
     )
-    return ChainFollower(AsyncWeb3(AsyncHTTPProvider(url)), engine, 31337, decoder, **kw)
+    return ChainFollower(AsyncWeb3(SessionHTTPProvider(url)), engine, 31337, decoder, **kw)
 
 
 def _place_tx(w3: Web3, dep: Deployment, amount: int, nonce: int | None = None) -> bytes:

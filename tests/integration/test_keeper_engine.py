@@ -19,10 +19,11 @@ import pytest
 import requests
 from eth_account import Account
 from prometheus_client import REGISTRY
-from web3 import AsyncHTTPProvider, AsyncWeb3, Web3
+from web3 import AsyncWeb3, Web3
 
 from keepers.chain.events import EventDecoder
 from keepers.chain.follower import ChainFollower
+from keepers.chain.http import SessionHTTPProvider
 from keepers.devnet.anvil import DEFAULT_KEYS, Anvil, free_port
 from keepers.devnet.deploy import deploy_platform, write_deployment
 from keepers.engine.loop import KeeperLoop
@@ -94,7 +95,7 @@ def _run_loop(
 ) -> KeeperLoop:
     engine = make_engine(f"sqlite:///{tmp_path / 'k.sqlite'}")
     migrate(engine)
-    w3 = AsyncWeb3(AsyncHTTPProvider(relay.url))
+    w3 = AsyncWeb3(SessionHTTPProvider(relay.url))
     loop_holder: dict[str, Any] = {}
 
     async def main() -> None:

@@ -107,6 +107,26 @@ def test_counter_never_falls_below_the_chain(db_url: str):
     assert nm.allocate(Intent("first", to=None)).nonce == 42
 
 
+def test_a_nonce_given_up_on_a_wrong_reading_is_recovered(db_url: str):
+    """A node that served a block later thrown away said nonce 0 was used; the next reading
+    says it was not. The nonce must come back rather than stay a gap nobody holds."""
+    engine = make_engine(db_url)
+    migrate(engine)
+    nm = NonceManager(engine, 1, SIGNER)
+    rec = nm.allocate(Intent("k0", to=None))
+    assert rec.id is not None
+    nm.transition(rec.id, TxState.IN_FLIGHT, tx_hash="0xhash0")
+    report = nm.reconcile(1, lambda _h: None)  # the wrong reading
+    assert report.consumed == [rec.id]
+    assert nm.allocate(Intent("k1", to=None)).nonce == 1
+
+    report = nm.reconcile(0, lambda _h: None)  # the chain as it is
+    assert report.recovered == [0]
+    assert report.gaps == [0], "nonce 1 is waiting on it"
+    assert nm.allocate(Intent("k2", to=None)).nonce == 0
+    assert nm.reconcile(0, lambda _h: None).recovered == [], "recovered once, not again"
+
+
 def test_state_machine_refuses_illegal_moves(db_url: str):
     engine = make_engine(db_url)
     migrate(engine)

@@ -10,8 +10,9 @@ import anyio
 import pytest
 from eth_account import Account
 from sqlmodel import Session, select
-from web3 import AsyncHTTPProvider, AsyncWeb3, Web3
+from web3 import AsyncWeb3, Web3
 
+from keepers.chain.http import SessionHTTPProvider
 from keepers.devnet.anvil import DEFAULT_KEYS, Anvil, free_port
 from keepers.relay.server import RelayThread
 from keepers.store.engine import make_engine
@@ -81,7 +82,7 @@ async def _with_bundle_submitter(
     nonces: NonceManager,
     body: Callable[[BundleSubmitter, aiohttp.ClientSession], Awaitable[None]],
 ) -> None:
-    w3 = AsyncWeb3(AsyncHTTPProvider(relay.url))
+    w3 = AsyncWeb3(SessionHTTPProvider(relay.url))
     async with aiohttp.ClientSession() as session:
         sub = BundleSubmitter(
             client=FlashbotsClient([relay.url], Account.create(), session),
@@ -211,7 +212,7 @@ def test_public_route_bumps_fees_until_included(tmp_path):
         engine = make_engine(f"sqlite:///{tmp_path / 'p.sqlite'}")
         migrate(engine)
         nm = NonceManager(engine, 31337, KEEPER.address)
-        w3 = AsyncWeb3(AsyncHTTPProvider(a.url))
+        w3 = AsyncWeb3(SessionHTTPProvider(a.url))
         sub = MempoolSubmitter(
             w3=w3,
             nonces=nm,
@@ -237,7 +238,7 @@ def test_a_gap_is_found_and_filled_so_the_stuck_transaction_lands(tmp_path):
         engine = make_engine(f"sqlite:///{tmp_path / 'g.sqlite'}")
         migrate(engine)
         nm = NonceManager(engine, 31337, KEEPER.address)
-        w3 = AsyncWeb3(AsyncHTTPProvider(a.url))
+        w3 = AsyncWeb3(SessionHTTPProvider(a.url))
         signer = TxSigner(KEEPER, 31337)
         fees = FeeEstimator(w3, max_fee_gwei=100)
         sub = MempoolSubmitter(w3=w3, nonces=nm, signer=signer, fees=fees, chain="test", poll_interval=0.05)

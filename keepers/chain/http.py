@@ -1,0 +1,58 @@
+"""An async HTTP provider that owns its aiohttp session.
+
+web3's AsyncHTTPProvider takes a process-wide threading lock through an executor on every
+request, and a request cancelled while it waits for that lock leaves the lock held forever:
+every HTTP provider in the process, sync ones included, then hangs (ethereum/web3.py #3867,
+fix pending in #3872). Keepers cancel requests all the time (timeouts, task groups, shutdown),
+so every async provider in this project is this one: one session per event loop, no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+from web3 import AsyncHTTPProvider
+from web3.types import RPCEndpoint
+
+DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30)
+
+
+class SessionHTTPProvider(AsyncHTTPProvider):
+    def __init__(self, endpoint_uri: str, request_timeout: float | None = None, **kwargs: Any) -> None:
+        super().__init__(endpoint_uri, exception_retry_configuration=None, **kwargs)
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout) if request_timeout else DEFAULT_TIMEOUT
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+
+    def _current_session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._session_loop is not loop:
+            # A session belongs to the loop that made it; a provider reused on a new loop
+            # (tests, restarts) gets a new one.
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session_loop = loop
+        return self._session
+
+    async def _post(self, request_data: bytes) -> bytes:
+        session = self._current_session()
+        async with session.post(
+            str(self.endpoint_uri), data=request_data, headers=self.get_request_headers()
+        ) as resp:
+            resp.raise_for_status()
+            return await resp.read()
+
+    async def _make_request(self, method: RPCEndpoint, request_data: bytes) -> bytes:
+        return await self._post(request_data)
+
+    async def make_batch_request(self, batch_requests: list[tuple[RPCEndpoint, Any]]) -> Any:
+        response = self.decode_rpc_response(await self._post(self.encode_batch_rpc_request(batch_requests)))
+        if isinstance(response, list):
+            response.sort(key=lambda r: int(r.get("id") or 0))
+        return response
+
+    async def disconnect(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
