@@ -147,13 +147,21 @@ class KeeperLoop:
 
     async def _submit(self, action: Action) -> None:
         self.state.in_flight += 1
-        try:
-            outcome = await self.submitter.submit(action)
-        except Exception as exc:
-            log.exception("submission failed", key=action.idempotency_key, error=repr(exc))
+        # Shielded: a stop must not cut a bundle off between send and bookkeeping. run() cancels
+        # this scope only once the drain timeout has passed.
+        with anyio.CancelScope(shield=True) as scope:
+            self._in_flight_scopes.add(scope)
+            try:
+                outcome = await self.submitter.submit(action)
+            except Exception as exc:
+                log.exception("submission failed", key=action.idempotency_key, error=repr(exc))
+                return
+            finally:
+                self._in_flight_scopes.discard(scope)
+                self.state.in_flight -= 1
+        if scope.cancel_called:
+            log.warning("submission cut off after the drain timeout", key=action.idempotency_key)
             return
-        finally:
-            self.state.in_flight -= 1
         self.state.outcomes.append(outcome)
         del self.state.outcomes[: -self.keep_outcomes]
         log.info(
