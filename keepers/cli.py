@@ -10,10 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from sqlalchemy import Engine
 from web3 import Web3
 
 from keepers import __version__
 from keepers.config import ConfigError, load_config
+from keepers.config.loader import Problem
 from keepers.config.schema import KEEPER_KINDS
 from keepers.devnet.anvil import DEFAULT_KEYS, Anvil
 from keepers.devnet.demo import place_and_fill
@@ -116,6 +118,76 @@ def _strategies_list(_args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _store_for(config: Path, chain: str | None) -> tuple[Engine, int, str]:
+    """The config's database (migrated) and the chain id to read, by chain name."""
+    from keepers.store.engine import make_engine
+    from keepers.store.migrations import migrate
+
+    settings = load_config(config)
+    names = list(settings.chains)
+    name = chain or names[0]
+    if name not in settings.chains:
+        raise ConfigError(
+            [Problem(str(config), None, "chains", f"no chain {name!r} (have: {', '.join(names)})")]
+        )
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    return engine, settings.chains[name].chain_id, name
+
+
+def _orders_show(args: argparse.Namespace) -> int:
+    import json
+
+    from keepers.store.order_status import order_status
+
+    engine, chain_id, name = _store_for(args.config, args.chain)
+    view = order_status(engine, chain_id, args.order_id)
+    if view is None:
+        print(f"no order {args.order_id} on {name} (chain {chain_id}) in the store", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(view.as_json(), indent=2))
+        return 0
+    print(f"order {view.order_id} ({view.kind}) on {name}: {view.status}")
+    print(f"  owner       {view.owner}")
+    print(f"  amount in   {view.amount_in} (remaining {view.remaining}), min out {view.min_amount_out}")
+    print(f"  keeper fee  {view.keeper_fee_bps} bps")
+    print(f"  placed      block {view.placed_block}")
+    print(f"  executable  {'block ' + str(view.executable_block) if view.executable_block else '-'}")
+    print(f"  filled      {'block ' + str(view.filled_block) if view.filled_block else '-'}", end="")
+    print(f" ({view.latency_blocks} block(s) after executable)" if view.latency_blocks is not None else "")
+    if view.reorged_block is not None:
+        print(f"  reorged     a fill was taken off the chain at block {view.reorged_block}")
+    for f in view.fills:
+        print(
+            f"  fill        block {f.block} tx {f.tx_hash}: {f.amount_in} -> {f.amount_out} "
+            f"(price {f.price_raw:.6g} raw units, keeper fee {f.keeper_fee}, keeper {f.keeper})"
+        )
+    return 0
+
+
+def _pnl(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from keepers.store.ledger import Ledger
+
+    engine, _chain_id, _name = _store_for(args.config, None)
+    since = dt.date.today() - dt.timedelta(days=args.days - 1) if args.days else None
+    rows = Ledger(engine).pnl(since)
+    if not rows:
+        print("no actions recorded")
+        return 0
+    header = f"{'day':<10} {'chain':>6} {'keeper':<12} {'strategy':<20} {'actions':>7} {'landed':>6}"
+    print(f"{header} {'earned ETH':>12} {'spent ETH':>12} {'net ETH':>12}")
+    for r in rows:
+        print(
+            f"{r.day.isoformat():<10} {r.chain_id:>6} {r.keeper:<12} {r.strategy:<20} {r.actions:>7} "
+            f"{r.included:>6} {r.earned_wei / 1e18:>12.6f} {r.spent_wei / 1e18:>12.6f} "
+            f"{r.net_wei / 1e18:>12.6f}"
+        )
+    return 0
+
+
 def _relay(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -158,6 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
     strategies_sub.add_parser(
         "list", help="registered strategies, their kind, source and version"
     ).set_defaults(func=_strategies_list)
+
+    orders = sub.add_parser("orders", help="where traders' orders stand (from the keeper's store)")
+    orders_sub = orders.add_subparsers(dest="orders_command", required=True)
+    show = orders_sub.add_parser("show", help="one order: status, executable and fill blocks, fills")
+    show.add_argument("order_id", type=int)
+    show.add_argument("--config", type=Path, required=True)
+    show.add_argument("--chain", help="chain name in the config (default: the first)")
+    show.add_argument("--json", action="store_true", help="print JSON (as the HTTP API does)")
+    show.set_defaults(func=_orders_show)
+
+    pnl = sub.add_parser("pnl", help="what each keeper and strategy earned and spent, per day")
+    pnl.add_argument("--config", type=Path, required=True)
+    pnl.add_argument("--days", type=int, default=0, help="only the last N days (default: all)")
+    pnl.set_defaults(func=_pnl)
 
     relay = sub.add_parser("relay", help="run the local Flashbots-protocol relay in front of anvil")
     relay.add_argument("--anvil", required=True, help="anvil URL (started with --no-mining --order fifo)")

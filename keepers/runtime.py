@@ -31,6 +31,7 @@ from keepers.engine.plugins import build_strategy
 from keepers.obs import metrics
 from keepers.obs.health import make_health_app, serve
 from keepers.store.engine import make_engine
+from keepers.store.ledger import Ledger
 from keepers.store.migrations import migrate
 from keepers.tx.fees import FeeEstimator
 from keepers.tx.flashbots import FlashbotsClient
@@ -148,6 +149,7 @@ async def build_keeper(settings: Settings, kind: str, stack: AsyncExitStack) -> 
         contracts=addrs.as_dict(),
         strategy_timeout=ks.strategy_timeout,
         drain_timeout=settings.drain_timeout,
+        ledger=Ledger(engine),
     )
     return Built(loop, engine, w3, chain)
 
@@ -169,7 +171,8 @@ async def run_keeper(settings: Settings, kind: str) -> None:
             behind = metrics.BLOCKS_BEHIND.labels(built.loop.chain)._value.get()
             return (behind <= 5, f"{int(behind)} blocks behind head")
 
-        runner = await serve(make_health_app(ready), settings.health_port or settings.metrics_port)
+        app = make_health_app(ready, built.engine, built.loop.chain_id)
+        runner = await serve(app, settings.health_port or settings.metrics_port)
         stack.push_async_callback(runner.cleanup)
         log.info("keeper started", kind=kind, chain=built.loop.chain, strategy=built.loop.strategy_name)
         async with anyio.create_task_group() as tg:

@@ -85,4 +85,5 @@ def batch_action(
         calls=(Call(to=checksum(book), data=data, gas_limit=gas),),
         expected_value_wei=usd_to_wei(snap, fee_usd, native_token),
         labels={"orders": str(orders)},
+        order_ids=tuple(i for g in groups for i in g.order_ids),
     )

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import anyio
 import structlog
+from web3.exceptions import TransactionNotFound
 
 from keepers.chain.follower import ChainFollower, SyncResult
 from keepers.engine.candidates import CandidateSource, no_candidates
@@ -16,8 +17,10 @@ from keepers.engine.guard import guarded_on_block
 from keepers.engine.market import SnapshotReader
 from keepers.engine.strategy import BlockContext, Strategy
 from keepers.obs import metrics
+from keepers.store.ledger import Ledger
+from keepers.store.tables import ActionLedger
 from keepers.tx.actions import Action
-from keepers.tx.submit import Outcome, Submitter
+from keepers.tx.submit import Outcome, Status, Submitter
 
 log = structlog.get_logger("keeper")
 
@@ -52,6 +55,7 @@ class KeeperLoop:
         drain_timeout: float = 20.0,
         keep_outcomes: int = 1000,
         maintenance_every: int = 10,
+        ledger: Ledger | None = None,
     ) -> None:
         self.kind = kind
         self.chain = chain
@@ -68,6 +72,7 @@ class KeeperLoop:
         self.drain_timeout = drain_timeout
         self.keep_outcomes = keep_outcomes
         self.maintenance_every = maintenance_every
+        self.ledger = ledger
         self._maintaining = False
         self.state = KeeperState()
         self._submissions: anyio.abc.TaskGroup | None = None
@@ -123,13 +128,22 @@ class KeeperLoop:
         actions = await guarded_on_block(
             self.strategy, ctx, keeper=self.kind, name=self.strategy_name, timeout=self.strategy_timeout
         )
+        if self.ledger is not None:
+            executable = [i for a in actions for i in a.order_ids]
+            if executable:
+                try:
+                    await anyio.to_thread.run_sync(
+                        self.ledger.mark_executable, self.chain_id, executable, result.head
+                    )
+                except Exception as exc:  # noqa: BLE001 - bookkeeping must not cost a fill
+                    log.warning("could not record executable orders", error=repr(exc))
         for action in actions:
             if action.expected_value_wei <= 0 and not action.public_good:
                 metrics.ACTIONS.labels(self.chain, "unprofitable").inc()
                 log.info("action dropped: not worth sending", key=action.idempotency_key)
                 continue
             assert self._submissions is not None
-            self._submissions.start_soon(self._submit, action)
+            self._submissions.start_soon(self._submit, action, result.head)
 
     async def _maintain(self) -> None:
         """Reconcile nonces with the chain (first block, then every few), fill gaps, observe."""
@@ -145,7 +159,7 @@ class KeeperLoop:
         finally:
             self._maintaining = False
 
-    async def _submit(self, action: Action) -> None:
+    async def _submit(self, action: Action, decided_block: int) -> None:
         self.state.in_flight += 1
         # Shielded: a stop must not cut a bundle off between send and bookkeeping. run() cancels
         # this scope only once the drain timeout has passed.
@@ -164,6 +178,7 @@ class KeeperLoop:
             return
         self.state.outcomes.append(outcome)
         del self.state.outcomes[: -self.keep_outcomes]
+        await self._account(action, decided_block, outcome)
         log.info(
             "action",
             key=action.idempotency_key,
@@ -171,3 +186,44 @@ class KeeperLoop:
             block=outcome.block,
             reason=outcome.reason,
         )
+
+    async def _account(self, action: Action, decided_block: int, outcome: Outcome) -> None:
+        """Books what the action earned and cost (ledger and metrics)."""
+        gas_used = gas_cost = 0
+        included = outcome.status is Status.INCLUDED
+        if included:
+            for h in outcome.tx_hashes:
+                try:
+                    receipt = await self.follower.w3.eth.get_transaction_receipt(h)  # type: ignore[arg-type]
+                except TransactionNotFound:
+                    continue  # a replaced attempt never landed
+                if int(receipt["blockNumber"]) != outcome.block:
+                    continue
+                gas_used += int(receipt["gasUsed"])
+                gas_cost += int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
+        earned = action.expected_value_wei if included else 0
+        coinbase = action.coinbase_payment_wei if included else 0
+        labels = (self.chain, self.kind, self.strategy_name)
+        metrics.EARNED_WEI.labels(*labels).inc(earned)
+        metrics.SPENT_WEI.labels(*labels).inc(gas_cost + coinbase)
+        if self.ledger is None:
+            return
+        entry = ActionLedger(
+            chain_id=self.chain_id,
+            keeper=self.kind,
+            strategy=self.strategy_name,
+            idempotency_key=action.idempotency_key,
+            decided_block=decided_block,
+            status=str(outcome.status),
+            included_block=outcome.block,
+            tx_hashes=list(outcome.tx_hashes),
+            order_ids=list(action.order_ids),
+            earned_wei=earned,
+            gas_used=gas_used,
+            gas_cost_wei=gas_cost,
+            coinbase_wei=coinbase,
+        )
+        try:
+            await anyio.to_thread.run_sync(self.ledger.record, entry)
+        except Exception as exc:  # noqa: BLE001 - bookkeeping must not stop the keeper
+            log.warning("could not record the action in the ledger", error=repr(exc))

@@ -1,18 +1,29 @@
-"""/healthz (the process answers), /readyz (the keeper is caught up and its store reachable) and
-/metrics (Prometheus) on one port."""
+"""/healthz (the process answers), /readyz (the keeper is caught up and its store reachable),
+/metrics (Prometheus) and the traders' read-only order API (/orders/{id}, /orders?owner=0x...)
+on one port."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import anyio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import Engine
+
+from keepers.store.order_status import order_status, orders_of
 
 #: Returns (ready, reason).
 ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
 
 
-def make_health_app(ready: ReadinessCheck) -> web.Application:
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def make_health_app(
+    ready: ReadinessCheck, engine: Engine | None = None, chain_id: int | None = None
+) -> web.Application:
     async def healthz(_req: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -23,7 +34,30 @@ def make_health_app(ready: ReadinessCheck) -> web.Application:
     async def metrics(_req: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def order(req: web.Request) -> web.Response:
+        assert engine is not None
+        assert chain_id is not None
+        raw = req.match_info["order_id"]
+        if not raw.isdigit():
+            return _error(400, f"order id must be a non-negative integer, got {raw[:40]!r}")
+        view = await anyio.to_thread.run_sync(order_status, engine, chain_id, int(raw))
+        if view is None:
+            return _error(404, f"no order {raw} on chain {chain_id} (not placed, or not synced yet)")
+        return web.json_response(view.as_json())
+
+    async def orders(req: web.Request) -> web.Response:
+        assert engine is not None
+        assert chain_id is not None
+        owner = req.query.get("owner", "")
+        if len(owner) != 42 or not owner.startswith("0x"):
+            return _error(400, "owner must be a 0x-prefixed 20-byte address")
+        views = await anyio.to_thread.run_sync(orders_of, engine, chain_id, owner)
+        return web.json_response([v.as_json() for v in views])
+
     app = web.Application()
+    if engine is not None and chain_id is not None:
+        app.router.add_get("/orders/{order_id}", order)
+        app.router.add_get("/orders", orders)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

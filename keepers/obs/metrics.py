@@ -46,3 +46,13 @@ RPC_ERRORS = Counter(
 RPC_ENDPOINT_HEALTHY = Gauge(
     "keepers_rpc_endpoint_healthy", "1 if the endpoint is in rotation", ["chain", "endpoint"]
 )
+EARNED_WEI = Counter(
+    "keepers_earned_wei_total",
+    "Fees, rewards and bonuses of included actions (strategy valuation, in wei)",
+    ["chain", "keeper", "strategy"],
+)
+SPENT_WEI = Counter(
+    "keepers_spent_wei_total",
+    "Gas (from receipts) and builder payments of included actions, in wei",
+    ["chain", "keeper", "strategy"],
+)

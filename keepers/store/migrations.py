@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Connection, Engine, inspect, select, text
 from sqlmodel import SQLModel
 
 from keepers.store import tables
@@ -27,7 +27,20 @@ def _initial(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _initial),)
+def _ledger_and_reorg_marker(conn: Connection) -> None:
+    """The action ledger table and order.reorged_block. A database made by version 1 of this
+    package lacks both; one created since has them already (version 1 creates the current
+    tables), so each step checks first."""
+    tables.ActionLedger.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+    columns = {c["name"] for c in inspect(conn).get_columns("order")}
+    if "reorged_block" not in columns:
+        conn.execute(text('ALTER TABLE "order" ADD COLUMN reorged_block INTEGER'))
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _initial),
+    Migration(2, "action ledger, order reorg marker", _ledger_and_reorg_marker),
+)
 
 
 def migrate(engine: Engine) -> list[int]:

@@ -166,10 +166,13 @@ def rollback_after(session: Session, chain_id: int, fork_block: int, contracts: 
         select(ChainEvent).where(ChainEvent.chain_id == chain_id, ChainEvent.block_number > fork_block)
     ).all()
     touched: set[Key] = set()
+    unfilled: set[int] = set()  # orders a reorg took a fill from
     for ev in orphans:
         k = key_of(contracts.get(ev.address.lower(), ""), ev.address, ev.name, ev.args)
         if k:
             touched.add(k)
+            if ev.name == "OrderFilled":
+                unfilled.add(int(k[1]))
         session.delete(ev)
     session.exec(
         delete(BlockHash).where(col(BlockHash.chain_id) == chain_id, col(BlockHash.number) > fork_block)
@@ -177,16 +180,24 @@ def rollback_after(session: Session, chain_id: int, fork_block: int, contracts: 
     session.flush()
     for k in touched:
         _refold(session, chain_id, k, contracts)
+    for order_id in unfilled:
+        order = session.get(Order, (chain_id, order_id))
+        if order is not None:
+            order.reorged_block = fork_block + 1
+            session.add(order)
     return len(orphans)
 
 
 def _refold(session: Session, chain_id: int, key: Key, contracts: dict[str, str]) -> None:
     since = 0  # an order's events start at its placement: scan only from there
     row: Order | Position | Vault | None
+    kept: dict[str, int | None] = {}  # what a keeper learned about the order, not the chain
     if key[0] == "order":
         session.exec(delete(Fill).where(col(Fill.chain_id) == chain_id, col(Fill.order_id) == key[1]))
         row = session.get(Order, (chain_id, key[1]))
         since = row.placed_block if row is not None else 0
+        if row is not None:
+            kept = {"executable_block": row.executable_block, "reorged_block": row.reorged_block}
     elif key[0] == "position":
         row = session.get(Position, (chain_id, key[1], key[2]))
     else:
@@ -202,3 +213,9 @@ def _refold(session: Session, chain_id: int, key: Key, contracts: dict[str, str]
     for ev in remaining:
         if key_of(contracts.get(ev.address.lower(), ""), ev.address, ev.name, ev.args) == key:
             apply(session, chain_id, ev)
+    if kept:
+        order = session.get(Order, (chain_id, key[1]))
+        if order is not None:
+            order.executable_block = order.executable_block or kept["executable_block"]
+            order.reorged_block = kept["reorged_block"]
+            session.add(order)

@@ -70,8 +70,11 @@ class Order(SQLModel, table=True):
     slices: int = 0
     status: str = Field(index=True)  # open, armed, partially_filled, filled, cancelled, expired
     placed_block: int
+    #: First block a keeper found the order executable (or the oracle armed it).
     executable_block: int | None = None
     updated_block: int
+    #: Set when a reorg took a fill of this order off the chain (the fork block + 1).
+    reorged_block: int | None = None
 
 
 class Fill(SQLModel, table=True):
@@ -181,6 +184,38 @@ class TxAttempt(SQLModel, table=True):
     max_priority_fee_per_gas: int = _u256()
     target_block: int | None = None
     sent_at: dt.datetime = Field(default_factory=_now)
+
+
+class ActionLedger(SQLModel, table=True):
+    """What one keeper action earned and cost: the economics behind `keepers pnl`.
+
+    Earned is the strategy's valuation (fees, reward or bonus at the oracle price when it
+    decided); spent is measured: gas used times the effective gas price from the receipt, plus
+    any coinbase payment. Actions that never reached the chain cost nothing and earn nothing.
+    """
+
+    __table_args__ = (Index("ix_ledger_keeper_day", "chain_id", "keeper", "strategy", "day"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    chain_id: int
+    keeper: str
+    strategy: str
+    idempotency_key: str
+    decided_block: int
+    status: str  # included, missed, rejected
+    included_block: int | None = None
+    tx_hashes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    order_ids: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    earned_wei: int = _u256()
+    gas_used: int = 0
+    gas_cost_wei: int = _u256()
+    coinbase_wei: int = _u256()
+    day: dt.date = Field(default_factory=lambda: _now().date())
+    created_at: dt.datetime = Field(default_factory=_now)
+
+    @property
+    def net_wei(self) -> int:
+        return self.earned_wei - self.gas_cost_wei - self.coinbase_wei
 
 
 class SchemaVersion(SQLModel, table=True):

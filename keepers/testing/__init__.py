@@ -28,6 +28,7 @@ import anyio
 import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from sqlalchemy import Engine
 from web3 import AsyncWeb3, Web3
 from web3.contract import Contract
 from web3.logs import DISCARD
@@ -40,9 +41,11 @@ from keepers.engine.candidates import candidates_for
 from keepers.engine.loop import KeeperLoop
 from keepers.engine.market import SnapshotReader
 from keepers.engine.plugins import build_strategy, strategy_class
+from keepers.obs.health import make_health_app, serve
 from keepers.relay.server import RelayThread
 from keepers.runtime import ContractAddresses, event_decoder
 from keepers.store.engine import make_engine
+from keepers.store.ledger import Ledger
 from keepers.store.migrations import migrate
 from keepers.tx.fees import FeeEstimator
 from keepers.tx.flashbots import FlashbotsClient
@@ -61,6 +64,9 @@ class KeeperHarness:
 
     loop: KeeperLoop
     relay_url: str
+    engine: Engine | None = None
+    #: The keeper's HTTP port: /healthz, /readyz, /metrics and the order API.
+    api_url: str = ""
     _thread: threading.Thread | None = None
     _stop: threading.Event | None = None
     error: BaseException | None = None
@@ -308,14 +314,22 @@ class Devnet:
                     contracts=addrs.as_dict(),
                     strategy_timeout=5.0,
                     drain_timeout=10.0,
+                    ledger=Ledger(engine),
                 )
-                harness_holder["h"] = KeeperHarness(loop, relay_url)
+                api_port = free_port()
+
+                async def ready() -> tuple[bool, str]:
+                    return loop.state.last_block >= 0, f"last block {loop.state.last_block}"
+
+                runner = await serve(make_health_app(ready, engine, 31337), api_port, host="127.0.0.1")
+                harness_holder["h"] = KeeperHarness(loop, relay_url, engine, f"http://127.0.0.1:{api_port}")
                 started.set()
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(lambda: loop.run(poll_interval=0.02))
                     while not stop.is_set():
                         await anyio.sleep(0.02)
                     tg.cancel_scope.cancel()
+                await runner.cleanup()
             await w3.provider.disconnect()
 
         def run() -> None:

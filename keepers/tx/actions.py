@@ -35,3 +35,5 @@ class Action:
     #: Wei paid to the block builder on top of priority fees (bundle routes only).
     coinbase_payment_wei: int = 0
     labels: dict[str, str] = field(default_factory=dict)
+    #: OrderBook orders this action fills (the runtime records where each became executable).
+    order_ids: tuple[int, ...] = ()

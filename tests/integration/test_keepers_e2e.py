@@ -6,7 +6,9 @@ from __future__ import annotations
 from itertools import pairwise
 
 import pytest
+import requests
 
+from keepers.store.ledger import Ledger
 from keepers.testing import Devnet
 
 pytestmark = pytest.mark.integration
@@ -31,9 +33,31 @@ def test_limit_order_fills_at_the_first_block_it_is_executable(keepers_devnet: D
         executable = d.head
         k.wait_for_bundle(executable + 1)
         d.mine()
+        k.wait_idle()
+        k.wait_synced(d.head)
+        status = requests.get(f"{k.api_url}/orders/{oid}", timeout=5).json()
+        mine = requests.get(f"{k.api_url}/orders", params={"owner": d.traders[0].address}, timeout=5).json()
+        missing = requests.get(f"{k.api_url}/orders/999999", timeout=5)
+        assert k.engine is not None
+        (booked,) = Ledger(k.engine).pnl()
     fills = d.fills(oid)
     assert [int(f["blockNumber"]) for f in fills] == [executable + 1]
     assert fills[0]["args"]["amountOut"] >= 2_050 * USDC, "never below the limit"
+
+    # What the trader sees: filled, in the block after it became executable, with the fill's tx.
+    assert status["status"] == "filled"
+    assert (status["executable_block"], status["filled_block"], status["latency_blocks"]) == (
+        executable, executable + 1, 1,
+    )  # fmt: skip
+    assert status["fills"][0]["tx_hash"] == "0x" + fills[0]["transactionHash"].hex().removeprefix("0x")
+    assert int(status["fills"][0]["amount_out"]) == fills[0]["args"]["amountOut"]
+    assert [o["order_id"] for o in mine] == [oid]
+    assert missing.status_code == 404
+    assert "no order 999999" in missing.json()["error"]
+    # What the operator sees: one landed action, its fee earned and its gas measured.
+    assert (booked.keeper, booked.strategy, booked.included) == ("limit-stop", "best-execution", 1)
+    assert booked.earned_wei > 0
+    assert booked.spent_wei > 0
 
 
 def test_stop_loss_fires_on_the_oracle_not_on_a_pool_spike(keepers_devnet: Devnet):

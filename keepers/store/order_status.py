@@ -1,0 +1,127 @@
+"""Where a trader's order stands, from the store: what the read-only API and
+`keepers orders show` report."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from keepers.store.tables import Fill, Order
+
+KIND_NAMES = ("limit", "stop-loss", "take-profit", "twap", "iceberg")
+
+
+@dataclass(frozen=True)
+class FillView:
+    tx_hash: str
+    block: int
+    amount_in: int
+    amount_out: int
+    #: Output per input in the tokens' smallest units (amount_out / amount_in).
+    price_raw: float
+    keeper_fee: int
+    keeper: str
+
+
+@dataclass(frozen=True)
+class OrderView:
+    chain_id: int
+    order_id: int
+    owner: str
+    kind: str
+    #: open, armed, partially_filled, filled, cancelled, expired, or reorged (a reorg took its
+    #: fill off the chain and it is open again).
+    status: str
+    amount_in: int
+    remaining: int
+    min_amount_out: int
+    keeper_fee_bps: int
+    placed_block: int
+    executable_block: int | None
+    filled_block: int | None
+    latency_blocks: int | None  # first fill block minus executable block (1 = the next block)
+    reorged_block: int | None
+    fills: list[FillView] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for k in ("amount_in", "remaining", "min_amount_out"):
+            out[k] = str(out[k])  # uint256: JSON numbers lose precision past 2^53
+        for f in out["fills"]:
+            for k in ("amount_in", "amount_out", "keeper_fee"):
+                f[k] = str(f[k])
+        return out
+
+
+def _view(order: Order, fills: list[Fill]) -> OrderView:
+    status = order.status
+    if order.reorged_block is not None and status in ("open", "armed"):
+        status = "reorged"
+    filled_block = max((f.block_number for f in fills), default=None) if status == "filled" else None
+    first_fill = min((f.block_number for f in fills), default=None)
+    latency = (
+        first_fill - order.executable_block
+        if first_fill is not None and order.executable_block is not None
+        else None
+    )
+    return OrderView(
+        chain_id=order.chain_id,
+        order_id=order.order_id,
+        owner=order.owner,
+        kind=KIND_NAMES[order.kind] if 0 <= order.kind < len(KIND_NAMES) else str(order.kind),
+        status=status,
+        amount_in=order.amount_in,
+        remaining=order.remaining,
+        min_amount_out=order.min_amount_out,
+        keeper_fee_bps=order.keeper_fee_bps,
+        placed_block=order.placed_block,
+        executable_block=order.executable_block,
+        filled_block=filled_block,
+        latency_blocks=latency,
+        reorged_block=order.reorged_block,
+        fills=[
+            FillView(
+                tx_hash=f.tx_hash,
+                block=f.block_number,
+                amount_in=f.amount_in,
+                amount_out=f.amount_out,
+                price_raw=f.amount_out / f.amount_in if f.amount_in else 0.0,
+                keeper_fee=f.keeper_fee,
+                keeper=f.keeper,
+            )
+            for f in fills
+        ],
+    )
+
+
+def _fills(session: Session, chain_id: int, order_id: int) -> list[Fill]:
+    return list(
+        session.exec(
+            select(Fill)
+            .where(Fill.chain_id == chain_id, Fill.order_id == order_id)
+            .order_by(col(Fill.block_number), col(Fill.log_index))
+        ).all()
+    )
+
+
+def order_status(engine: Engine, chain_id: int, order_id: int) -> OrderView | None:
+    with Session(engine) as session:
+        order = session.get(Order, (chain_id, order_id))
+        if order is None:
+            return None
+        return _view(order, _fills(session, chain_id, order_id))
+
+
+def orders_of(engine: Engine, chain_id: int, owner: str, limit: int = 100) -> list[OrderView]:
+    """An owner's most recent orders, newest first."""
+    with Session(engine) as session:
+        orders = session.exec(
+            select(Order)
+            .where(Order.chain_id == chain_id, Order.owner == owner.lower())
+            .order_by(col(Order.order_id).desc())
+            .limit(limit)
+        ).all()
+        return [_view(o, _fills(session, chain_id, o.order_id)) for o in orders]

@@ -1,0 +1,30 @@
+"""Schema migrations on real SQLite and PostgreSQL: a database made by an older version is
+brought up to date, and a current one is left alone."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import inspect, text
+
+from keepers.store.engine import make_engine
+from keepers.store.migrations import MIGRATIONS, current_version, migrate
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_version_one_database_gains_the_ledger_and_reorg_marker(db_url: str):
+    engine = make_engine(db_url)
+    assert migrate(engine) == [m.version for m in MIGRATIONS]
+    assert migrate(engine) == [], "a second run applies nothing"
+    # Turn it back into what version 1 of the package created.
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE actionledger"))
+        conn.execute(text('ALTER TABLE "order" DROP COLUMN reorged_block'))
+        conn.execute(text("DELETE FROM schemaversion WHERE version > 1"))
+    assert current_version(engine) == 1
+
+    assert migrate(engine) == [2]
+    insp = inspect(engine)
+    assert "actionledger" in insp.get_table_names()
+    assert "reorged_block" in {c["name"] for c in insp.get_columns("order")}
+    assert current_version(engine) == 2
