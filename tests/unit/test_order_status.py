@@ -103,7 +103,7 @@ def test_pnl_by_keeper_strategy_and_day(tmp_path):
                 gas_cost_wei=gas,
                 coinbase_wei=10**14 if earned else 0,
                 day=today,
-            )  # fmt: skip
+            )
         )
     ledger.record(
         ActionLedger(
@@ -116,7 +116,7 @@ def test_pnl_by_keeper_strategy_and_day(tmp_path):
             earned_wei=0,
             gas_cost_wei=7 * 10**14,
             day=today,
-        )  # fmt: skip
+        )
     )
     rows = {(r.keeper, r.strategy): r for r in ledger.pnl(today)}
     ls = rows[("limit-stop", "best-execution")]
