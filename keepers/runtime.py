@@ -25,9 +25,11 @@ from keepers.chain.follower import ChainFollower
 from keepers.chain.rpc_pool import RpcPool
 from keepers.config.schema import ChainSettings, Settings, SubmissionMode
 from keepers.engine.candidates import candidates_for
+from keepers.engine.isolation import IsolatedStrategy
 from keepers.engine.loop import KeeperLoop
 from keepers.engine.market import SnapshotReader
 from keepers.engine.plugins import build_strategy
+from keepers.engine.strategy import Strategy
 from keepers.obs import metrics
 from keepers.obs.health import make_health_app, serve
 from keepers.store.engine import make_engine
@@ -99,7 +101,13 @@ async def build_keeper(settings: Settings, kind: str, stack: AsyncExitStack) -> 
     chain = settings.chains[ks.chain]
     engine = make_engine(settings.database_url)
     await anyio.to_thread.run_sync(migrate, engine)
-    strategy = build_strategy(ks.strategy, kind, ks.params)
+    strategy: Strategy = build_strategy(ks.strategy, kind, ks.params)  # params are checked here, once
+    if ks.isolation == "process":
+        isolated = IsolatedStrategy(
+            ks.strategy, kind, ks.params, rpc_url=chain.rpc[0].url, memory_limit_mb=ks.memory_limit_mb
+        )
+        stack.push_async_callback(isolated.close)
+        strategy = isolated
 
     pool = RpcPool([e.url for e in chain.rpc], rate_limits=[e.rate_limit for e in chain.rpc], chain=ks.chain)
     stack.push_async_callback(pool.disconnect)

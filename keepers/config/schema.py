@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AnyUrl, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -109,6 +109,11 @@ class KeeperSettings(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     #: Seconds a strategy may take per block before it is cut off and counted as failed.
     strategy_timeout: float = Field(default=2.0, gt=0)
+    #: "process" runs the strategy in a worker process: a plugin that blocks or leaks loses its
+    #: own blocks (killed past strategy_timeout, restarted) instead of stalling the keeper.
+    isolation: Literal["in-process", "process"] = "in-process"
+    #: Heap limit of the worker process (isolation = "process").
+    memory_limit_mb: int = Field(default=1024, ge=64)
 
 
 class Settings(Strict):

@@ -26,6 +26,7 @@ from keepers.chain.follower import ChainFollower
 from keepers.chain.http import SessionHTTPProvider
 from keepers.devnet.anvil import DEFAULT_KEYS, Anvil, free_port
 from keepers.devnet.deploy import deploy_platform, write_deployment
+from keepers.engine.isolation import IsolatedStrategy
 from keepers.engine.loop import KeeperLoop
 from keepers.engine.plugins import PluginError, build_strategy, list_plugins
 from keepers.relay.server import RelayThread
@@ -91,7 +92,13 @@ def test_build_strategy_validates_params_and_kind():
 
 
 def _run_loop(
-    anvil: Anvil, relay: RelayThread, tmp_path: Path, strategy_name: str, blocks: int
+    anvil: Anvil,
+    relay: RelayThread,
+    tmp_path: Path,
+    strategy_name: str,
+    blocks: int,
+    isolated: IsolatedStrategy | None = None,
+    timeout: float = 0.5,
 ) -> KeeperLoop:
     engine = make_engine(f"sqlite:///{tmp_path / 'k.sqlite'}")
     migrate(engine)
@@ -114,11 +121,11 @@ def _run_loop(
                 kind="limit-stop",
                 chain="test",
                 chain_id=31337,
-                strategy=build_strategy(strategy_name, "limit-stop", {}),
+                strategy=isolated or build_strategy(strategy_name, "limit-stop", {}),
                 strategy_name=strategy_name,
                 follower=ChainFollower(w3, engine, 31337, EventDecoder([])),
                 submitter=submitter,
-                strategy_timeout=0.5,
+                strategy_timeout=timeout,
                 drain_timeout=10,
             )
             loop_holder["loop"] = loop
@@ -128,6 +135,8 @@ def _run_loop(
                     while loop.state.blocks < blocks:
                         await anyio.sleep(0.05)
                     tg.cancel_scope.cancel()
+            if isolated is not None:
+                await isolated.close()
 
     anyio.run(main)
     return loop_holder["loop"]
@@ -225,3 +234,39 @@ def test_keepers_run_is_ready_serves_metrics_and_stops_cleanly_on_sigterm(chain,
     assert proc.returncode == 0, err[-3000:]
     assert '"keeper stopped"' in err or "keeper stopped" in err
     assert DEFAULT_KEYS[4][2:] not in err, "the signing key never reaches the logs"
+
+
+def _isolated(relay: RelayThread, name: str, memory_limit_mb: int = 256) -> IsolatedStrategy:
+    return IsolatedStrategy(name, "limit-stop", {}, rpc_url=relay.url, memory_limit_mb=memory_limit_mb)
+
+
+@pytest.mark.usefixtures("plugins")
+def test_isolated_strategy_round_trips_actions_that_land(chain, tmp_path):
+    anvil, relay = chain
+    strategy = _isolated(relay, "test-printing")
+    loop = _run_loop(anvil, relay, tmp_path, "test-printing", blocks=4, isolated=strategy, timeout=10)
+    included = [o for o in loop.state.outcomes if o.status is Status.INCLUDED]
+    assert len(included) >= 2, "actions came back from the worker and landed"
+    assert strategy.restarts == 0, "printing to stdout does not break the worker's protocol"
+
+
+@pytest.mark.usefixtures("plugins")
+def test_isolated_strategy_that_never_yields_is_killed_and_the_keeper_goes_on(chain, tmp_path):
+    anvil, relay = chain
+    before = _errors("timeout", "test-spinning")
+    strategy = _isolated(relay, "test-spinning")
+    loop = _run_loop(anvil, relay, tmp_path, "test-spinning", blocks=3, isolated=strategy, timeout=1.5)
+    assert loop.state.blocks >= 3, "the keeper kept following blocks"
+    assert _errors("timeout", "test-spinning") - before >= 2
+    assert strategy.restarts >= 2, "each late worker was killed and replaced"
+
+
+@pytest.mark.usefixtures("plugins")
+def test_isolated_strategy_over_its_memory_limit_is_restarted(chain, tmp_path):
+    anvil, relay = chain
+    before = _errors("exception", "test-leaking")
+    strategy = _isolated(relay, "test-leaking", memory_limit_mb=256)
+    loop = _run_loop(anvil, relay, tmp_path, "test-leaking", blocks=12, isolated=strategy, timeout=10)
+    assert loop.state.blocks >= 12
+    assert _errors("exception", "test-leaking") - before >= 1, "the out-of-memory worker was counted"
+    assert strategy.restarts >= 1

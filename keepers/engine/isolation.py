@@ -1,0 +1,189 @@
+"""Out-of-process strategies: the plugin runs in a worker process under a memory limit, and the
+keeper kills the worker when a block's answer is late.
+
+In-process, a plugin that blocks the event loop (a busy loop, a sync network call) or leaks
+memory takes the keeper down with it; a timeout cannot interrupt code that never yields. In a
+worker it can only lose its own blocks: the keeper waits `strategy_timeout`, kills the worker,
+counts the failure and starts a fresh one for the next block (as Keep3r jobs and MakerDAO's
+auction-keeper models run apart from the keeper that signs).
+
+The protocol is one frame per block each way over the worker's pipes, a 4-byte length and a
+body. Keeper -> worker: the block's context, pickled (the keeper is trusted). Worker -> keeper:
+JSON, never pickle, so a hostile plugin cannot run code in the keeper by what it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import struct
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from keepers.engine.strategy import BlockContext, Strategy
+from keepers.tx.actions import Action, Call
+
+log = structlog.get_logger("isolation")
+
+HEADER = struct.Struct(">I")
+SPEC_ENV = "KEEPERS_WORKER_SPEC"
+#: The biggest answer a worker may send (a garbage flood is cut off, not buffered).
+MAX_FRAME = 16 * 2**20
+
+
+class WorkerFailed(RuntimeError):
+    """The worker died, answered out of protocol, or its strategy raised."""
+
+
+def encode_actions(actions: Sequence[Action]) -> bytes:
+    return json.dumps({"actions": [asdict(a) for a in actions]}).encode()
+
+
+def decode_actions(body: bytes) -> list[Action] | object:
+    """Actions from a worker's JSON; anything else is returned as is (the guard counts it)."""
+    try:
+        msg: object = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(msg, dict):
+        return msg
+    if "error" in msg:
+        raise WorkerFailed(f"strategy raised in its worker: {str(msg['error'])[:500]}")
+    try:
+        return [
+            Action(
+                idempotency_key=str(a["idempotency_key"]),
+                calls=tuple(
+                    Call(str(c["to"]), str(c["data"]), int(c["value"]), int(c["gas_limit"]))
+                    for c in a["calls"]
+                ),
+                expected_value_wei=int(a["expected_value_wei"]),
+                deadline_blocks=int(a["deadline_blocks"]),
+                public_good=bool(a["public_good"]),
+                coinbase_payment_wei=int(a["coinbase_payment_wei"]),
+                labels={str(k): str(v) for k, v in dict(a["labels"]).items()},
+                order_ids=tuple(int(i) for i in a["order_ids"]),
+            )
+            for a in msg["actions"]
+        ]
+    except (KeyError, TypeError, ValueError):
+        return msg
+
+
+class IsolatedStrategy(Strategy):
+    """Runs the named plugin in a worker process; on_block is a round trip to it."""
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        params: dict[str, Any],
+        *,
+        rpc_url: str | None,
+        memory_limit_mb: int,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(params=None)  # type: ignore[arg-type]
+        self.kind = kind  # type: ignore[misc]
+        self.name = name
+        self.plugin_params = params
+        self.rpc_url = rpc_url
+        self.memory_limit_mb = memory_limit_mb
+        self.startup_timeout = startup_timeout
+        self.restarts = 0
+        self._proc: Process | None = None
+        self._out: BufferedByteReceiveStream | None = None
+
+    async def _start(self) -> Process:
+        spec = json.dumps(
+            {
+                "name": self.name,
+                "kind": self.kind,
+                "params": self.plugin_params,
+                "rpc_url": self.rpc_url,
+                "memory_limit_mb": self.memory_limit_mb,
+            }
+        )
+        # The worker sees the plugins the keeper sees. The spec goes by environment, not argv:
+        # an RPC URL may carry credentials, and argv is readable by every user on the host.
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+            SPEC_ENV: spec,
+        }
+        proc = await anyio.open_process([sys.executable, "-m", "keepers.engine.worker"], env=env, stderr=None)
+        assert proc.stdout is not None
+        self._proc, self._out = proc, BufferedByteReceiveStream(proc.stdout)
+        with anyio.fail_after(self.startup_timeout):
+            ready = await self._read_frame()
+        if ready != b"ready":
+            await self._kill()
+            raise WorkerFailed(f"strategy worker did not start: {ready[:500]!r}")
+        return proc
+
+    async def _read_frame(self) -> bytes:
+        assert self._out is not None
+        try:
+            (size,) = HEADER.unpack(await self._out.receive_exactly(HEADER.size))
+            if size > MAX_FRAME:
+                raise WorkerFailed(f"strategy worker sent a {size}-byte answer (limit {MAX_FRAME})")
+            return await self._out.receive_exactly(size)
+        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
+            code = await self._exit_code()
+            raise WorkerFailed(f"strategy worker exited ({self._describe(code)})") from None
+
+    async def _exit_code(self) -> int | None:
+        if self._proc is None:
+            return None
+        with anyio.move_on_after(2):
+            return await self._proc.wait()
+        return None
+
+    def _describe(self, code: int | None) -> str:
+        if code is not None and code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        if code == 3:
+            return f"out of memory: limit {self.memory_limit_mb} MB"
+        return f"exit code {code}"
+
+    async def _kill(self) -> None:
+        proc, self._proc, self._out = self._proc, None, None
+        if proc is None:
+            return
+        with anyio.CancelScope(shield=True):
+            if proc.returncode is None:
+                proc.kill()
+            await proc.aclose()
+
+    async def on_block(self, ctx: BlockContext) -> Sequence[Action]:
+        if self._proc is None or self._proc.returncode is not None:
+            if self._proc is not None:
+                self.restarts += 1
+                await self._kill()
+            await self._start()
+        proc = self._proc
+        assert proc is not None
+        assert proc.stdin is not None
+        body = pickle.dumps(replace(ctx, reader=None), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            await proc.stdin.send(HEADER.pack(len(body)) + body)
+            answer = await self._read_frame()
+        except BaseException:
+            # Late (the guard's timeout cancelled us), dead or out of protocol: the worker's state
+            # is unknown, so it goes; the next block starts a fresh one.
+            self.restarts += 1
+            await self._kill()
+            raise
+        return decode_actions(answer)  # type: ignore[return-value]
+
+    async def close(self) -> None:
+        await self._kill()
