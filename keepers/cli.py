@@ -20,6 +20,8 @@ from keepers.config.schema import KEEPER_KINDS
 from keepers.devnet.anvil import DEFAULT_KEYS, Anvil
 from keepers.devnet.demo import place_and_fill
 from keepers.devnet.deploy import DeployError, deploy_platform, write_deployment
+from keepers.engine.plugins import PluginError
+from keepers.replay import ReplayError
 from keepers.toolchain import ToolchainError
 
 
@@ -188,6 +190,51 @@ def _pnl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_record(args: argparse.Namespace) -> int:
+    from keepers.devnet.deploy import Deployment
+    from keepers.replay import Recorder
+
+    w3 = Web3(Web3.HTTPProvider(args.rpc))
+    rec = Recorder(w3, Deployment.from_json(args.deployment.read_text())).start()
+    target = rec.start_block + args.blocks
+    print(f"recording from block {rec.start_block} to {target} (state dumped)", flush=True)
+    while int(w3.eth.block_number) < target:
+        time.sleep(0.2)
+    recording = rec.finish(target)
+    recording.save(args.out)
+    txs = sum(len(b.txs) for b in recording.blocks)
+    print(f"wrote {args.out}: {len(recording.blocks)} blocks, {txs} transactions")
+    return 0
+
+
+def _replay_run(args: argparse.Namespace) -> int:
+    import json
+
+    import anyio
+
+    from keepers.replay import Recording, replay
+
+    recording = Recording.load(args.recording)
+    params = json.loads(args.params) if args.params else {}
+    report = anyio.run(lambda: replay(recording, args.strategy, args.kind, params))
+    if args.json:
+        args.json.write_text(json.dumps(report.as_json(), indent=2))
+    print(f"{args.strategy} ({args.kind}) over blocks {report.first_block}..{report.last_block}")
+    for a in report.actions:
+        verdict = ("lands" if not a.repeat else "repeat: already filled above") if a.landed else a.reason
+        print(
+            f"  block {a.block:>6}  {a.key:<32} orders {a.order_ids or '-'}  "
+            f"value {a.expected_value_wei / 1e18:.6f} ETH  gas {a.gas_used:,}  {verdict}"
+        )
+    print(
+        f"actions {len(report.actions)}, would land {len(report.counted)} (repeats not counted), "
+        f"strategy failures {report.strategy_failures}; "
+        f"earned {report.earned_wei / 1e18:.6f} ETH, gas {report.spent_wei / 1e18:.6f} ETH, "
+        f"net {(report.earned_wei - report.spent_wei) / 1e18:.6f} ETH"
+    )
+    return 0
+
+
 def _relay(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -245,6 +292,22 @@ def build_parser() -> argparse.ArgumentParser:
     pnl.add_argument("--days", type=int, default=0, help="only the last N days (default: all)")
     pnl.set_defaults(func=_pnl)
 
+    rep = sub.add_parser("replay", help="record chain history; run a strategy over a recording")
+    rep_sub = rep.add_subparsers(dest="replay_command", required=True)
+    record = rep_sub.add_parser("record", help="dump an anvil node's state, then record N blocks")
+    record.add_argument("--rpc", required=True, help="an anvil node (anvil_dumpState)")
+    record.add_argument("--deployment", type=Path, required=True, help="deployment.json of the platform")
+    record.add_argument("--blocks", type=int, default=100)
+    record.add_argument("--out", type=Path, required=True)
+    record.set_defaults(func=_replay_record)
+    rrun = rep_sub.add_parser("run", help="what a strategy would have done and earned over a recording")
+    rrun.add_argument("recording", type=Path)
+    rrun.add_argument("--kind", choices=KEEPER_KINDS, required=True)
+    rrun.add_argument("--strategy", required=True)
+    rrun.add_argument("--params", help="the strategy's params as JSON")
+    rrun.add_argument("--json", type=Path, help="also write the report as JSON here")
+    rrun.set_defaults(func=_replay_run)
+
     relay = sub.add_parser("relay", help="run the local Flashbots-protocol relay in front of anvil")
     relay.add_argument("--anvil", required=True, help="anvil URL (started with --no-mining --order fifo)")
     relay.add_argument("--host", default="127.0.0.1")
@@ -263,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"keepers: invalid config:\n{exc}", file=sys.stderr)
         return 2
-    except (ToolchainError, DeployError) as exc:
+    except (ToolchainError, DeployError, ReplayError, PluginError) as exc:
         print(f"keepers: {exc}", file=sys.stderr)
         return 2
 
