@@ -120,8 +120,13 @@ class Bench:
 
     def fill_gas(self, pool: Contract, ids: list[int]) -> int:
         self.next_block()
+        # What the built-in strategies send: executeBatchAtLeast(..., 1).
         receipt = self.keeper.call(
-            self.book, "executeBatch", [(self.market, [pool.address], ids, [])], self.keeper.account.address
+            self.book,
+            "executeBatchAtLeast",
+            [(self.market, [pool.address], ids, [])],
+            self.keeper.account.address,
+            1,
         )
         filled = self.book.events.OrderFilled().process_receipt(receipt, errors=DISCARD)
         assert len(filled) == len(ids), f"expected {len(ids)} fills, got {len(filled)}"

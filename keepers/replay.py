@@ -217,7 +217,7 @@ async def replay(
     dep = Deployment(**recording.deployment)
     addrs = ContractAddresses(
         dep.order_book, dep.oracle, dep.lending_market, dep.vault, dep.flash_liquidator,
-        tuple(p["address"] for p in dep.pools),
+        tuple(p["address"] for p in dep.pools), dep.builder_tip or None,
     )  # fmt: skip
     keeper = Web3().eth.account.from_key(anvil_key(REPLAY_KEEPER_INDEX)).address
     report = ReplayReport(

@@ -52,6 +52,7 @@ class ContractAddresses:
     vault: str | None
     flash_liquidator: str | None
     pools: tuple[str, ...]
+    builder_tip: str | None = None
 
     def as_dict(self) -> dict[str, str]:
         return {k: v for k, v in self.__dict__.items() if isinstance(v, str)}
@@ -68,9 +69,10 @@ def contract_addresses(chain: ChainSettings) -> ContractAddresses:
             dep.get("vault"),
             dep.get("flash_liquidator"),
             tuple(p["address"] for p in dep.get("pools", [])),
+            dep.get("builder_tip") or None,
         )
     return ContractAddresses(
-        c.order_book, c.oracle, c.lending_market, c.vault, c.flash_liquidator, tuple(c.pools)
+        c.order_book, c.oracle, c.lending_market, c.vault, c.flash_liquidator, tuple(c.pools), c.builder_tip
     )
 
 
@@ -135,7 +137,11 @@ async def build_keeper(settings: Settings, kind: str, stack: AsyncExitStack) -> 
             raise ValueError(f"chains.{ks.chain}.flashbots.reputation_key must not be the funds key")
         client = FlashbotsClient([str(u) for u in chain.flashbots.relays], reputation, session)
         submitter = BundleSubmitter(
-            client=client, block_time=chain.block_time, builders=chain.flashbots.builders, **common
+            client=client,
+            block_time=chain.block_time,
+            builders=chain.flashbots.builders,
+            builder_tip=addrs.builder_tip,
+            **common,
         )
     elif chain.submission is SubmissionMode.PRIVATE:
         assert chain.private_rpc is not None

@@ -72,14 +72,18 @@ def batch_action(
     fee_recipient: str,
     native_token: str | None,
 ) -> Action | None:
-    """One executeBatch transaction carrying every group, valued at the keeper fees it earns."""
+    """One executeBatchAtLeast transaction carrying every group, valued at the keeper fees it
+    earns. It must fill at least one order, so a keeper that loses the race for all of them
+    reverts, and its bundle is dropped at no cost instead of landing a no-op."""
     groups = [g for g in groups if g.order_ids]
     if not groups:
         return None
     fee_usd = sum(snap.value_usd(g.token_out, g.keeper_fee_out) for g in groups)
     orders = sum(len(g.order_ids) for g in groups)
     gas = GAS_BASE + GAS_PER_ORDER * orders + GAS_PER_GROUP * (len(groups) - 1)
-    data = calldata("OrderBook", "executeBatch", [g.as_abi() for g in groups], checksum(fee_recipient))
+    data = calldata(
+        "OrderBook", "executeBatchAtLeast", [g.as_abi() for g in groups], checksum(fee_recipient), 1
+    )
     return Action(
         idempotency_key=key,
         calls=(Call(to=checksum(book), data=data, gas_limit=gas),),

@@ -6,16 +6,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from keepers.engine.strategy import BlockContext, Strategy
 from keepers.store.tables import Order
 from keepers.tx.actions import Action
+from strategies.common import BidParams, with_bid
 from strategies.fills import PlannedGroup, batch_action, plan_group
 
 
-class LimitStopParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class LimitStopParams(BidParams):
     #: Address of the wrapped native token, to value fees in wei (the devnet's WETH).
     native_token: str | None = None
     #: Most orders in one transaction.
@@ -51,7 +51,7 @@ class BestExecution(Strategy):
             ctx.keeper_address,
             self.params.native_token,
         )
-        return [action] if action else []
+        return [with_bid(action, self.params)] if action else []
 
 
 class FeeMaxParams(LimitStopParams):

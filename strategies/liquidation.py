@@ -8,20 +8,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from keepers.chain.artifacts import load_artifact
 from keepers.engine.strategy import BlockContext, Strategy
 from keepers.store.tables import Position
 from keepers.tx.actions import Action, Call
-from strategies.common import calldata, checksum, usd_to_wei
+from strategies.common import BidParams, calldata, checksum, usd_to_wei, with_bid
 
 WAD = 10**18
 log = structlog.get_logger("liquidation")
 
 
-class LiquidationParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class LiquidationParams(BidParams):
     native_token: str | None = None
     #: Share of the simulated profit required on chain (protects against the price moving).
     min_profit_share_bps: int = Field(default=9_000, ge=0, le=10_000)
@@ -85,12 +84,15 @@ class MaxProfit(Strategy):
             args = (checksum(pool.address), checksum(market_addr), borrower, repay, min_profit, me)
             data = calldata("FlashLiquidator", "liquidate", *args)
             actions.append(
-                Action(
-                    f"liquidate:{ctx.chain_id}:{pos.borrower}:{ctx.number}",
-                    (Call(to=checksum(liq_addr), data=data, gas_limit=400_000),),
-                    expected_value_wei=usd_to_wei(
-                        snap, snap.value_usd(collateral, profit), self.params.native_token
+                with_bid(
+                    Action(
+                        f"liquidate:{ctx.chain_id}:{pos.borrower}:{ctx.number}",
+                        (Call(to=checksum(liq_addr), data=data, gas_limit=400_000),),
+                        expected_value_wei=usd_to_wei(
+                            snap, snap.value_usd(collateral, profit), self.params.native_token
+                        ),
                     ),
+                    self.params,
                 )
             )
         return actions

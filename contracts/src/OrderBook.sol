@@ -146,6 +146,7 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
     error LengthMismatch();
     error SwapShortfall(uint256 quoted, uint256 received);
     error LimitViolated(uint256 id);
+    error TooFewFilled(uint256 filled, uint256 minFilled);
 
     /// @param owner_ Admin (meant to be a multisig): lists pools, sets the guardian, unpauses.
     /// @param oracle_ Oracle that arms stop-loss and take-profit orders.
@@ -266,6 +267,23 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
         nonReentrant
         returns (uint256 filled)
     {
+        return _executeBatch(groups, feeRecipient);
+    }
+
+    /// @notice executeBatch that reverts unless at least `minFilled` fills were made. A keeper
+    /// that loses a race for the same orders then reverts instead of landing a no-op, and a
+    /// bundle that reverts is not included: the loser pays nothing.
+    function executeBatchAtLeast(FillGroup[] calldata groups, address feeRecipient, uint256 minFilled)
+        external
+        whenNotPaused
+        nonReentrant
+        returns (uint256 filled)
+    {
+        filled = _executeBatch(groups, feeRecipient);
+        if (filled < minFilled) revert TooFewFilled(filled, minFilled);
+    }
+
+    function _executeBatch(FillGroup[] calldata groups, address feeRecipient) private returns (uint256 filled) {
         for (uint256 g; g < groups.length; ++g) {
             filled += _executeGroup(groups[g], feeRecipient);
         }

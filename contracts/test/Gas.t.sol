@@ -116,6 +116,11 @@ contract GasTest is BookFixture {
         _fill(sellWeth, address(wethUsdc), _ids(oneId));
     }
 
+    function test_gas_limitFill_single_atLeast() public {
+        vm.prank(keeper);
+        book.executeBatchAtLeast(_group(sellWeth, address(wethUsdc), _ids(oneId)), keeper, 1);
+    }
+
     function test_gas_limitFill_batch10() public {
         _fill(sellWeth, address(wethUsdc), tenIds);
     }

@@ -244,6 +244,26 @@ contract OrderBookExecutionTest is BookFixture {
         vm.assertEq(book.getOrder(tooGreedy).remaining, 1e18, "greedy order untouched");
     }
 
+    function test_batchAtLeast_revertsInsteadOfLandingANoOp() public {
+        uint256 id = _limit(alice, 1e18, 1_900e6);
+        _fill(sellWeth, address(wethUsdc), _ids(id)); // another keeper got there first
+        OrderBook.FillGroup[] memory g = _group(sellWeth, address(wethUsdc), _ids(id));
+        vm.prank(keeper);
+        vm.expectRevert(abi.encodeWithSelector(OrderBook.TooFewFilled.selector, 0, 1));
+        book.executeBatchAtLeast(g, keeper, 1);
+    }
+
+    function test_batchAtLeast_fillsWhenEnoughAreLeft() public {
+        uint256[] memory ids = new uint256[](2);
+        ids[0] = _limit(alice, 1e18, 1_900e6);
+        ids[1] = _limit(bob, 1e18, 1_900e6);
+        _fill(sellWeth, address(wethUsdc), _ids(ids[0])); // one of two taken by a rival
+        OrderBook.FillGroup[] memory g = _group(sellWeth, address(wethUsdc), ids);
+        vm.prank(keeper);
+        vm.assertEq(book.executeBatchAtLeast(g, keeper, 1), 1, "the other one is still worth it");
+        vm.assertEq(book.getOrder(ids[1]).remaining, 0, "filled");
+    }
+
     function test_batch_sharesOneSwapProRata() public {
         uint256[] memory ids = new uint256[](3);
         ids[0] = _limit(alice, 1e18, 1_800e6);

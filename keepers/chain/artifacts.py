@@ -13,6 +13,7 @@ from keepers.toolchain import ToolchainError, artifacts_dir
 #: The contracts the keepers deploy and talk to, by name.
 PROJECT_CONTRACTS = (
     "OrderBook",
+    "BuilderTip",
     "LiquidityPool",
     "PriceOracle",
     "LendingMarket",

@@ -56,9 +56,11 @@ class Contracts(Strict):
     lending_market: str | None = None
     vault: str | None = None
     flash_liquidator: str | None = None
+    #: BuilderTip: lets strategies bid with a coinbase payment at the end of their bundle.
+    builder_tip: str | None = None
     pools: list[str] = Field(default_factory=list)
 
-    @field_validator("order_book", "oracle", "lending_market", "vault", "flash_liquidator")
+    @field_validator("order_book", "oracle", "lending_market", "vault", "flash_liquidator", "builder_tip")
     @classmethod
     def _address(cls, v: str | None) -> str | None:
         return None if v is None else _check_address(v)

@@ -73,6 +73,7 @@ class Deployment:
     lending_market: str = ""
     vault: str = ""
     flash_liquidator: str = ""
+    builder_tip: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -223,6 +224,7 @@ def deploy_platform(w3: Web3, deployer_key: str, updaters: tuple[str, ...] = ())
         s.call(vault, "setPool", p["address"], True)
 
     dep.flash_liquidator = s.deploy("FlashLiquidator").address
+    dep.builder_tip = s.deploy("BuilderTip").address
     return dep
 
 

@@ -202,7 +202,7 @@ class KeeperLoop:
                 gas_used += int(receipt["gasUsed"])
                 gas_cost += int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
         earned = action.expected_value_wei if included else 0
-        coinbase = action.coinbase_payment_wei if included else 0
+        coinbase = outcome.coinbase_paid_wei
         labels = (self.chain, self.kind, self.strategy_name)
         metrics.EARNED_WEI.labels(*labels).inc(earned)
         metrics.SPENT_WEI.labels(*labels).inc(gas_cost + coinbase)

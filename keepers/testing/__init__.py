@@ -77,6 +77,20 @@ class KeeperHarness:
         )
         return sorted({int(b["blockNumber"], 16) for b in resp.json()["result"]})
 
+    def wait_for_bundles(self, block: int, count: int, timeout: float = 15.0) -> None:
+        """Waits until `count` bundles (from any keepers) are pending for `block`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.error:
+                raise self.error
+            resp = requests.post(
+                self.relay_url, json={"jsonrpc": "2.0", "id": 1, "method": "relay_pendingBundles"}, timeout=10
+            )
+            if sum(int(b["blockNumber"], 16) == block for b in resp.json()["result"]) >= count:
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"fewer than {count} bundles pending for block {block} within {timeout}s")
+
     def wait_for_bundle(self, block: int | None = None, timeout: float = 15.0) -> int:
         """Waits until a bundle is pending (for `block` if given); returns its target block."""
         deadline = time.monotonic() + timeout
@@ -279,7 +293,7 @@ class Devnet:
         dep = self.deployment
         addrs = ContractAddresses(
             dep.order_book, dep.oracle, dep.lending_market, dep.vault, dep.flash_liquidator,
-            tuple(p["address"] for p in dep.pools),
+            tuple(p["address"] for p in dep.pools), dep.builder_tip or None,
         )  # fmt: skip
         harness_holder: dict[str, KeeperHarness] = {}
         started = threading.Event()
@@ -307,6 +321,7 @@ class Devnet:
                         fees=FeeEstimator(w3, max_fee_gwei=500),
                         chain="devnet",
                         poll_interval=0.02,
+                        builder_tip=addrs.builder_tip,
                     ),
                     candidates=candidates_for(engine, 31337, kind),
                     snapshots=SnapshotReader(w3, list(addrs.pools), addrs.oracle, addrs.order_book),

@@ -32,8 +32,11 @@ class Action:
     deadline_blocks: int = 3
     #: Public-good work (oracle heartbeat) may be sent at an expected loss.
     public_good: bool = False
-    #: Wei paid to the block builder on top of priority fees (bundle routes only).
+    #: Wei paid to the block builder on top of priority fees (bundle routes only): a BuilderTip
+    #: call appended to the bundle, paid only if the bundle lands.
     coinbase_payment_wei: int = 0
+    #: The priority fee to bid, wei per gas; None takes the market's (median of recent blocks).
+    priority_fee_per_gas: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
     #: OrderBook orders this action fills (the runtime records where each became executable).
     order_ids: tuple[int, ...] = ()

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import anyio
 import structlog
+from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
 from web3.exceptions import TransactionNotFound, Web3RPCError
 
@@ -29,7 +30,7 @@ from keepers.chain.artifacts import PROJECT_CONTRACTS, load_artifact
 from keepers.chain.reverts import RevertDecoder
 from keepers.obs import metrics
 from keepers.store.tables import TxRecord
-from keepers.tx.actions import Action
+from keepers.tx.actions import Action, Call
 from keepers.tx.fees import FeeEstimator, Fees, FeeTooHigh
 from keepers.tx.flashbots import FlashbotsClient, RelayError, RelayUnavailable, Simulation
 from keepers.tx.nonces import Intent, NonceManager, ReconcileReport
@@ -37,6 +38,10 @@ from keepers.tx.signer import SignedTx, TxSigner
 from keepers.tx.states import TxState
 
 log = structlog.get_logger("submit")
+
+#: BuilderTip.tip() and the gas its call needs (a value transfer to the coinbase, with margin).
+TIP_SELECTOR = "0x" + keccak(text="tip()")[:4].hex()
+TIP_GAS = 40_000
 
 
 @cache
@@ -72,6 +77,8 @@ class Outcome:
     tx_hashes: list[str] = field(default_factory=list)
     reason: str = ""
     targets: list[int] = field(default_factory=list)
+    #: Wei paid to the builder through BuilderTip (0 unless included with a payment).
+    coinbase_paid_wei: int = 0
 
 
 class Submitter(Protocol):
@@ -202,10 +209,18 @@ class _Common:
         block = await self.w3.eth.get_block(number)
         return number if block["hash"] == receipt["blockHash"] else None
 
-    async def _priced(self, action: Action) -> Fees:
+    async def _priced(self, action: Action, coinbase_payment: int = 0) -> Fees:
+        """The market's fees, or the strategy's priority-fee bid on top of the same base fee
+        headroom; capped by config and by what the action is worth after its builder payment."""
         gas = sum(c.gas_limit for c in action.calls)
         market = await self.fees.estimate()
-        return self.fees.capped(market, gas, None if action.public_good else action.expected_value_wei)
+        if action.priority_fee_per_gas is not None:
+            base_headroom = market.max_fee_per_gas - market.max_priority_fee_per_gas
+            market = Fees(base_headroom + action.priority_fee_per_gas, action.priority_fee_per_gas)
+        budget = None if action.public_good else action.expected_value_wei - coinbase_payment
+        if budget is not None and budget <= 0:
+            raise FeeTooHigh(f"the builder payment ({coinbase_payment} wei) leaves nothing for gas")
+        return self.fees.capped(market, gas, budget)
 
 
 class BundleSubmitter(_Common):
@@ -214,12 +229,19 @@ class BundleSubmitter(_Common):
     capabilities = frozenset({Capability.BUNDLES, Capability.PRIVATE_TX})
 
     def __init__(
-        self, *, client: FlashbotsClient, block_time: float, builders: Sequence[str] = (), **common: object
+        self,
+        *,
+        client: FlashbotsClient,
+        block_time: float,
+        builders: Sequence[str] = (),
+        builder_tip: str | None = None,
+        **common: object,
     ) -> None:
         super().__init__(**common)  # type: ignore[arg-type]
         self.client = client
         self.block_time = block_time
         self.builders = tuple(builders)
+        self.builder_tip = builder_tip
 
     async def submit(self, action: Action) -> Outcome:
         if len(action.calls) == 1:
@@ -228,8 +250,16 @@ class BundleSubmitter(_Common):
             if refusal:
                 metrics.ACTIONS.labels(self.chain, "rejected").inc()
                 return Outcome(Status.REJECTED, reason=refusal)
+        payment = action.coinbase_payment_wei
+        if payment > 0:
+            if not self.builder_tip:
+                metrics.ACTIONS.labels(self.chain, "rejected").inc()
+                return Outcome(Status.REJECTED, reason="a coinbase payment needs contracts.builder_tip")
+            # Last in the bundle: paid only if everything before it lands.
+            tip = Call(to=self.builder_tip, data=TIP_SELECTOR, value=payment, gas_limit=TIP_GAS)
+            action = replace(action, calls=(*action.calls, tip))
         try:
-            fees = await self._priced(action)
+            fees = await self._priced(action, payment)
         except FeeTooHigh as exc:
             metrics.ACTIONS.labels(self.chain, "rejected").inc()
             return Outcome(Status.REJECTED, reason=str(exc))
@@ -283,6 +313,7 @@ class BundleSubmitter(_Common):
                 metrics.INCLUSION_BLOCKS.labels(self.chain).observe(block - head)
                 metrics.ACTIONS.labels(self.chain, "included").inc()
                 outcome.status, outcome.block = Status.INCLUDED, block
+                outcome.coinbase_paid_wei = payment
                 log.info("bundle included", block=block, target=target, key=action.idempotency_key)
                 return outcome
             metrics.BUNDLES.labels(self.chain, "missed").inc()
@@ -346,6 +377,9 @@ class MempoolSubmitter(_Common):
     async def submit(self, action: Action) -> Outcome:
         if len(action.calls) != 1:
             return Outcome(Status.REJECTED, reason="the mempool route sends one call per action")
+        if action.coinbase_payment_wei:
+            # No bundle, so no atomic builder payment: here the priority fee is the whole bid.
+            action = replace(action, coinbase_payment_wei=0)
         action, refusal = await self._estimate(action)
         if refusal:
             return Outcome(Status.REJECTED, reason=refusal)

@@ -7,7 +7,11 @@ from itertools import pairwise
 
 import pytest
 import requests
+from eth_account import Account
+from web3 import Web3
 
+from keepers.devnet.anvil import anvil_key
+from keepers.relay.builder import COINBASE as _COINBASE
 from keepers.store.ledger import Ledger
 from keepers.testing import Devnet
 
@@ -15,6 +19,7 @@ pytestmark = pytest.mark.integration
 
 E18 = 10**18
 USDC = 10**6
+COINBASE = Web3.to_checksum_address(_COINBASE)
 
 
 def _fill_blocks(devnet: Devnet, order_id: int) -> list[int]:
@@ -235,3 +240,43 @@ def test_two_keepers_sharing_a_signer_fill_once_and_never_collide(keepers_devnet
     with Session(make_engine(shared_db)) as s:
         live = [r.nonce for r in s.exec(select(TxRecord).where(TxRecord.state != "dropped")).all()]
     assert len(live) == len(set(live)), "no two live transactions on one nonce"
+
+
+def test_the_keeper_that_bids_more_wins_and_the_loser_pays_nothing(keepers_devnet: Devnet):
+    d = keepers_devnet
+    oid = d.place("WETH/USDC", "limit", E18, 2_050 * USDC, fee_bps=50)
+    rival_key = anvil_key(8)
+    rival = Account.from_key(rival_key).address
+    plain_nonce = d.w3.eth.get_transaction_count(d.keeper_account.address)
+    with (
+        d.keeper("limit-stop", "best-execution") as plain,
+        d.keeper(
+            "limit-stop",
+            "best-execution",
+            {"builder_share_bps": 5_000, "priority_fee_gwei": 3},
+            key=rival_key,
+        ) as bidder,
+    ):
+        d.swap(d.pools("WETH", "USDC")[0], "USDC", 150_000 * USDC)  # the order becomes executable
+        executable = d.head
+        plain.wait_for_bundles(executable + 1, count=2)  # both keepers want it
+        coinbase_before = d.w3.eth.get_balance(COINBASE)
+        d.mine()
+        tip = d.w3.eth.get_balance(COINBASE) - coinbase_before
+        d.mine(3)  # the outbid keeper's bundle is retried for its deadline blocks, never landing
+        plain.wait_idle()
+        bidder.wait_idle()
+        bidder.wait_synced(d.head)
+        assert bidder.engine is not None
+        (booked,) = Ledger(bidder.engine).pnl()
+    fills = d.fills(oid)
+    assert [(int(f["blockNumber"]), f["args"]["keeper"]) for f in fills] == [(executable + 1, rival)]
+    receipt = d.w3.eth.get_transaction_receipt(fills[0]["transactionHash"])
+    base_fee = d.w3.eth.get_block(executable + 1)["baseFeePerGas"]
+    assert receipt["effectiveGasPrice"] - base_fee == 3 * 10**9, "the strategy's priority fee bid"
+    assert d.w3.eth.get_transaction_count(d.keeper_account.address) == plain_nonce, (
+        "the outbid keeper's batch would have filled nothing, reverted in the builder and never landed"
+    )
+    assert booked.earned_wei > 0
+    assert tip >= booked.earned_wei * 5_000 // 10_000, "half the expected fee went to the builder"
+    assert booked.spent_wei > booked.earned_wei * 5_000 // 10_000, "the ledger books the payment and gas"

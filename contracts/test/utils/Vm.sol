@@ -18,6 +18,8 @@ interface Vm {
     function addr(uint256 privateKey) external pure returns (address);
     function label(address account, string calldata name) external;
     function cool(address target) external;
+    function coinbase(address newCoinbase) external;
+    function deal(address account, uint256 newBalance) external;
     function assertEq(uint256 left, uint256 right, string calldata err) external pure;
     function assertEq(address left, address right, string calldata err) external pure;
     function assertEq(bool left, bool right, string calldata err) external pure;
