@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 from sqlalchemy import Engine
 from web3 import Web3
@@ -17,60 +15,27 @@ from keepers import __version__
 from keepers.config import ConfigError, load_config
 from keepers.config.loader import Problem
 from keepers.config.schema import KEEPER_KINDS
-from keepers.devnet.anvil import DEFAULT_KEYS, Anvil
-from keepers.devnet.demo import place_and_fill
-from keepers.devnet.deploy import DeployError, deploy_platform, write_deployment
+from keepers.devnet.deploy import DeployError
 from keepers.engine.plugins import PluginError
 from keepers.replay import ReplayError
 from keepers.toolchain import ToolchainError
 
 
 def _devnet(args: argparse.Namespace) -> int:
-    anvil = Anvil(port=args.port) if args.port else Anvil()
-    with anvil:
-        w3 = Web3(Web3.HTTPProvider(anvil.url))
-        started = time.monotonic()
-        dep = deploy_platform(w3, DEFAULT_KEYS[0])
-        write_deployment(dep, args.out)
-        print(f"anvil        {anvil.url} (chain {dep.chain_id})")
-        print(f"deployed in  {time.monotonic() - started:.1f}s, addresses in {args.out}")
-        print(f"OrderBook    {dep.order_book}")
-        print(f"PriceOracle  {dep.oracle}")
-        print(f"Lending      {dep.lending_market}")
-        print(f"Vault        {dep.vault}")
-        print(f"Liquidator   {dep.flash_liquidator}")
-        for p in dep.pools:
-            print(f"Pool         {p['address']} {p['base']}/{p['quote']}")
-        for sym, addr in dep.tokens.items():
-            print(f"Token        {addr} {sym}")
+    from keepers.devnet.run import Options, main
 
-        fill = place_and_fill(w3, dep, DEFAULT_KEYS[1], DEFAULT_KEYS[2])
-        print(
-            f"fill         order {fill.order_id}: {fill.amount_in / 1e18:g} WETH -> "
-            f"{fill.amount_out / 1e6:,.2f} USDC (keeper fee {fill.keeper_fee / 1e6:.2f}) "
-            f"in block {fill.block}, {fill.gas_used:,} gas"
+    return main(
+        Options(
+            workdir=args.workdir,
+            block_time=args.block_time,
+            blocks=args.blocks,
+            plain=args.plain,
+            seed=args.seed,
+            metrics_snapshot=args.metrics_snapshot,
+            summary_json=args.summary_json,
+            orders_per_block=args.orders_per_block,
         )
-        if args.exit:
-            return 0
-        # From here on a block a second, as the full devnet runs.
-        w3.provider.make_request("evm_setIntervalMining", [args.block_time])  # type: ignore[arg-type]
-        print(f"running      a block every {args.block_time}s; Ctrl-C stops")
-        stop = False
-
-        def _stop(_sig: int, _frame: FrameType | None) -> None:
-            nonlocal stop
-            stop = True
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
-        last = -1
-        while not stop:
-            head = w3.eth.block_number
-            if head != last:
-                print(f"block        {head}", flush=True)
-                last = head
-            time.sleep(0.2)
-    return 0
+    )
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -254,11 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"keepers {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    devnet = sub.add_parser("devnet", help="start anvil, deploy the platform, show a fill")
-    devnet.add_argument("--port", type=int, default=0, help="anvil port (default: a free one)")
-    devnet.add_argument("--block-time", type=int, default=1, help="seconds per block after deployment")
-    devnet.add_argument("--out", type=Path, default=Path(".devnet/deployment.json"), help="addresses file")
-    devnet.add_argument("--exit", action="store_true", help="stop after the deployment and the demo fill")
+    devnet = sub.add_parser(
+        "devnet", help="the whole system locally: chain, relay, six keepers, traders, a moving market"
+    )
+    devnet.add_argument("--blocks", type=int, help="run this many blocks, print the summary and exit")
+    devnet.add_argument("--block-time", type=float, default=1.0, help="seconds per block (default 1)")
+    devnet.add_argument("--plain", action="store_true", help="one line per block (default off a TTY)")
+    devnet.add_argument("--seed", type=int, default=7, help="seed of the traders and the market")
+    devnet.add_argument("--orders-per-block", type=int, default=2)
+    devnet.add_argument("--workdir", type=Path, default=Path(".devnet"), help="config, store, logs")
+    devnet.add_argument("--metrics-snapshot", type=Path, help="write every keeper's metrics here at the end")
+    devnet.add_argument("--summary-json", type=Path, help="write the summary here as JSON")
     devnet.set_defaults(func=_devnet)
 
     config = sub.add_parser("config", help="configuration tools")

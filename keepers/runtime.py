@@ -118,7 +118,7 @@ async def build_keeper(settings: Settings, kind: str, stack: AsyncExitStack) -> 
     if chain_id != chain.chain_id:
         raise ValueError(f"chains.{ks.chain}: RPC reports chain id {chain_id}, config says {chain.chain_id}")
 
-    account = Account.from_key(settings.signer.resolve())
+    account = Account.from_key((ks.signer or settings.signer).resolve())
     signer = TxSigner(account, chain_id)
     addrs = contract_addresses(chain)
     follower = ChainFollower(

@@ -1,13 +1,14 @@
 """Planning OrderBook fills off-chain with the contract's own rules, so what a strategy sends
-is what the contract will accept: one shared swap per market, orders whose limit the aggregate
-price misses dropped, then one re-quote (a smaller aggregate only improves the price)."""
+is what the contract will accept: per market, the largest set of orders one shared swap fills
+at every order's limit, then the ones left out on the state the earlier swaps leave behind."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
-from keepers.engine.market import MarketSnapshot
+from keepers.engine.market import MarketSnapshot, Route
 from keepers.store.tables import Order
 from keepers.tx.actions import Action, Call
 from strategies.common import calldata, checksum, usd_to_wei
@@ -34,25 +35,36 @@ class PlannedGroup:
         return (self.market, [checksum(p) for p in self.path], list(self.order_ids), list(self.amounts))
 
 
+def _need(order: Order) -> Fraction:
+    """Output per unit of input the order needs before its keeper fee: lower is easier to fill."""
+    return Fraction(order.min_amount_out * BPS, order.amount_in * (BPS - order.keeper_fee_bps))
+
+
 def plan_group(snap: MarketSnapshot, market: int, items: Sequence[tuple[Order, int]]) -> PlannedGroup | None:
-    """The fillable part of `items` (order, input amount) as one group, or None."""
+    """The largest set of `items` (order, input amount) one shared swap fills at every order's
+    limit, as one group, or None.
+
+    Orders are taken easiest first: each joins if the group's best route still pays every
+    member at its limit with it. A batch that drops orders only when the whole aggregate misses
+    (as a single re-quote does) can leave a block with nothing filled although its easiest
+    orders would fill; taken one by one, every order that fills alone is in, unless the
+    orders that come before it in the block leave the price beyond it.
+    """
     if market not in snap.markets:
         return None
     token_in, token_out = snap.markets[market]
-    chosen = sorted((it for it in items if it[1] > 0), key=lambda it: it[0].order_id)
-    for _ in range(2):
-        total = sum(a for _, a in chosen)
-        if total == 0:
-            return None
+    chosen: list[tuple[Order, int]] = []
+    best: tuple[Route, int] | None = None
+    for item in sorted((it for it in items if it[1] > 0), key=lambda it: (_need(it[0]), it[0].order_id)):
+        trial = [*chosen, item]
+        total = sum(a for _, a in trial)
         route = snap.best_route(token_in, token_out, total)
-        if route is None:
-            return None
-        keep = [(o, a) for o, a in chosen if meets_limit(o, a, route.amount_out * a // total)]
-        if len(keep) == len(chosen):
-            break
-        chosen = keep
-    else:
+        if route is not None and all(meets_limit(o, a, route.amount_out * a // total) for o, a in trial):
+            chosen, best = trial, (route, total)
+    if best is None:
         return None
+    route, total = best
+    chosen.sort(key=lambda it: it[0].order_id)  # the contract takes a group's ids ascending
     fee = sum((route.amount_out * a // total) * o.keeper_fee_bps // BPS for o, a in chosen)
     return PlannedGroup(
         market=market,
@@ -62,6 +74,33 @@ def plan_group(snap: MarketSnapshot, market: int, items: Sequence[tuple[Order, i
         keeper_fee_out=fee,
         token_out=token_out,
     )
+
+
+def plan_groups(
+    snap: MarketSnapshot, by_market: Mapping[int, Sequence[tuple[Order, int]]], max_groups_per_market: int = 4
+) -> list[PlannedGroup]:
+    """Groups for one transaction, planned in the order they will execute: each on the state
+    the groups before it leave behind (their swaps applied to the pools off-chain), so a later
+    group's quote is the one it will get. Per market, the best route takes the orders it can
+    fill, then the orders left out try again on the state after it (another pool, another
+    route, or the same pool moved the other way by an opposite market)."""
+    groups: list[PlannedGroup] = []
+    state = snap
+    # Markets share pools (both directions of a pair, two-hop routes): the market holding the
+    # oldest order plans first, so no order waits behind younger ones for long.
+    for market, items in sorted(
+        by_market.items(), key=lambda kv: min((o.order_id for o, _ in kv[1]), default=0)
+    ):
+        left = list(items)
+        for _ in range(max_groups_per_market):
+            group = plan_group(state, market, left) if left else None
+            if group is None:
+                break
+            groups.append(group)
+            state = state.after_swap(group.path, snap.markets[market][0], sum(group.amounts))
+            placed = set(group.order_ids)
+            left = [it for it in left if it[0].order_id not in placed]
+    return groups
 
 
 def batch_action(
@@ -88,6 +127,9 @@ def batch_action(
         idempotency_key=key,
         calls=(Call(to=checksum(book), data=data, gas_limit=gas),),
         expected_value_wei=usd_to_wei(snap, fee_usd, native_token),
+        # One block: the next block's plan is made from the next block's prices, so a stale
+        # bundle is never retried; a miss frees the nonce for it (BundleSubmitter._settle).
+        deadline_blocks=1,
         labels={"orders": str(orders)},
         order_ids=tuple(i for g in groups for i in g.order_ids),
     )

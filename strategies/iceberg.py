@@ -12,7 +12,7 @@ from keepers.engine.market import MarketSnapshot
 from keepers.engine.strategy import BlockContext, Strategy
 from keepers.store.tables import Order
 from keepers.tx.actions import Action
-from strategies.fills import batch_action, meets_limit, plan_group
+from strategies.fills import batch_action, meets_limit, plan_groups
 
 
 class IcebergParams(BaseModel):
@@ -62,9 +62,7 @@ class ImpactBounded(Strategy):
             size = clip_size(snap, order)
             if size * 10_000 >= order.trigger_or_clip * self.params.min_clip_bps or size == order.remaining:
                 by_market[order.market].append((order, size))
-        groups = [
-            g for m, items in sorted(by_market.items()) if (g := plan_group(snap, m, items)) is not None
-        ]
+        groups = plan_groups(snap, by_market)
         action = batch_action(
             f"iceberg:{ctx.chain_id}:{ctx.number}",
             book,

@@ -12,7 +12,7 @@ from keepers.engine.strategy import BlockContext, Strategy
 from keepers.store.tables import Order
 from keepers.tx.actions import Action
 from strategies.common import BidParams, with_bid
-from strategies.fills import PlannedGroup, batch_action, plan_group
+from strategies.fills import PlannedGroup, batch_action, plan_groups
 
 
 class LimitStopParams(BidParams):
@@ -40,9 +40,7 @@ class BestExecution(Strategy):
         by_market: dict[int, list[tuple[Order, int]]] = defaultdict(list)
         for o in self.select(ctx.candidates):
             by_market[o.market].append((o, o.remaining))
-        groups = [
-            g for m, items in sorted(by_market.items()) if (g := plan_group(snap, m, items)) is not None
-        ]
+        groups = plan_groups(snap, by_market)
         action = batch_action(
             f"limit-stop:{ctx.chain_id}:{ctx.number}",
             book,

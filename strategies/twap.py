@@ -19,7 +19,7 @@ from keepers.engine.strategy import BlockContext, Strategy
 from keepers.store.tables import Order
 from keepers.tx.actions import Action
 from strategies.common import checksum
-from strategies.fills import batch_action, plan_group
+from strategies.fills import batch_action, plan_groups
 
 
 class TwapParams(BaseModel):
@@ -57,7 +57,7 @@ class OnSchedule(Strategy):
             remaining, next_at = await self._next_slice_at(ctx, order.order_id)
             if remaining and next_at <= ctx.timestamp + self.params.block_time:
                 due[order.market].append((order, slice_size(order, remaining)))
-        groups = [g for m, items in sorted(due.items()) if (g := plan_group(snap, m, items)) is not None]
+        groups = plan_groups(snap, due)
         # TWAP amounts are fixed by the contract; send none so it applies its own slice.
         groups = [g.__class__(**{**g.__dict__, "amounts": ()}) for g in groups]
         action = batch_action(

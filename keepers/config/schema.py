@@ -116,6 +116,9 @@ class KeeperSettings(Strict):
     isolation: Literal["in-process", "process"] = "in-process"
     #: Heap limit of the worker process (isolation = "process").
     memory_limit_mb: int = Field(default=1024, ge=64)
+    #: This kind's own funds key (else the top-level signer). Kinds on separate keys never wait
+    #: on each other's nonces: a bundle can only land after every lower nonce of its key.
+    signer: SecretRef | None = None
 
 
 class Settings(Strict):

@@ -211,7 +211,9 @@ def deploy_platform(w3: Web3, deployer_key: str, updaters: tuple[str, ...] = ())
         tokens["WETH"].address,
         tokens["USDC"].address,
         oracle.address,
-        (7_500, 8_000, 5_000, 500, 0, 3_000_000_000),
+        # Borrow up to 79% of the collateral's value, liquidatable past 80%: a devnet market where
+        # positions opened at the limit become liquidatable on a move of a few percent.
+        (7_900, 8_000, 5_000, 500, 0, 3_000_000_000),
     )
     dep.lending_market = lending.address
     s.call(tokens["USDC"], "mint", me, units(Decimal(5_000_000), 6))

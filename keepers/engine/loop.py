@@ -128,6 +128,12 @@ class KeeperLoop:
         actions = await guarded_on_block(
             self.strategy, ctx, keeper=self.kind, name=self.strategy_name, timeout=self.strategy_timeout
         )
+        log.debug(
+            "block",
+            block=result.head,
+            candidates=[getattr(c, "order_id", None) for c in candidates][:50],
+            actions=[a.idempotency_key for a in actions],
+        )
         if self.ledger is not None:
             executable = [i for a in actions for i in a.order_ids]
             if executable:
@@ -182,6 +188,7 @@ class KeeperLoop:
         log.info(
             "action",
             key=action.idempotency_key,
+            orders=list(action.order_ids) or None,
             status=outcome.status,
             block=outcome.block,
             reason=outcome.reason,

@@ -4,7 +4,7 @@ own math, `keepers.chain.pool_math`) over direct and two-hop routes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import permutations
 from typing import Any
 
@@ -86,6 +86,22 @@ class MarketSnapshot:
             if out > 0 and (best is None or out > best.amount_out):
                 best = Route(tuple(p.address for p in path), amount, out)
         return best
+
+    def after_swap(self, path: tuple[str, ...], token_in: str, amount: int) -> MarketSnapshot:
+        """This snapshot with `amount` of `token_in` swapped along `path` (pool addresses): what
+        a later swap in the same transaction sees. Fees are kept as they are (the pools' dynamic
+        fee may rise within the block; the contract re-quotes, so that only costs fills)."""
+        pools = {p.address: p for p in self.pools}
+        token = token_in
+        for address in path:
+            pool = pools[address]
+            out = pool.quote(token, amount)
+            if token == pool.token0:
+                pools[address] = replace(pool, reserve0=pool.reserve0 + amount, reserve1=pool.reserve1 - out)
+            else:
+                pools[address] = replace(pool, reserve1=pool.reserve1 + amount, reserve0=pool.reserve0 - out)
+            token, amount = pool.other(token), out
+        return replace(self, pools=[pools[p.address] for p in self.pools])
 
     def oracle_rate(self, token_in: str, token_out: str) -> int | None:
         """tokenOut per tokenIn in whole tokens, 1e18 (the contract's stop trigger unit)."""

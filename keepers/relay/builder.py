@@ -1,12 +1,13 @@
 """Block building on anvil (started with --no-mining --order fifo): simulate each bundle by
 snapshot -> send -> mine -> read receipts -> revert, choose bundles greedily by what they pay
-the coinbase per gas, then send the chosen ones after the public transactions and mine once.
+the coinbase per gas, place the chosen ones at the top of the block, the public mempool after
+them, and mine once. Top of block is where builders put bundles: a bundle executes on the
+state its sender simulated, not after whatever the mempool did first.
 
 anvil's evm_revert drops mined transactions instead of returning them to its pool, and keeps
 in its pool what a simulation sent but did not mine; so the builder holds the public mempool
-itself, re-sends it in every simulation, and empties anvil's pool after each simulation and
-block. anvil also keeps serving receipts of reverted blocks: only receipts whose block hash is
-the simulated block's count.
+itself and empties anvil's pool after each simulation and block. anvil also keeps serving
+receipts of reverted blocks: only receipts whose block hash is the simulated block's count.
 """
 
 from __future__ import annotations
@@ -176,25 +177,27 @@ class BlockBuilder:
             await self.rpc("anvil_dropAllTransactions")
 
     async def build(self, candidates: list[Bundle]) -> tuple[int, list[Bundle]]:
-        """Mines the next block with the public txs and the best compatible bundles."""
+        """Mines the next block: the best compatible bundles first, then the public txs."""
         timestamp = self.next_timestamp()
         target = await self.head() + 1
         fitting = [b for b in candidates if b.fits(target, timestamp)]
         scored: list[tuple[int, int, Bundle]] = []
         for b in fitting:
-            sim = await self.simulate(self.public, b.txs, timestamp)
+            sim = await self.simulate([], b.txs, timestamp)
             if sim.ok_for(b):
                 scored.append((sim.gas_price, -b.seq, b))
         scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
         chosen: list[Bundle] = []
         for _price, _seq, b in scored:
             if chosen:
-                prefix = self.public + [tx for c in chosen for tx in c.txs]
+                prefix = [tx for c in chosen for tx in c.txs]
                 if not (await self.simulate(prefix, b.txs, timestamp)).ok_for(b):
                     continue  # conflicts with a better-paying bundle already in the block
             chosen.append(b)
         public = list(self.public)
-        sent = await self._send_all(public + [tx for c in chosen for tx in c.txs])
+        # anvil mines in arrival order (--order fifo): bundles first, then the mempool.
+        await self._send_all([tx for c in chosen for tx in c.txs])
+        sent = await self._send_all(public)
         await self.rpc("evm_mine", timestamp)
         self.last_timestamp = timestamp
         header = await self.rpc("eth_getBlockByNumber", hex(target), False)

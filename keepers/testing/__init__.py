@@ -162,7 +162,7 @@ class Devnet:
         return int(self.w3.eth.block_number)
 
     def mine(self, blocks: int = 1) -> int:
-        """Builds `blocks` blocks through the relay (public txs first, then the best bundles)."""
+        """Builds `blocks` blocks through the relay (the best bundles at the top, then the public txs)."""
         assert self.relay is not None
         for _ in range(blocks):
             requests.post(

@@ -146,14 +146,21 @@ class FlashbotsClient:
         raise RelayUnavailable(f"{method} at {url}: {last!r} after {self.attempts} attempts")
 
     async def call_bundle(
-        self, txs: Sequence[bytes], block_number: int, state_block: int | str = "latest"
+        self,
+        txs: Sequence[bytes],
+        block_number: int,
+        state_block: int | str = "latest",
+        timestamp: int | None = None,
     ) -> Simulation:
-        """Simulates the bundle on the first relay."""
-        params = {
+        """Simulates the bundle on the first relay (at `timestamp`, the target block's expected
+        time, when given: what is due by time, TWAP slices, must be judged at that time)."""
+        params: dict[str, Any] = {
             "txs": ["0x" + tx.hex() for tx in txs],
             "blockNumber": hex(block_number),
             "stateBlockNumber": state_block if isinstance(state_block, str) else hex(state_block),
         }
+        if timestamp is not None:
+            params["timestamp"] = timestamp
         return Simulation.from_json(await self._rpc(self.relays[0], "eth_callBundle", [params]))
 
     async def send_bundle(

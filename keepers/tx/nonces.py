@@ -245,6 +245,24 @@ class NonceManager:
         session.flush()
         return recovered
 
+    def decided_bundles(self, head: int) -> list[TxRecord]:
+        """Bundle records still pending whose last target block is built (`head` reached it):
+        they either landed or never will."""
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(TxRecord).where(
+                    TxRecord.chain_id == self.chain_id,
+                    TxRecord.signer == self.signer,
+                    TxRecord.route == "bundle",
+                    col(TxRecord.state).in_([TxState.IN_FLIGHT.value, TxState.UNCONFIRMED.value]),
+                    col(TxRecord.deadline_block).is_not(None),
+                    col(TxRecord.deadline_block) <= head,
+                )
+            ).all()
+            for r in rows:
+                session.expunge(r)
+            return list(rows)
+
     def gaps(self) -> list[int]:
         """Free nonces below the highest live one: later transactions wait on them."""
         with Session(self.engine) as session, session.begin():

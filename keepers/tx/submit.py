@@ -24,7 +24,7 @@ import anyio
 import structlog
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
-from web3.exceptions import TransactionNotFound, Web3RPCError
+from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 
 from keepers.chain.artifacts import PROJECT_CONTRACTS, load_artifact
 from keepers.chain.reverts import RevertDecoder
@@ -110,13 +110,15 @@ class _Common:
             tx = {"from": self.signer.address, "to": call.to, "data": call.data, "value": call.value}
             try:
                 est = int(await self.w3.eth.estimate_gas(tx))  # type: ignore[arg-type]
-            except (Web3RPCError, ValueError) as exc:
+            except (Web3RPCError, ContractLogicError, ValueError) as exc:
                 data = getattr(exc, "data", None)
                 return action, f"would revert: {explain_revert(data if isinstance(data, str) else None)}"
             calls.append(replace(call, gas_limit=max(call.gas_limit, est * 5 // 4)))
         return replace(action, calls=tuple(calls)), None
 
-    async def _allocate(self, action: Action, route: str) -> list[TxRecord]:
+    async def _allocate(
+        self, action: Action, route: str, deadline_block: int | None = None
+    ) -> list[TxRecord]:
         records = []
         for i, call in enumerate(action.calls):
             intent = Intent(
@@ -126,6 +128,7 @@ class _Common:
                 value=call.value,
                 gas_limit=call.gas_limit,
                 route=route,
+                deadline_block=deadline_block,
             )
             records.append(await anyio.to_thread.run_sync(self.nonces.allocate, intent))
             metrics.NONCE_ALLOCATIONS.labels(self.chain).inc()
@@ -246,10 +249,12 @@ class BundleSubmitter(_Common):
     async def submit(self, action: Action) -> Outcome:
         if len(action.calls) == 1:
             # Multi-call bundles depend on each other's effects; only a lone call estimates alone.
-            action, refusal = await self._estimate(action)
-            if refusal:
-                metrics.ACTIONS.labels(self.chain, "rejected").inc()
-                return Outcome(Status.REJECTED, reason=refusal)
+            # The estimate runs on the latest block's time, the bundle on the next block's: what
+            # is due by time (a TWAP slice) may revert here and succeed there. So a failed
+            # estimate keeps the strategy's gas limit, and the bundle simulation decides.
+            estimated, refusal = await self._estimate(action)
+            if refusal is None:
+                action = estimated
         payment = action.coinbase_payment_wei
         if payment > 0:
             if not self.builder_tip:
@@ -263,9 +268,13 @@ class BundleSubmitter(_Common):
         except FeeTooHigh as exc:
             metrics.ACTIONS.labels(self.chain, "rejected").inc()
             return Outcome(Status.REJECTED, reason=str(exc))
-        records = await self._allocate(action, "bundle")
-        signed = [self.signer.sign(r, fees) for r in records]
         head = int(await self.w3.eth.block_number)
+        # Bundles whose blocks are built are settled first, so a missed one's nonce is free for
+        # this action instead of holding every later bundle of this key back.
+        await self._settle(head)
+        last_target = head + max(action.deadline_blocks, 1)
+        records = await self._allocate(action, "bundle", last_target)
+        signed = [self.signer.sign(r, fees) for r in records]
         for rec, s in zip(records, signed, strict=True):
             if TxState(rec.state) is TxState.UNSTARTED:
                 await self._move(rec, TxState.IN_FLIGHT, tx_hash=s.tx_hash)
@@ -273,7 +282,8 @@ class BundleSubmitter(_Common):
         first = head + 1
         last = first + max(action.deadline_blocks, 1) - 1
 
-        sim = await self._simulate(signed, first)
+        latest = await self.w3.eth.get_block("latest")
+        sim = await self._simulate(signed, first, int(latest["timestamp"]) + max(1, int(self.block_time)))
         if sim is not None and not sim.ok:
             failed = next(r for r in sim.results if r.error)
             reason = f"simulation failed: {failed.error} ({explain_revert(failed.revert)})"
@@ -287,6 +297,9 @@ class BundleSubmitter(_Common):
             current = int(await self.w3.eth.block_number)
             if current >= target:
                 continue  # that block is already built
+            mine = await anyio.to_thread.run_sync(self.nonces.get, records[0].id or 0)
+            if mine is None or TxState(mine.state) is TxState.DROPPED:
+                break  # settled as missed by a newer action, which may hold the nonce now
             sent = await self.client.send_bundle(
                 [s.raw for s in signed], target, replacement_uuid=replacement
             )
@@ -308,7 +321,7 @@ class BundleSubmitter(_Common):
             block = await self._mined_block(signed[0].tx_hash)
             if block is not None:
                 for rec in records:
-                    await self._move(rec, TxState.CONFIRMED, included_block=block)
+                    await self._confirm(rec, block)
                 metrics.BUNDLES.labels(self.chain, "included").inc()
                 metrics.INCLUSION_BLOCKS.labels(self.chain).observe(block - head)
                 metrics.ACTIONS.labels(self.chain, "included").inc()
@@ -323,9 +336,24 @@ class BundleSubmitter(_Common):
         outcome.reason = f"not included in blocks {first}..{last}"
         return outcome
 
-    async def _simulate(self, signed: Sequence[SignedTx], block: int) -> Simulation | None:
+    async def _settle(self, head: int) -> None:
+        """Confirms or releases this key's bundle records whose last target block is built."""
+        for rec in await anyio.to_thread.run_sync(self.nonces.decided_bundles, head):
+            block = await self._mined_block(rec.tx_hash) if rec.tx_hash else None
+            if block is not None:
+                await self._confirm(rec, block)
+            else:
+                await self._drop_all([rec], f"bundle missed its blocks (settled at head {head})")
+
+    async def _confirm(self, rec: TxRecord, block: int) -> None:
+        """CONFIRMED, unless another path (settlement, a second process) already decided it."""
+        cur = await anyio.to_thread.run_sync(self.nonces.get, rec.id or 0)
+        if cur is not None and TxState(cur.state) in (TxState.IN_FLIGHT, TxState.UNCONFIRMED):
+            await self._move(rec, TxState.CONFIRMED, included_block=block)
+
+    async def _simulate(self, signed: Sequence[SignedTx], block: int, timestamp: int) -> Simulation | None:
         try:
-            return await self.client.call_bundle([s.raw for s in signed], block)
+            return await self.client.call_bundle([s.raw for s in signed], block, timestamp=timestamp)
         except (RelayError, RelayUnavailable) as exc:
             # A relay that cannot simulate should not stop a send; inclusion is checked on chain.
             log.warning("simulation unavailable", error=str(exc))

@@ -218,7 +218,7 @@ def test_replacement_uuid_replaces_and_cancels(relay: RelayThread):
     assert not _mined(w3, third)
 
 
-def test_private_transaction_lands_and_public_txs_go_first(relay: RelayThread):
+def test_private_transaction_lands_at_the_top_and_public_txs_after(relay: RelayThread):
     w3 = _w3(relay)
     private = _tx(ALICE, _nonce(w3, ALICE))
     h = _client_call(relay, lambda c: c.send_private_transaction(private, w3.eth.block_number + 3))
@@ -228,9 +228,9 @@ def test_private_transaction_lands_and_public_txs_go_first(relay: RelayThread):
     _build(relay)
     block = w3.eth.get_block("latest")
     assert ["0x" + t.hex() if not t.hex().startswith("0x") else t.hex() for t in block["transactions"]] == [
-        "0x" + keccak(public).hex(),
         "0x" + keccak(private).hex(),
-    ]
+        "0x" + keccak(public).hex(),
+    ], "bundles and private transactions at the top of the block, the public mempool after"
 
 
 def test_call_bundle_reports_in_the_flashbots_shape(relay: RelayThread):

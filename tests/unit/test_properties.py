@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from keepers.engine.market import MarketSnapshot, PoolState
 from keepers.engine.trigger_index import LIMIT, RATE_SCALE, STOP_LOSS, TAKE_PROFIT, TriggerIndex, limit_rate
 from keepers.store.tables import Order
-from strategies.fills import BPS, plan_group
+from strategies.fills import BPS, plan_groups
 from strategies.iceberg import clip_size
 from strategies.twap import slice_size
 
@@ -75,21 +75,25 @@ def test_a_planned_batch_never_fills_an_order_below_its_limit(
     snap: MarketSnapshot, raw: list[tuple[int, int, int]]
 ):
     book = [_order(i + 1, a, a * p // 1_000, fee) for i, (a, p, fee) in enumerate(raw)]
-    group = plan_group(snap, MARKET, [(o, o.remaining) for o in book])
-    if group is None:
-        return
+    groups = plan_groups(snap, {MARKET: [(o, o.remaining) for o in book]})
     by_id = {o.order_id: o for o in book}
-    assert all(amt <= by_id[i].remaining for i, amt in zip(group.order_ids, group.amounts, strict=True))
-    # The route the planner chose, quoted with the pools' exact math, as the swap will pay.
-    pools = {p.address: p for p in snap.pools}
-    received = snap.quote_path(tuple(pools[a] for a in group.path), WETH, sum(group.amounts))
-    shares = _contract_distribution(received, list(group.amounts))
-    for oid, amt, out in zip(group.order_ids, group.amounts, shares, strict=True):
-        assert _contract_meets_limit(by_id[oid], amt, out), f"order {oid} would revert LimitViolated"
-    fees = sum(
-        out * by_id[oid].keeper_fee_bps // BPS for oid, out in zip(group.order_ids, shares, strict=True)
-    )
-    assert group.keeper_fee_out <= fees, "the strategy never counts on more fee than the contract pays"
+    state = snap  # the pools as each group finds them: after the groups before it
+    filled: set[int] = set()
+    for group in groups:
+        assert not filled & set(group.order_ids), "an order in one group only"
+        filled.update(group.order_ids)
+        assert all(amt <= by_id[i].remaining for i, amt in zip(group.order_ids, group.amounts, strict=True))
+        # The route the planner chose, quoted with the pools' exact math, as the swap will pay.
+        pools = {p.address: p for p in state.pools}
+        received = state.quote_path(tuple(pools[a] for a in group.path), WETH, sum(group.amounts))
+        state = state.after_swap(group.path, WETH, sum(group.amounts))
+        shares = _contract_distribution(received, list(group.amounts))
+        for oid, amt, out in zip(group.order_ids, group.amounts, shares, strict=True):
+            assert _contract_meets_limit(by_id[oid], amt, out), f"order {oid} would revert LimitViolated"
+        fees = sum(
+            out * by_id[oid].keeper_fee_bps // BPS for oid, out in zip(group.order_ids, shares, strict=True)
+        )
+        assert group.keeper_fee_out <= fees, "the strategy never counts on more fee than the contract pays"
 
 
 @settings(max_examples=300, deadline=None)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from keepers.engine.strategy import BlockContext, Strategy
 from keepers.store.tables import Order
 from keepers.tx.actions import Action
-from strategies.fills import batch_action, plan_group
+from strategies.fills import batch_action, plan_groups
 
 __all__ = ["MarginGuard", "MarginParams"]
 
@@ -35,7 +35,7 @@ class MarginGuard(Strategy):
         by_market: dict[int, list[tuple[Order, int]]] = defaultdict(list)
         for order in ctx.candidates:
             by_market[order.market].append((order, order.remaining))
-        groups = [g for m, items in sorted(by_market.items()) if (g := plan_group(snap, m, items))]
+        groups = plan_groups(snap, by_market)
         action = batch_action(
             f"margin-guard:{ctx.chain_id}:{ctx.number}", book, groups, snap, ctx.keeper_address,
             self.params.native_token,

@@ -1,0 +1,207 @@
+"""The devnet's processes: anvil, the local relay, and one keeper process per kind, each on
+its own funds key, from a config file written here exactly as an operator would write it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+from eth_account import Account
+from prometheus_client.parser import text_string_to_metric_families
+
+from keepers.config.schema import KEEPER_KINDS
+from keepers.devnet.anvil import anvil_key, free_port
+
+#: Which built-in strategy each keeper kind runs on the devnet.
+STRATEGIES = {
+    "limit-stop": "best-execution",
+    "twap": "on-schedule",
+    "iceberg": "impact-bounded",
+    "rebalancer": "drift-restoring",
+    "liquidation": "max-profit",
+    "oracle": "median",
+}
+#: anvil account index of each kind's funds key (0 deploys, 1-7 are users and the market).
+KEY_INDEX = {"limit-stop": 9, "twap": 10, "iceberg": 11, "rebalancer": 12, "liquidation": 13, "oracle": 14}
+ACCOUNTS = 20
+
+
+def keeper_address(kind: str) -> str:
+    return str(Account.from_key(anvil_key(KEY_INDEX[kind])).address)
+
+
+def _env_name(kind: str) -> str:
+    return "KEEPERS_SIGNER_" + kind.upper().replace("-", "_")
+
+
+def write_config(path: Path, *, relay_url: str, deployment: Path, database: Path, block_time: float,
+                 native_token: str) -> None:  # fmt: skip
+    lines = [
+        "# Written by `keepers devnet`: the local chain behind the local relay, one key per keeper kind.",
+        f'database_url = "sqlite:///{database}"',
+        "drain_timeout = 10",
+        'signer = { env = "KEEPERS_SIGNER_KEY" }',
+        "",
+        "[chains.devnet]",
+        "chain_id = 31337",
+        f'rpc = [{{ url = "{relay_url}", rate_limit = 2000 }}]',
+        f"block_time = {block_time}",
+        'submission = "flashbots"',
+        "confirmations = 0",
+        "max_fee_gwei = 500",
+        f'contracts = {{ deployment_file = "{deployment}" }}',
+        "",
+        "[chains.devnet.flashbots]",
+        f'relays = ["{relay_url}"]',
+        'reputation_key = { env = "KEEPERS_REPUTATION_KEY" }',
+    ]
+    for kind in KEEPER_KINDS:
+        params = "" if kind == "oracle" else f'params = {{ native_token = "{native_token}" }}'
+        lines += [
+            "",
+            f"[keepers.{kind}]",
+            'chain = "devnet"',
+            f'strategy = "{STRATEGIES[kind]}"',
+            f'signer = {{ env = "{_env_name(kind)}" }}',
+            params,
+        ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    port: int | None = None
+    log: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+
+@dataclass
+class KeeperHealth:
+    kind: str
+    alive: bool
+    ready: bool
+    reason: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Cluster:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.logs = workdir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.relay: Proc | None = None
+        self.keepers: dict[str, Proc] = {}
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str], port: int | None) -> Proc:
+        log = self.logs / f"{name}.log"
+        out = log.open("ab")
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "keepers.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the devnet only; it stops the others in order
+        )  # fmt: skip
+        return Proc(name, popen, port, log)
+
+    def start_relay(self, anvil_url: str, block_time: float) -> str:
+        port = free_port()
+        self.relay = self._spawn(
+            "relay", ["relay", "--anvil", anvil_url, "--port", str(port), "--block-time", str(block_time)],
+            dict(os.environ), port,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                requests.post(
+                    self.relay.url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber"}, timeout=2
+                )
+                return self.relay.url
+            except requests.ConnectionError:
+                if not self.relay.alive():
+                    break
+                time.sleep(0.1)
+        raise RuntimeError(f"the relay did not start; see {self.relay.log}")
+
+    def start_keepers(self, config: Path) -> None:
+        base = dict(os.environ)
+        base["KEEPERS_SIGNER_KEY"] = anvil_key(KEY_INDEX["limit-stop"])
+        base["KEEPERS_REPUTATION_KEY"] = "0x" + os.urandom(32).hex()
+        for kind in KEEPER_KINDS:
+            base[_env_name(kind)] = anvil_key(KEY_INDEX[kind])
+        for kind in KEEPER_KINDS:
+            port = free_port()
+            env = {**base, "KEEPERS__HEALTH_PORT": str(port), "KEEPERS__METRICS_PORT": str(port)}
+            self.keepers[kind] = self._spawn(kind, ["run", kind, "--config", str(config)], env, port)
+
+    def wait_ready(self, timeout: float = 90.0) -> list[str]:
+        """Waits until every keeper answers /readyz 200; returns the ones that did not."""
+        deadline = time.monotonic() + timeout
+        pending = set(self.keepers)
+        while pending and time.monotonic() < deadline:
+            for kind in list(pending):
+                if self.health(kind).ready:
+                    pending.discard(kind)
+            time.sleep(0.2)
+        return sorted(pending)
+
+    def health(self, kind: str) -> KeeperHealth:
+        proc = self.keepers[kind]
+        if not proc.alive():
+            return KeeperHealth(kind, False, False, f"exited with {proc.popen.returncode}")
+        try:
+            r = requests.get(f"{proc.url}/readyz", timeout=1)
+            body = r.json()
+            return KeeperHealth(kind, True, r.status_code == 200, str(body.get("reason", "")))
+        except (requests.RequestException, ValueError):
+            return KeeperHealth(kind, True, False, "not answering yet")
+
+    def metrics(self, kind: str) -> dict[str, float]:
+        """The keeper's Prometheus samples, by `name{labels}`."""
+        proc = self.keepers[kind]
+        try:
+            text = requests.get(f"{proc.url}/metrics", timeout=2).text
+        except requests.RequestException:
+            return {}
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
+        return out
+
+    def stop_keepers(self, timeout: float = 30.0) -> dict[str, int | None]:
+        """SIGTERM to every keeper (they drain in-flight work), then their exit codes."""
+        for proc in self.keepers.values():
+            if proc.alive():
+                proc.popen.send_signal(signal.SIGTERM)
+        codes: dict[str, int | None] = {}
+        deadline = time.monotonic() + timeout
+        for kind, proc in self.keepers.items():
+            try:
+                codes[kind] = proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+                codes[kind] = None  # had to be killed
+        return codes
+
+    def stop(self) -> None:
+        for proc in [*self.keepers.values(), *([self.relay] if self.relay else [])]:
+            if proc.alive():
+                proc.popen.terminate()
+                try:
+                    proc.popen.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.popen.kill()

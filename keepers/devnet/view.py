@@ -1,0 +1,137 @@
+"""What `keepers devnet` shows: a live terminal view (rich) on a TTY, one plain line per block
+otherwise, and the summary table at the end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from keepers.devnet.cluster import KeeperHealth
+from keepers.devnet.monitor import KIND_NAMES, BlockStats, FillMonitor, Summary
+
+
+def _fmt(v: float | None, digits: int = 0) -> str:
+    return "-" if v is None else f"{v:,.{digits}f}"
+
+
+def bundle_totals(metrics: Mapping[str, Mapping[str, float]]) -> tuple[int, int, int]:
+    """Bundles sent, included and missed, summed over the keepers."""
+    totals = {"sent": 0.0, "included": 0.0, "missed": 0.0}
+    for samples in metrics.values():
+        for key, value in samples.items():
+            if key.startswith("keepers_bundles_total{"):
+                for event in totals:
+                    if f'event="{event}"' in key:
+                        totals[event] += value
+    return int(totals["sent"]), int(totals["included"]), int(totals["missed"])
+
+
+def strategy_errors(samples: Mapping[str, float]) -> int:
+    return int(sum(v for k, v in samples.items() if k.startswith("keepers_strategy_errors_total{")))
+
+
+class LiveView:
+    def __init__(self, console: Console, started: float, target_blocks: int | None) -> None:
+        self.console = console
+        self.started = started
+        self.target = target_blocks
+        self.live = Live(console=console, refresh_per_second=4, transient=False)
+
+    def __enter__(self) -> LiveView:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.__exit__(None, None, None)
+
+    def update(
+        self, mon: FillMonitor, health: list[KeeperHealth], metrics: Mapping[str, Mapping[str, float]]
+    ) -> None:
+        s = mon.summary
+        sent, included, missed = bundle_totals(metrics)
+        head = Table.grid(padding=(0, 3))
+        progress = f"{s.blocks}/{self.target}" if self.target else str(s.blocks)
+        head.add_row(
+            f"[b]block[/b] {mon.last_block}", f"[b]blocks run[/b] {progress}",
+            f"[b]uptime[/b] {time.monotonic() - self.started:,.0f}s",
+            f"[b]bundles[/b] {sent} sent / {included} included / {missed} missed",
+        )  # fmt: skip
+        orders = Table(title="orders", expand=True)
+        for col in ("", *KIND_NAMES):
+            orders.add_column(col, justify="right")
+        open_now = mon.open_by_kind()
+        orders.add_row("placed", *(str(s.placed[k]) for k in KIND_NAMES))
+        orders.add_row("open", *(str(open_now[k]) for k in KIND_NAMES))
+        fills = Table(title="fills", expand=True)
+        for col in ("filled orders", "fills", "latency p50 / worst (blocks)", "gas per fill (p50)",
+                    "below limit", "late / unfilled"):  # fmt: skip
+            fills.add_column(col, justify="right")
+        late = sum(1 for m in s.misses if m.filled_block is not None)
+        fills.add_row(
+            str(len(s.orders_filled)), str(s.fills), f"{_fmt(s.median_latency, 1)} / {_fmt(s.worst_latency)}",
+            _fmt(s.median_gas_per_fill), str(len(s.below_limit)), f"{late} / -",
+        )  # fmt: skip
+        other = Table.grid(padding=(0, 3))
+        other.add_row(
+            f"liquidations {s.liquidations}", f"rebalances {s.rebalances}",
+            f"oracle updates {s.oracle_updates}", f"cancelled {s.cancelled}", f"lapsed {s.lapsed}",
+        )  # fmt: skip
+        blocks = Table(title="last blocks", expand=True)
+        for col in ("block", "fills", "open"):
+            blocks.add_column(col, justify="right")
+        for b in mon.recent[-8:]:
+            blocks.add_row(str(b.number), str(b.fills) if b.fills else "", str(sum(b.open_by_kind.values())))
+        keepers = Table(title="keepers", expand=True)
+        for col in ("kind", "state", "strategy errors", "note"):
+            keepers.add_column(col)
+        for h in health:
+            state = (
+                "[green]ready[/green]"
+                if h.ready
+                else ("[yellow]alive[/yellow]" if h.alive else "[red]down[/red]")
+            )
+            keepers.add_row(h.kind, state, str(strategy_errors(metrics.get(h.kind, {}))), h.reason)
+        self.live.update(Panel(Group(head, orders, fills, other, blocks, keepers), title="keepers devnet"))
+
+
+def plain_line(b: BlockStats, mon: FillMonitor) -> str:
+    s = mon.summary
+    return (
+        f"block {b.number}: fills {b.fills}, open {sum(b.open_by_kind.values())}, "
+        f"filled orders {len(s.orders_filled)}, latency p50 {_fmt(s.median_latency, 1)} worst "
+        f"{_fmt(s.worst_latency)}, liquidations {s.liquidations}, rebalances {s.rebalances}"
+    )
+
+
+def summary_table(s: Summary, exit_codes: Mapping[str, int | None], nonce_gaps: Mapping[str, list[int]],
+                  bundles: tuple[int, int, int]) -> Table:  # fmt: skip
+    t = Table(title="devnet summary", show_header=False)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    placed = ", ".join(f"{k} {s.placed[k]}" for k in KIND_NAMES)
+    t.add_row("blocks", str(s.blocks))
+    t.add_row("orders placed", f"{sum(s.placed.values())} ({placed})")
+    t.add_row("orders filled (fills)", f"{len(s.orders_filled)} ({s.fills})")
+    t.add_row("latency, blocks: median / worst", f"{_fmt(s.median_latency, 1)} / {_fmt(s.worst_latency)}")
+    t.add_row("fills due in their own block (TWAP slices)", str(s.unseen_fills))
+    t.add_row("gas per fill (median)", _fmt(s.median_gas_per_fill))
+    t.add_row("fills below the trader's limit", str(len(s.below_limit)))
+    t.add_row("executable, then out of reach before a fill", str(s.lapsed))
+    t.add_row("dust remainders left (< 0.01% of the order)", str(len(s.dust)))
+    late = [m for m in s.misses if m.filled_block is not None]
+    unfilled = [m for m in s.misses if m.filled_block is None]
+    t.add_row("filled later than the next block", str(len(late)))
+    t.add_row("unfilled executable orders", str(len(unfilled)))
+    t.add_row(
+        "liquidations / rebalances / oracle updates",
+        f"{s.liquidations} / {s.rebalances} / {s.oracle_updates}",
+    )
+    t.add_row("bundles sent / included / missed", " / ".join(map(str, bundles)))
+    t.add_row("nonce gaps", str(sum(len(g) for g in nonce_gaps.values())))
+    t.add_row("keeper exit codes", ", ".join(f"{k} {c}" for k, c in exit_codes.items()))
+    return t
