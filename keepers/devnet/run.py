@@ -2,8 +2,9 @@
 every `block_time`, the platform is deployed and seeded, six keeper processes run from a
 config file written here, simulated traders and a moving market keep them busy, and a referee
 (keepers.devnet.monitor) judges every fill. `--blocks N` runs N blocks and exits with a
-summary, non-zero if an executable order was left unfilled or filled late, a fill broke its
-limit, a nonce gap was left, or a keeper did not exit cleanly.
+summary, non-zero if an executable order was left unfilled, a fill broke its limit, a nonce
+gap was left, or a keeper did not exit cleanly. Fills later than the next block are listed
+with the reason the referee sees.
 """
 
 from __future__ import annotations
@@ -177,9 +178,9 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
     )
     if opts.summary_json:
         opts.summary_json.write_text(json.dumps(result, indent=2))
-    failed = bool(
-        summary.misses or summary.below_limit or any(gaps.values()) or any(c != 0 for c in codes.values())
-    )
+    unfilled = [m for m in summary.misses if m.filled_block is None]
+    unclean = any(c != 0 for c in codes.values())
+    failed = bool(unfilled or summary.below_limit or any(gaps.values()) or unclean)
     return 1 if failed else 0
 
 
