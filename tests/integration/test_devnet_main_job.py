@@ -41,7 +41,10 @@ def test_sixty_blocks_every_executable_order_filled_within_limits(tmp_path):
     judged = s["fills"] - s["fills_due_in_their_block"]
     late = s["late_fills"]
     assert all(m["why"] for m in late), "every late fill is named with a reason"
-    assert len(late) <= judged * 0.15, f"{len(late)} of {judged} fills later than the next block: {late}"
+    # A price jump can make more orders executable at once than the pools can fill at their
+    # limits in one block; those wait for liquidity and say so. Any other late fill is ours.
+    unexplained = [m for m in late if "shared liquidity" not in m["why"]]
+    assert len(unexplained) <= judged * 0.1, f"{len(unexplained)} of {judged} fills late: {unexplained}"
     assert s["median_latency_blocks"] == 1
     # Every keeper served metrics to the end.
     metrics = json.loads(metrics_file.read_text())
