@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from decimal import Decimal
 
 import pytest
@@ -14,8 +12,8 @@ from web3.logs import DISCARD
 
 from keepers.chain.pool_math import amount_out, decayed_volatility, dynamic_fee
 from keepers.devnet.anvil import DEFAULT_KEYS
-from keepers.devnet.demo import place_and_fill
 from keepers.devnet.deploy import POOL_FEES, DeployError, Deployment, Sender, bind, units
+from tests.helpers.demo_fill import place_and_fill
 
 pytestmark = pytest.mark.integration
 
@@ -90,23 +88,6 @@ def test_offchain_quote_matches_the_pool_exactly(
     onchain, _ = pool.functions.getAmountOut(amount, token_in).call()
     assert amount_out(amount, r_in, r_out, fee) == onchain
     assert decayed_volatility(vol, w3.eth.get_block("latest")["timestamp"] - last, 60) <= vol
-
-
-def test_cli_devnet_deploys_and_fills(tmp_path):
-    out = tmp_path / "deployment.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "keepers.cli", "devnet", "--exit", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "OrderBook" in proc.stdout
-    assert "fill         order 1: 1 WETH ->" in proc.stdout
-    dep = Deployment.from_json(out.read_text())
-    assert Web3.is_checksum_address(dep.order_book)
-    assert set(dep.tokens) == {"WETH", "WBTC", "USDC", "DAI"}
 
 
 def test_deployment_prices_pools_at_the_oracle(w3: Web3, deployment: Deployment):

@@ -46,6 +46,8 @@ def test_sixty_blocks_every_executable_order_filled_within_limits(tmp_path):
     unexplained = [m for m in late if "shared liquidity" not in m["why"]]
     assert len(unexplained) <= judged * 0.1, f"{len(unexplained)} of {judged} fills late: {unexplained}"
     assert s["median_latency_blocks"] == 1
+    dep = json.loads((tmp_path / "devnet" / "deployment.json").read_text())
+    assert set(dep["tokens"]) == {"WETH", "WBTC", "USDC", "DAI"}, "the addresses operators configure from"
     # Every keeper served metrics to the end.
     metrics = json.loads(metrics_file.read_text())
     assert set(metrics) == set(KEEPER_KINDS)
