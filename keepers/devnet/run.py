@@ -136,6 +136,7 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
     scheduler.add_job(traders.open_basket, "interval", seconds=12 * bt, id="baskets")
     scheduler.start()
     metrics: dict[str, dict[str, float]] = {}
+    health = [cluster.health(k) for k in KEEPER_KINDS]
     last_scrape = 0.0
     try:
         view = None if plain else LiveView(console, started, opts.blocks).__enter__()
@@ -144,11 +145,12 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
                 for b in monitor.poll():
                     if plain:
                         print(plain_line(b, monitor), flush=True)
-                if time.monotonic() - last_scrape > 2:
+                if time.monotonic() - last_scrape > 2:  # the keepers' own endpoints, not every tick
                     metrics = {k: cluster.metrics(k) for k in KEEPER_KINDS}
+                    health = [cluster.health(k) for k in KEEPER_KINDS] if view is not None else health
                     last_scrape = time.monotonic()
                 if view is not None:
-                    view.update(monitor, [cluster.health(k) for k in KEEPER_KINDS], metrics)
+                    view.update(monitor, health, metrics)
                 if opts.blocks is not None and monitor.last_block - first >= opts.blocks:
                     break
                 time.sleep(0.1)
