@@ -24,6 +24,10 @@ from keepers.toolchain import ToolchainError
 def _devnet(args: argparse.Namespace) -> int:
     from keepers.devnet.run import Options, main
 
+    if args.chains > 1 and args.block_time != int(args.block_time):
+        # The public chain's anvil mines on its own interval, which anvil takes in whole seconds.
+        print("keepers: --chains 2 needs a whole-second --block-time", file=sys.stderr)
+        return 2
     return main(
         Options(
             workdir=args.workdir,
@@ -34,6 +38,7 @@ def _devnet(args: argparse.Namespace) -> int:
             metrics_snapshot=args.metrics_snapshot,
             summary_json=args.summary_json,
             orders_per_block=args.orders_per_block,
+            chains=args.chains,
         )
     )
 
@@ -50,9 +55,10 @@ def _config_check(args: argparse.Namespace) -> int:
     for name, chain in settings.chains.items():
         rpcs = len(chain.rpc)
         print(f"  chain {name}: id {chain.chain_id}, {rpcs} RPC endpoint(s), submission {chain.submission}")
-    for kind, k in settings.keepers.items():
+    for name, k in settings.keepers.items():
         state = "enabled" if k.enabled else "disabled"
-        print(f"  keeper {kind}: strategy {k.strategy} on {k.chain} ({state})")
+        kind = "" if settings.kind_of(name) == name else f" ({settings.kind_of(name)})"
+        print(f"  keeper {name}{kind}: strategy {k.strategy} on {k.chain} ({state})")
     print(f"  signer: {settings.signer.describe()}; database: {settings.database_url.split(':', 1)[0]}")
     return 0
 
@@ -64,8 +70,12 @@ def _run(args: argparse.Namespace) -> int:
     from keepers.runtime import run_keeper
 
     settings = load_config(args.config)
-    configure_logging(settings.log_level, keeper=args.kind)
-    anyio.run(run_keeper, settings, args.kind)
+    if args.name not in settings.keepers:
+        configured = ", ".join(settings.keepers) or "none"
+        print(f"keepers: {args.config}: no [keepers.{args.name}] (configured: {configured})", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, keeper=args.name)
+    anyio.run(run_keeper, settings, args.name)
     return 0
 
 
@@ -227,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     devnet.add_argument("--plain", action="store_true", help="one line per block (default off a TTY)")
     devnet.add_argument("--seed", type=int, default=7, help="seed of the traders and the market")
     devnet.add_argument("--orders-per-block", type=int, default=2)
+    devnet.add_argument(
+        "--chains", type=int, choices=(1, 2), default=1,
+        help="2 adds a Polygon-like chain whose keepers use the public mempool with fee bumping",
+    )  # fmt: skip
     devnet.add_argument("--workdir", type=Path, default=Path(".devnet"), help="config, store, logs")
     devnet.add_argument("--metrics-snapshot", type=Path, help="write every keeper's metrics here at the end")
     devnet.add_argument("--summary-json", type=Path, help="write the summary here as JSON")
@@ -239,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_config_check)
 
     run = sub.add_parser("run", help="run one keeper process")
-    run.add_argument("kind", choices=KEEPER_KINDS)
+    kinds = ", ".join(KEEPER_KINDS)
+    run.add_argument("name", help=f"a [keepers.<name>] of the config; by default its kind ({kinds})")
     run.add_argument("--config", type=Path, required=True)
     run.set_defaults(func=_run)
 

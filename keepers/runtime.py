@@ -94,12 +94,14 @@ class Built:
     chain: ChainSettings
 
 
-async def build_keeper(settings: Settings, kind: str, stack: AsyncExitStack) -> Built:
-    if kind not in settings.keepers:
+async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> Built:
+    """The keeper configured as `[keepers.<name>]` (its name is its kind unless `kind` is set)."""
+    if name not in settings.keepers:
         raise ValueError(
-            f"keeper {kind!r} is not in the config (configured: {', '.join(settings.keepers) or 'none'})"
+            f"keeper {name!r} is not in the config (configured: {', '.join(settings.keepers) or 'none'})"
         )
-    ks = settings.keepers[kind]
+    ks = settings.keepers[name]
+    kind = settings.kind_of(name)
     chain = settings.chains[ks.chain]
     engine = make_engine(settings.database_url)
     await anyio.to_thread.run_sync(migrate, engine)
@@ -122,7 +124,7 @@ async def build_keeper(settings: Settings, kind: str, stack: AsyncExitStack) -> 
     signer = TxSigner(account, chain_id)
     addrs = contract_addresses(chain)
     follower = ChainFollower(
-        w3, engine, chain_id, event_decoder(addrs), name=f"{kind}", chain_label=ks.chain,
+        w3, engine, chain_id, event_decoder(addrs), name=name, chain_label=ks.chain,
         page_size=chain.log_page_size,
     )  # fmt: skip
     nonces = NonceManager(engine, chain_id, account.address)
@@ -168,10 +170,10 @@ async def build_keeper(settings: Settings, kind: str, stack: AsyncExitStack) -> 
     return Built(loop, engine, w3, chain)
 
 
-async def run_keeper(settings: Settings, kind: str) -> None:
-    """Runs one keeper until SIGTERM or SIGINT, then drains and returns."""
+async def run_keeper(settings: Settings, name: str) -> None:
+    """Runs the keeper `[keepers.<name>]` until SIGTERM or SIGINT, then drains and returns."""
     async with AsyncExitStack() as stack:
-        built = await build_keeper(settings, kind, stack)
+        built = await build_keeper(settings, name, stack)
 
         async def ready() -> tuple[bool, str]:
             try:
@@ -188,7 +190,8 @@ async def run_keeper(settings: Settings, kind: str) -> None:
         app = make_health_app(ready, built.engine, built.loop.chain_id)
         runner = await serve(app, settings.health_port or settings.metrics_port)
         stack.push_async_callback(runner.cleanup)
-        log.info("keeper started", kind=kind, chain=built.loop.chain, strategy=built.loop.strategy_name)
+        loop = built.loop
+        log.info("keeper started", keeper=name, kind=loop.kind, chain=loop.chain, strategy=loop.strategy_name)
         async with anyio.create_task_group() as tg:
 
             async def stop_on_signal() -> None:
@@ -201,7 +204,7 @@ async def run_keeper(settings: Settings, kind: str) -> None:
             tg.start_soon(stop_on_signal)
             poll = max(0.05, built.chain.block_time / 4)
             await built.loop.run(ws_url=built.chain.ws_url, poll_interval=poll)
-        log.info("keeper stopped", kind=kind, in_flight=built.loop.state.in_flight)
+        log.info("keeper stopped", keeper=name, in_flight=built.loop.state.in_flight)
 
 
 def _ping(engine: Engine) -> None:

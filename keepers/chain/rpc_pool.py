@@ -112,6 +112,10 @@ class RpcPool(AsyncJSONBaseProvider):
         ]  # fmt: skip
         for ep in self.endpoints:
             metrics.RPC_ENDPOINT_HEALTHY.labels(chain, str(ep.index)).set(1)
+        #: web3's validation middleware asks for the chain id before every eth_call and
+        #: eth_estimateGas; it cannot change under a running keeper (checked at start), so one
+        #: answer serves them all and each call is one round trip instead of two.
+        self._chain_id: RPCResponse | None = None
 
     def __str__(self) -> str:
         return f"RpcPool({', '.join(e.label for e in self.endpoints)})"
@@ -126,6 +130,8 @@ class RpcPool(AsyncJSONBaseProvider):
         return sorted(self.endpoints, key=rank)
 
     async def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
+        if method == "eth_chainId" and self._chain_id is not None:
+            return self._chain_id
         reasons: list[str] = []
         for _round in range(2):
             for ep in self._order():
@@ -163,6 +169,8 @@ class RpcPool(AsyncJSONBaseProvider):
         metrics.RPC_ENDPOINT_HEALTHY.labels(self.chain, str(ep.index)).set(1)
         if method == "eth_blockNumber" and isinstance(response.get("result"), str):
             ep.head = int(response["result"], 16)
+        elif method == "eth_chainId" and "result" in response:
+            self._chain_id = response
         return response
 
     def _fault(self, ep: Endpoint, method: str, reason: str) -> None:

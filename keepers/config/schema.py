@@ -105,8 +105,13 @@ class ChainSettings(Strict):
 
 
 class KeeperSettings(Strict):
+    """One keeper process. Its table name in `[keepers.<name>]` is its kind unless `kind` says
+    otherwise, so one file can run the same kind on several chains (`[keepers.limit-stop-polygon]`
+    with `kind = "limit-stop"`)."""
+
     chain: str
     strategy: str
+    kind: str | None = None
     enabled: bool = True
     params: dict[str, Any] = Field(default_factory=dict)
     #: Seconds a strategy may take per block before it is cut off and counted as failed.
@@ -143,12 +148,20 @@ class Settings(Strict):
     @classmethod
     def _kinds(cls, v: dict[str, KeeperSettings], info: ValidationInfo) -> dict[str, KeeperSettings]:
         chains = info.data.get("chains", {})
-        for kind, k in v.items():
+        for name, k in v.items():
+            kind = k.kind or name
             if kind not in KEEPER_KINDS:
-                raise ValueError(f"unknown keeper kind {kind!r}; kinds are {', '.join(KEEPER_KINDS)}")
+                what = f"keepers.{name}.kind = {kind!r}" if k.kind else f"unknown keeper kind {name!r}"
+                raise ValueError(
+                    f"{what}; kinds are {', '.join(KEEPER_KINDS)} (name a keeper freely with kind = ...)"
+                )
             if chains and k.chain not in chains:
-                raise ValueError(f"keepers.{kind}.chain = {k.chain!r} is not a chain in [chains]")
+                raise ValueError(f"keepers.{name}.chain = {k.chain!r} is not a chain in [chains]")
         return v
+
+    def kind_of(self, name: str) -> str:
+        """The kind of the keeper configured as `[keepers.<name>]`."""
+        return self.keepers[name].kind or name
 
 
 def _check_address(v: str) -> str:

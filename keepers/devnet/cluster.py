@@ -1,5 +1,6 @@
-"""The devnet's processes: anvil, the local relay, and one keeper process per kind, each on
-its own funds key, from a config file written here exactly as an operator would write it."""
+"""The devnet's processes: the local relay and one keeper process per kind and chain, each
+kind on its own funds key, from one config file written here exactly as an operator would
+write it."""
 
 from __future__ import annotations
 
@@ -40,37 +41,80 @@ def _env_name(kind: str) -> str:
     return "KEEPERS_SIGNER_" + kind.upper().replace("-", "_")
 
 
-def write_config(path: Path, *, relay_url: str, deployment: Path, database: Path, block_time: float,
-                 native_token: str) -> None:  # fmt: skip
+@dataclass(frozen=True)
+class ChainPlan:
+    """One devnet chain: how it is named in the config, and how keepers submit on it."""
+
+    name: str
+    chain_id: int
+    #: "flashbots": anvil mines only through the local relay (bundles); "public": anvil mines
+    #: on an interval and keepers send to its mempool with EIP-1559 fee bumps.
+    submission: str
+    #: Keeper names on this chain are the kind plus this suffix (`[keepers.limit-stop-polygon]`).
+    suffix: str = ""
+
+    def keeper_name(self, kind: str) -> str:
+        return kind + self.suffix
+
+
+#: An Ethereum-like chain behind the Flashbots-protocol relay, then a Polygon-like one whose
+#: keepers use the public mempool. `--chains N` runs the first N.
+CHAINS = (
+    ChainPlan("devnet", 31337, "flashbots"),
+    ChainPlan("polygon", 31338, "public", "-polygon"),
+)
+
+
+@dataclass(frozen=True)
+class ChainEndpoint:
+    """Where one devnet chain answers, and what is deployed on it."""
+
+    plan: ChainPlan
+    url: str  # the relay for a flashbots chain, anvil itself for a public one
+    deployment: Path
+    native_token: str
+
+
+def write_config(path: Path, *, chains: list[ChainEndpoint], database: Path, block_time: float) -> None:
+    """One config file for every chain and keeper, as an operator would write it."""
     lines = [
-        "# Written by `keepers devnet`: the local chain behind the local relay, one key per keeper kind.",
+        "# Written by `keepers devnet`: local chains, one key per keeper kind.",
         f'database_url = "sqlite:///{database}"',
         "drain_timeout = 10",
         'signer = { env = "KEEPERS_SIGNER_KEY" }',
-        "",
-        "[chains.devnet]",
-        "chain_id = 31337",
-        f'rpc = [{{ url = "{relay_url}", rate_limit = 2000 }}]',
-        f"block_time = {block_time}",
-        'submission = "flashbots"',
-        "confirmations = 0",
-        "max_fee_gwei = 500",
-        f'contracts = {{ deployment_file = "{deployment}" }}',
-        "",
-        "[chains.devnet.flashbots]",
-        f'relays = ["{relay_url}"]',
-        'reputation_key = { env = "KEEPERS_REPUTATION_KEY" }',
     ]
-    for kind in KEEPER_KINDS:
-        params = "" if kind == "oracle" else f'params = {{ native_token = "{native_token}" }}'
+    for c in chains:
         lines += [
             "",
-            f"[keepers.{kind}]",
-            'chain = "devnet"',
-            f'strategy = "{STRATEGIES[kind]}"',
-            f'signer = {{ env = "{_env_name(kind)}" }}',
-            params,
+            f"[chains.{c.plan.name}]",
+            f"chain_id = {c.plan.chain_id}",
+            f'rpc = [{{ url = "{c.url}", rate_limit = 2000 }}]',
+            f"block_time = {block_time}",
+            f'submission = "{c.plan.submission}"',
+            "confirmations = 0",
+            "max_fee_gwei = 500",
+            f'contracts = {{ deployment_file = "{c.deployment}" }}',
         ]
+        if c.plan.submission == "flashbots":
+            lines += [
+                "",
+                f"[chains.{c.plan.name}.flashbots]",
+                f'relays = ["{c.url}"]',
+                'reputation_key = { env = "KEEPERS_REPUTATION_KEY" }',
+            ]
+    for c in chains:
+        for kind in KEEPER_KINDS:
+            name = c.plan.keeper_name(kind)
+            lines += ["", f"[keepers.{name}]"]
+            if name != kind:
+                lines.append(f'kind = "{kind}"')
+            lines += [
+                f'chain = "{c.plan.name}"',
+                f'strategy = "{STRATEGIES[kind]}"',
+                f'signer = {{ env = "{_env_name(kind)}" }}',
+            ]
+            if kind != "oracle":
+                lines.append(f'params = {{ native_token = "{c.native_token}" }}')
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -91,7 +135,7 @@ class Proc:
 
 @dataclass
 class KeeperHealth:
-    kind: str
+    name: str
     alive: bool
     ready: bool
     reason: str
@@ -134,42 +178,43 @@ class Cluster:
                 time.sleep(0.1)
         raise RuntimeError(f"the relay did not start; see {self.relay.log}")
 
-    def start_keepers(self, config: Path) -> None:
+    def start_keepers(self, config: Path, names: list[str]) -> None:
+        """One `keepers run NAME` process per configured keeper name."""
         base = dict(os.environ)
         base["KEEPERS_SIGNER_KEY"] = anvil_key(KEY_INDEX["limit-stop"])
         base["KEEPERS_REPUTATION_KEY"] = "0x" + os.urandom(32).hex()
         for kind in KEEPER_KINDS:
             base[_env_name(kind)] = anvil_key(KEY_INDEX[kind])
-        for kind in KEEPER_KINDS:
+        for name in names:
             port = free_port()
             env = {**base, "KEEPERS__HEALTH_PORT": str(port), "KEEPERS__METRICS_PORT": str(port)}
-            self.keepers[kind] = self._spawn(kind, ["run", kind, "--config", str(config)], env, port)
+            self.keepers[name] = self._spawn(name, ["run", name, "--config", str(config)], env, port)
 
     def wait_ready(self, timeout: float = 90.0) -> list[str]:
         """Waits until every keeper answers /readyz 200; returns the ones that did not."""
         deadline = time.monotonic() + timeout
         pending = set(self.keepers)
         while pending and time.monotonic() < deadline:
-            for kind in list(pending):
-                if self.health(kind).ready:
-                    pending.discard(kind)
+            for name in list(pending):
+                if self.health(name).ready:
+                    pending.discard(name)
             time.sleep(0.2)
         return sorted(pending)
 
-    def health(self, kind: str) -> KeeperHealth:
-        proc = self.keepers[kind]
+    def health(self, name: str) -> KeeperHealth:
+        proc = self.keepers[name]
         if not proc.alive():
-            return KeeperHealth(kind, False, False, f"exited with {proc.popen.returncode}")
+            return KeeperHealth(name, False, False, f"exited with {proc.popen.returncode}")
         try:
             r = requests.get(f"{proc.url}/readyz", timeout=1)
             body = r.json()
-            return KeeperHealth(kind, True, r.status_code == 200, str(body.get("reason", "")))
+            return KeeperHealth(name, True, r.status_code == 200, str(body.get("reason", "")))
         except (requests.RequestException, ValueError):
-            return KeeperHealth(kind, True, False, "not answering yet")
+            return KeeperHealth(name, True, False, "not answering yet")
 
-    def metrics(self, kind: str) -> dict[str, float]:
+    def metrics(self, name: str) -> dict[str, float]:
         """The keeper's Prometheus samples, by `name{labels}`."""
-        proc = self.keepers[kind]
+        proc = self.keepers[name]
         try:
             text = requests.get(f"{proc.url}/metrics", timeout=2).text
         except requests.RequestException:
@@ -188,13 +233,13 @@ class Cluster:
                 proc.popen.send_signal(signal.SIGTERM)
         codes: dict[str, int | None] = {}
         deadline = time.monotonic() + timeout
-        for kind, proc in self.keepers.items():
+        for name, proc in self.keepers.items():
             try:
-                codes[kind] = proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+                codes[name] = proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.popen.kill()
                 proc.popen.wait()
-                codes[kind] = None  # had to be killed
+                codes[name] = None  # had to be killed
         return codes
 
     def stop(self) -> None:

@@ -17,11 +17,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import requests
 from web3 import Web3
 
 from keepers.chain.artifacts import load_artifact
 from keepers.chain.events import EventDecoder
 from keepers.devnet.deploy import Deployment, bind
+from keepers.devnet.public import chain_id_cached
 
 KIND_NAMES = ("limit", "stop-loss", "take-profit", "twap", "iceberg")
 #: A remainder under 1/DUST_DIVISOR of the order is dust: not judged (no fee on it pays a fill).
@@ -40,6 +42,8 @@ class TrackedOrder:
     remaining: int
     executable_since: int | None = None
     checks_executable: int = 0  # consecutive executable checks in this episode
+    #: executeBatchAtLeast calldata for this order alone through each pool of its pair.
+    calls: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -112,8 +116,10 @@ class Summary:
 
 
 class FillMonitor:
-    def __init__(self, w3: Web3, dep: Deployment) -> None:
-        self.w3 = w3
+    def __init__(self, url: str, dep: Deployment) -> None:
+        self.url = url
+        self.session = requests.Session()  # for the batches of checks
+        self.w3 = w3 = Web3(chain_id_cached(url))
         self.dep = dep
         self.book = bind(w3, "OrderBook", dep.order_book)
         self.me = Web3.to_checksum_address("0x" + "5e" * 20)  # a neutral caller for eth_call
@@ -175,8 +181,10 @@ class FillMonitor:
             if ev is None:
                 continue
             self._event(ev.name, ev.args, number, ev.tx_hash, stats)
-        for order in list(self.orders.values()):
-            self._check(order, number)
+        judged = [o for o in self.orders.values() if not self._dust(o)]
+        executable = self._executable(judged, number)
+        for order in judged:
+            self._judge(order, number, order.order_id in executable)
         stats.open_by_kind = self.open_by_kind()
         return stats
 
@@ -243,31 +251,44 @@ class FillMonitor:
         if order.remaining == 0:
             del self.orders[order_id]
 
-    def _executable(self, order: TrackedOrder, number: int) -> bool:
-        for pool in self.pools_of.get(order.market, []):
-            group: tuple[int, list[str], list[int], list[int]] = (
-                order.market,
-                [Web3.to_checksum_address(pool)],
-                [order.order_id],
-                [],
-            )
-            try:
-                self.book.functions.executeBatchAtLeast([group], self.me, 1).call(
-                    {"from": self.me}, block_identifier=number
-                )
-                return True
-            except Exception:  # noqa: BLE001, S112 - a revert (TooFewFilled, ...) means "not now"
-                continue
-        return False
+    def _calls(self, order: TrackedOrder) -> list[str]:
+        if not order.calls:
+            groups: list[tuple[int, list[str], list[int], list[int]]] = [
+                (order.market, [Web3.to_checksum_address(pool)], [order.order_id], [])
+                for pool in self.pools_of.get(order.market, [])
+            ]
+            order.calls = [self.book.encode_abi("executeBatchAtLeast", [[g], self.me, 1]) for g in groups]
+        return order.calls
 
-    def _check(self, order: TrackedOrder, number: int) -> None:
-        if order.remaining * DUST_DIVISOR < order.amount_in:
-            # A remainder worth less than any fill's gas: keepers rightly leave it.
-            if order.order_id not in self.summary.dust:
-                self.summary.dust.append(order.order_id)
-            order.executable_since = None
-            return
-        if self._executable(order, number):
+    def _executable(self, orders: list[TrackedOrder], number: int) -> set[int]:
+        """The orders that could be filled alone on block `number`'s state through some pool:
+        one eth_call per order and pool, all in one JSON-RPC batch. A revert (TooFewFilled,
+        ...) means "not now"."""
+        batch: list[dict[str, Any]] = []
+        whose: list[int] = []
+        for order in orders:
+            for data in self._calls(order):
+                params = [{"from": self.me, "to": self.book.address, "data": data}, hex(number)]
+                batch.append({"jsonrpc": "2.0", "id": len(batch), "method": "eth_call", "params": params})
+                whose.append(order.order_id)
+        if not batch:
+            return set()
+        answers = self.session.post(self.url, json=batch, timeout=30).json()
+        if not isinstance(answers, list):
+            raise RuntimeError(f"the node refused a batch of eth_calls: {answers}")
+        return {whose[int(a["id"])] for a in answers if "result" in a}
+
+    def _dust(self, order: TrackedOrder) -> bool:
+        if order.remaining * DUST_DIVISOR >= order.amount_in:
+            return False
+        # A remainder worth less than any fill's gas: keepers rightly leave it.
+        if order.order_id not in self.summary.dust:
+            self.summary.dust.append(order.order_id)
+        order.executable_since = None
+        return True
+
+    def _judge(self, order: TrackedOrder, number: int, executable: bool) -> None:
+        if executable:
             if order.executable_since is None:
                 order.executable_since = number
             order.checks_executable += 1

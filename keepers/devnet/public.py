@@ -7,10 +7,12 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from web3 import Web3
+from web3 import HTTPProvider, Web3
 from web3.contract import Contract
+from web3.types import RPCEndpoint
 
 GAS_LIMIT = 1_500_000
 MAX_FEE = 200 * 10**9
@@ -43,6 +45,18 @@ class PublicSender:
             }
         )
         return self.w3.eth.send_raw_transaction(acct.sign_transaction(tx).raw_transaction).to_0x_hex()
+
+
+def chain_id_cached(url: str) -> HTTPProvider:
+    """A provider that asks for the chain id once: web3's validation asks before every
+    eth_call and transaction, doubling the round trips of a simulated user. Its own session:
+    web3's shared session cache is not needed here (see keepers.chain.http)."""
+    return HTTPProvider(
+        url,
+        session=requests.Session(),
+        cache_allowed_requests=True,
+        cacheable_requests={RPCEndpoint("eth_chainId")},
+    )
 
 
 def account(key: str) -> LocalAccount:

@@ -1,10 +1,11 @@
 """`keepers devnet`: the whole system on one machine. anvil mines through the local relay
 every `block_time`, the platform is deployed and seeded, six keeper processes run from a
 config file written here, simulated traders and a moving market keep them busy, and a referee
-(keepers.devnet.monitor) judges every fill. `--blocks N` runs N blocks and exits with a
-summary, non-zero if an executable order was left unfilled, a fill broke its limit, a nonce
-gap was left, or a keeper did not exit cleanly. Fills later than the next block are listed
-with the reason the referee sees.
+(keepers.devnet.monitor) judges every fill. With `--chains 2` a second, Polygon-like chain
+runs beside it (its keepers on the public mempool), from the same config file. `--blocks N`
+runs N blocks and exits with a summary, non-zero if an executable order was left unfilled, a
+fill broke its limit, a nonce gap was left, or a keeper did not exit cleanly. Fills later than
+the next block are listed with the reason the referee sees.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import signal
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-import requests
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 from rich.console import Console
@@ -27,13 +28,21 @@ from web3 import Web3
 
 from keepers.config.schema import KEEPER_KINDS
 from keepers.devnet.anvil import Anvil, anvil_key
-from keepers.devnet.cluster import ACCOUNTS, Cluster, keeper_address, write_config
-from keepers.devnet.deploy import deploy_platform, write_deployment
+from keepers.devnet.cluster import (
+    ACCOUNTS,
+    CHAINS,
+    ChainEndpoint,
+    ChainPlan,
+    Cluster,
+    keeper_address,
+    write_config,
+)
+from keepers.devnet.deploy import Deployment, deploy_platform, write_deployment
 from keepers.devnet.market import MarketDriver
 from keepers.devnet.monitor import FillMonitor
-from keepers.devnet.public import PublicSender, account
+from keepers.devnet.public import PublicSender, account, chain_id_cached
 from keepers.devnet.traders import TraderSim
-from keepers.devnet.view import LiveView, bundle_totals, plain_line, summary_table
+from keepers.devnet.view import ChainView, LiveView, plain_line, submission_totals, summary_table
 from keepers.store.engine import make_engine
 from keepers.tx.nonces import NonceManager
 
@@ -41,6 +50,8 @@ log = structlog.get_logger("devnet")
 
 TRADER_KEYS = (1, 2, 3, 4, 5, 6)
 MARKET_KEY = 7
+#: Blocks the referee follows after the traders and the market stop, before its verdict.
+SETTLE_BLOCKS = 3
 
 
 @dataclass(frozen=True)
@@ -53,11 +64,58 @@ class Options:
     metrics_snapshot: Path | None = None
     summary_json: Path | None = None
     orders_per_block: int = 2
+    chains: int = 1
+
+
+@dataclass
+class ChainRun:
+    """One devnet chain while it runs: its endpoint, its keepers, its users and its referee."""
+
+    endpoint: ChainEndpoint
+    dep: Deployment
+    monitor: FillMonitor | None = None
+
+    @property
+    def plan(self) -> ChainPlan:
+        return self.endpoint.plan
+
+    @property
+    def keepers(self) -> list[str]:
+        return [self.plan.keeper_name(k) for k in KEEPER_KINDS]
 
 
 def _web3(url: str) -> Web3:
-    # An explicit session: web3's shared session cache is not needed here (see keepers.chain.http).
-    return Web3(Web3.HTTPProvider(url, session=requests.Session()))
+    return Web3(chain_id_cached(url))
+
+
+def _start_chain(plan: ChainPlan, first: bool, opts: Options, workdir: Path, nodes: ExitStack,
+                 cluster: Cluster, console: Console) -> ChainRun:  # fmt: skip
+    """anvil with the platform deployed; mined by the relay (flashbots) or on an interval (public)."""
+    started = time.monotonic()
+    order = ("--order", "fifo") if plan.submission == "flashbots" else ()  # the relay orders bundles
+    anvil = nodes.enter_context(
+        Anvil(chain_id=plan.chain_id, extra_args=(*order, "--accounts", str(ACCOUNTS)))
+    )
+    w3 = _web3(anvil.url)
+    dep = deploy_platform(w3, anvil_key(0), updaters=(keeper_address("oracle"),))
+    deployment = workdir / ("deployment.json" if first else f"deployment-{plan.name}.json")
+    write_deployment(dep, deployment)
+    console.print(
+        f"anvil        {anvil.url} ({plan.name}, chain {dep.chain_id}); deployed in "
+        f"{time.monotonic() - started:.1f}s"
+    )
+    if plan.submission == "flashbots":
+        w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+        url = cluster.start_relay(anvil.url, opts.block_time)
+        console.print(f"relay        {url} ({plan.name}: bundles; a block every {opts.block_time:g}s)")
+    else:
+        # Interval mining replaces automine: a block every block_time from the node's own mempool.
+        answer = w3.provider.make_request("evm_setIntervalMining", [int(opts.block_time)])  # type: ignore[arg-type]
+        if "error" in answer:
+            raise RuntimeError(f"anvil refused interval mining: {answer['error']}")
+        url = anvil.url
+        console.print(f"mempool      {url} ({plan.name}: public transactions, EIP-1559 fee bumps)")
+    return ChainRun(ChainEndpoint(plan, url, deployment, dep.tokens["WETH"]), dep)
 
 
 def run_devnet(opts: Options) -> int:
@@ -75,83 +133,87 @@ def run_devnet(opts: Options) -> int:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
 
-    with Anvil(extra_args=("--order", "fifo", "--accounts", str(ACCOUNTS))) as anvil:
-        w3 = _web3(anvil.url)
-        started = time.monotonic()
-        dep = deploy_platform(w3, anvil_key(0), updaters=(keeper_address("oracle"),))
-        deployment = workdir / "deployment.json"
-        write_deployment(dep, deployment)
-        w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
-        console.print(
-            f"anvil        {anvil.url} (chain {dep.chain_id}); deployed in {time.monotonic() - started:.1f}s"
-        )
+    started = time.monotonic()
+    with ExitStack() as nodes:  # the anvils stop last, after every process that talks to them
         cluster = Cluster(workdir)
         try:
-            relay_url = cluster.start_relay(anvil.url, opts.block_time)
-            console.print(f"relay        {relay_url} (a block every {opts.block_time:g}s)")
+            runs = [
+                _start_chain(plan, i == 0, opts, workdir, nodes, cluster, console)
+                for i, plan in enumerate(CHAINS[: opts.chains])
+            ]
             config = workdir / "keepers.toml"
             write_config(
-                config, relay_url=relay_url, deployment=deployment, database=workdir / "keepers.sqlite",
-                block_time=opts.block_time, native_token=dep.tokens["WETH"],
+                config, chains=[r.endpoint for r in runs], database=workdir / "keepers.sqlite",
+                block_time=opts.block_time,
             )  # fmt: skip
-            cluster.start_keepers(config)
-            for kind, proc in cluster.keepers.items():
-                console.print(f"keeper       {kind:<12} {proc.url}/metrics  (logs {proc.log})")
+            cluster.start_keepers(config, [name for r in runs for name in r.keepers])
+            for name, proc in cluster.keepers.items():
+                console.print(f"keeper       {name:<20} {proc.url}/metrics  (logs {proc.log})")
             not_ready = cluster.wait_ready()
             if not_ready:
                 console.print(f"[red]keepers not ready: {', '.join(not_ready)}[/red]; see {workdir / 'logs'}")
                 return 2
-            return _simulate(opts, console, plain, stop, cluster, relay_url, dep, started)
+            return _simulate(opts, console, plain, stop, cluster, runs, started)
         finally:
             cluster.stop()
+    raise AssertionError("unreachable")  # pragma: no cover - mypy cannot see through ExitStack
+
+
+def _users(run: ChainRun, opts: Options, scheduler: BackgroundScheduler) -> None:
+    """Traders, the market and the referee of one chain, their jobs on the shared scheduler."""
+    url, dep, name = run.endpoint.url, run.dep, run.plan.name
+    sender = PublicSender(_web3(url), dep.chain_id)
+    traders = TraderSim(_web3(url), dep, sender, [account(anvil_key(i)) for i in TRADER_KEYS], opts.seed)
+    market = MarketDriver(_web3(url), dep, sender, account(anvil_key(MARKET_KEY)), opts.seed + 1)
+    traders.fund()
+    market.fund()
+    monitor = run.monitor = FillMonitor(url, dep)
+    bt = opts.block_time
+    scheduler.add_job(market.step, "interval", seconds=bt, id=f"{name}-market")
+    scheduler.add_job(
+        lambda: traders.place_orders(opts.orders_per_block), "interval", seconds=bt, id=f"{name}-orders"
+    )
+    scheduler.add_job(
+        lambda: traders.cancel_some(monitor.open_orders()), "interval", seconds=5 * bt, id=f"{name}-cancel"
+    )
+    scheduler.add_job(traders.open_position, "interval", seconds=8 * bt, id=f"{name}-positions")
+    scheduler.add_job(traders.open_basket, "interval", seconds=12 * bt, id=f"{name}-baskets")
 
 
 def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Event, cluster: Cluster,
-              relay_url: str, dep: object, started: float) -> int:  # fmt: skip
-    from keepers.devnet.deploy import Deployment
-
-    assert isinstance(dep, Deployment)
-    w3 = _web3(relay_url)
-    sender = PublicSender(w3, dep.chain_id)
-    traders = TraderSim(
-        _web3(relay_url), dep, sender, [account(anvil_key(i)) for i in TRADER_KEYS], opts.seed
-    )
-    market = MarketDriver(_web3(relay_url), dep, sender, account(anvil_key(MARKET_KEY)), opts.seed + 1)
-    traders.fund()
-    market.fund()
-    monitor = FillMonitor(_web3(relay_url), dep)
-    first = monitor.last_block
-
+              runs: list[ChainRun], started: float) -> int:  # fmt: skip
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # a skipped tick is not news
     scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
-    bt = opts.block_time
-    scheduler.add_job(market.step, "interval", seconds=bt, id="market")
-    scheduler.add_job(
-        lambda: traders.place_orders(opts.orders_per_block), "interval", seconds=bt, id="orders"
-    )
-    scheduler.add_job(
-        lambda: traders.cancel_some(monitor.open_orders()), "interval", seconds=5 * bt, id="cancel"
-    )
-    scheduler.add_job(traders.open_position, "interval", seconds=8 * bt, id="positions")
-    scheduler.add_job(traders.open_basket, "interval", seconds=12 * bt, id="baskets")
+    for run in runs:
+        _users(run, opts, scheduler)
+    monitors = [(run, _monitor(run)) for run in runs]
+    firsts = {run.plan.name: mon.last_block for run, mon in monitors}
     scheduler.start()
     metrics: dict[str, dict[str, float]] = {}
-    health = [cluster.health(k) for k in KEEPER_KINDS]
+    health = {name: cluster.health(name) for name in cluster.keepers}
     last_scrape = 0.0
     try:
         view = None if plain else LiveView(console, started, opts.blocks).__enter__()
         try:
             while not stop.is_set():
-                for b in monitor.poll():
-                    if plain:
-                        print(plain_line(b, monitor), flush=True)
+                for run, mon in monitors:
+                    for b in mon.poll():
+                        if plain:
+                            prefix = f"{run.plan.name}: " if len(runs) > 1 else ""
+                            print(prefix + plain_line(b, mon), flush=True)
                 if time.monotonic() - last_scrape > 2:  # the keepers' own endpoints, not every tick
-                    metrics = {k: cluster.metrics(k) for k in KEEPER_KINDS}
-                    health = [cluster.health(k) for k in KEEPER_KINDS] if view is not None else health
+                    metrics = {name: cluster.metrics(name) for name in cluster.keepers}
+                    if view is not None:
+                        health = {name: cluster.health(name) for name in cluster.keepers}
                     last_scrape = time.monotonic()
                 if view is not None:
-                    view.update(monitor, health, metrics)
-                if opts.blocks is not None and monitor.last_block - first >= opts.blocks:
+                    view.update(
+                        [ChainView(run.plan, mon, [health[k] for k in run.keepers]) for run, mon in monitors],
+                        metrics,
+                    )
+                if opts.blocks is not None and all(
+                    mon.last_block - firsts[run.plan.name] >= opts.blocks for run, mon in monitors
+                ):
                     break
                 time.sleep(0.1)
         finally:
@@ -159,36 +221,63 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
                 view.__exit__()
     finally:
         scheduler.shutdown(wait=True)
-    # Let the last orders settle: the block after the last one judged, then the verdict.
-    time.sleep(opts.block_time * 1.5)
-    monitor.poll()
-    metrics = {k: cluster.metrics(k) for k in KEEPER_KINDS}
+    _settle([mon for _run, mon in monitors], opts.block_time)
+    metrics = {name: cluster.metrics(name) for name in cluster.keepers}
     if opts.metrics_snapshot:
         opts.metrics_snapshot.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     codes = cluster.stop_keepers()
-    summary = monitor.finish()
-    gaps = _nonce_gaps(opts.workdir.resolve() / "keepers.sqlite", dep.chain_id)
-    bundles = bundle_totals(metrics)
-    console.print(summary_table(summary, codes, gaps, bundles))
-    for m in summary.misses:
-        console.print(f"  order {m.order_id} ({m.kind}): {m.why}")
-    result = summary.as_json()
-    result.update(
-        keeper_exit_codes=codes,
-        nonce_gaps=gaps,
-        bundles=dict(zip(("sent", "included", "missed"), bundles, strict=True)),
-    )
+    results: dict[str, dict[str, object]] = {}
+    failed = False
+    for run, mon in monitors:
+        summary = mon.finish()
+        ours = {k: codes[k] for k in run.keepers}
+        gaps = _nonce_gaps(opts.workdir.resolve() / "keepers.sqlite", run)
+        sent = submission_totals(run.plan.submission, {k: metrics.get(k, {}) for k in run.keepers})
+        title = f"{run.plan.name} summary (chain {run.dep.chain_id}, {run.plan.submission})"
+        console.print(summary_table(summary, ours, gaps, sent, submission=run.plan.submission, title=title))
+        for m in summary.misses:
+            console.print(f"  order {m.order_id} ({m.kind}): {m.why}")
+        result = summary.as_json()
+        result.update(
+            chain_id=run.dep.chain_id,
+            submission=run.plan.submission,
+            keeper_exit_codes=ours,
+            nonce_gaps=gaps,
+            submitted=dict(zip(("sent", "included", "missed"), sent, strict=True)),
+        )
+        results[run.plan.name] = result
+        unfilled = [m for m in summary.misses if m.filled_block is None]
+        unclean = any(c != 0 for c in ours.values())
+        failed |= bool(unfilled or summary.below_limit or any(gaps.values()) or unclean)
     if opts.summary_json:
-        opts.summary_json.write_text(json.dumps(result, indent=2))
-    unfilled = [m for m in summary.misses if m.filled_block is None]
-    unclean = any(c != 0 for c in codes.values())
-    failed = bool(unfilled or summary.below_limit or any(gaps.values()) or unclean)
+        opts.summary_json.write_text(json.dumps({"ok": not failed, "chains": results}, indent=2))
     return 1 if failed else 0
 
 
-def _nonce_gaps(database: Path, chain_id: int) -> dict[str, list[int]]:
+def _settle(monitors: list[FillMonitor], block_time: float) -> None:
+    """Traders and the market have stopped: the referee follows SETTLE_BLOCKS more blocks, so a
+    fill still in flight lands and is judged late (with its reason), not unfilled."""
+    targets = [mon.last_block + SETTLE_BLOCKS for mon in monitors]
+    deadline = time.monotonic() + (SETTLE_BLOCKS + 3) * block_time
+    while time.monotonic() < deadline:
+        for mon in monitors:
+            mon.poll()
+        if all(mon.last_block >= t for mon, t in zip(monitors, targets, strict=True)):
+            return
+        time.sleep(0.1)
+
+
+def _monitor(run: ChainRun) -> FillMonitor:
+    assert run.monitor is not None, "the chain's users were not started"
+    return run.monitor
+
+
+def _nonce_gaps(database: Path, run: ChainRun) -> dict[str, list[int]]:
     engine = make_engine(f"sqlite:///{database}")
-    return {kind: NonceManager(engine, chain_id, keeper_address(kind)).gaps() for kind in KEEPER_KINDS}
+    return {
+        run.plan.keeper_name(kind): NonceManager(engine, run.dep.chain_id, keeper_address(kind)).gaps()
+        for kind in KEEPER_KINDS
+    }
 
 
 def main(opts: Options) -> int:

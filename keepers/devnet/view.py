@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from keepers.devnet.cluster import KeeperHealth
+from keepers.devnet.cluster import ChainPlan, KeeperHealth
 from keepers.devnet.monitor import KIND_NAMES, BlockStats, FillMonitor, Summary
 
 
@@ -19,16 +20,39 @@ def _fmt(v: float | None, digits: int = 0) -> str:
     return "-" if v is None else f"{v:,.{digits}f}"
 
 
-def bundle_totals(metrics: Mapping[str, Mapping[str, float]]) -> tuple[int, int, int]:
-    """Bundles sent, included and missed, summed over the keepers."""
-    totals = {"sent": 0.0, "included": 0.0, "missed": 0.0}
-    for samples in metrics.values():
-        for key, value in samples.items():
-            if key.startswith("keepers_bundles_total{"):
-                for event in totals:
-                    if f'event="{event}"' in key:
-                        totals[event] += value
-    return int(totals["sent"]), int(totals["included"]), int(totals["missed"])
+@dataclass
+class ChainView:
+    """What the live view shows of one chain."""
+
+    plan: ChainPlan
+    monitor: FillMonitor
+    health: list[KeeperHealth]
+
+
+def _sum_samples(metrics: Mapping[str, Mapping[str, float]], family: str, label: str, value: str) -> float:
+    return sum(
+        v
+        for samples in metrics.values()
+        for k, v in samples.items()
+        if k.startswith(family + "{") and f'{label}="{value}"' in k
+    )
+
+
+def submission_totals(submission: str, metrics: Mapping[str, Mapping[str, float]]) -> tuple[int, int, int]:
+    """Sent, included and missed, summed over a chain's keepers: bundles on a Flashbots chain
+    (one per relay and target block), transactions on a mempool chain (one per action; its
+    fee bumps are replacements of the same transaction)."""
+    if submission == "flashbots":
+        family, label, events = "keepers_bundles_total", "event", ("sent", "included", "missed")
+        sent, included, missed = (int(_sum_samples(metrics, family, label, e)) for e in events)
+        return sent, included, missed
+    included = int(_sum_samples(metrics, "keepers_actions_total", "outcome", "included"))
+    missed = int(_sum_samples(metrics, "keepers_actions_total", "outcome", "missed"))
+    return included + missed, included, missed
+
+
+def _unit(submission: str) -> str:
+    return "bundles" if submission == "flashbots" else "transactions"
 
 
 def strategy_errors(samples: Mapping[str, float]) -> int:
@@ -49,17 +73,24 @@ class LiveView:
     def __exit__(self, *exc: object) -> None:
         self.live.__exit__(None, None, None)
 
-    def update(
-        self, mon: FillMonitor, health: list[KeeperHealth], metrics: Mapping[str, Mapping[str, float]]
-    ) -> None:
+    def update(self, chains: list[ChainView], metrics: Mapping[str, Mapping[str, float]]) -> None:
+        one = len(chains) == 1
+        panels = [self._chain(c, metrics, recent=one) for c in chains]
+        title = "keepers devnet" if one else f"keepers devnet: {len(chains)} chains"
+        uptime = f"uptime {time.monotonic() - self.started:,.0f}s"
+        self.live.update(Panel(Group(*panels), title=title, subtitle=uptime))
+
+    def _chain(self, c: ChainView, metrics: Mapping[str, Mapping[str, float]], recent: bool) -> Group | Panel:
+        mon = c.monitor
         s = mon.summary
-        sent, included, missed = bundle_totals(metrics)
+        ours = {h.name: metrics.get(h.name, {}) for h in c.health}
+        sent, included, missed = submission_totals(c.plan.submission, ours)
         head = Table.grid(padding=(0, 3))
         progress = f"{s.blocks}/{self.target}" if self.target else str(s.blocks)
         head.add_row(
-            f"[b]block[/b] {mon.last_block}", f"[b]blocks run[/b] {progress}",
-            f"[b]uptime[/b] {time.monotonic() - self.started:,.0f}s",
-            f"[b]bundles[/b] {sent} sent / {included} included / {missed} missed",
+            f"[b]{c.plan.name}[/b] (chain {c.plan.chain_id})", f"[b]block[/b] {mon.last_block}",
+            f"[b]blocks run[/b] {progress}",
+            f"[b]{_unit(c.plan.submission)}[/b] {sent} sent / {included} included / {missed} missed",
         )  # fmt: skip
         orders = Table(title="orders", expand=True)
         for col in ("", *KIND_NAMES):
@@ -81,22 +112,24 @@ class LiveView:
             f"liquidations {s.liquidations}", f"rebalances {s.rebalances}",
             f"oracle updates {s.oracle_updates}", f"cancelled {s.cancelled}", f"lapsed {s.lapsed}",
         )  # fmt: skip
-        blocks = Table(title="last blocks", expand=True)
-        for col in ("block", "fills", "open"):
-            blocks.add_column(col, justify="right")
-        for b in mon.recent[-8:]:
-            blocks.add_row(str(b.number), str(b.fills) if b.fills else "", str(sum(b.open_by_kind.values())))
         keepers = Table(title="keepers", expand=True)
-        for col in ("kind", "state", "strategy errors", "note"):
+        for col in ("keeper", "state", "strategy errors", "note"):
             keepers.add_column(col)
-        for h in health:
+        for h in c.health:
             state = (
                 "[green]ready[/green]"
                 if h.ready
                 else ("[yellow]alive[/yellow]" if h.alive else "[red]down[/red]")
             )
-            keepers.add_row(h.kind, state, str(strategy_errors(metrics.get(h.kind, {}))), h.reason)
-        self.live.update(Panel(Group(head, orders, fills, other, blocks, keepers), title="keepers devnet"))
+            keepers.add_row(h.name, state, str(strategy_errors(ours[h.name])), h.reason)
+        if not recent:  # several chains: one compact panel each
+            return Panel(Group(head, orders, fills, other, keepers))
+        blocks = Table(title="last blocks", expand=True)
+        for col in ("block", "fills", "open"):
+            blocks.add_column(col, justify="right")
+        for b in mon.recent[-8:]:
+            blocks.add_row(str(b.number), str(b.fills) if b.fills else "", str(sum(b.open_by_kind.values())))
+        return Group(head, orders, fills, other, blocks, keepers)
 
 
 def plain_line(b: BlockStats, mon: FillMonitor) -> str:
@@ -109,8 +142,9 @@ def plain_line(b: BlockStats, mon: FillMonitor) -> str:
 
 
 def summary_table(s: Summary, exit_codes: Mapping[str, int | None], nonce_gaps: Mapping[str, list[int]],
-                  bundles: tuple[int, int, int]) -> Table:  # fmt: skip
-    t = Table(title="devnet summary", show_header=False)
+                  submitted: tuple[int, int, int], *, submission: str = "flashbots",
+                  title: str = "devnet summary") -> Table:  # fmt: skip
+    t = Table(title=title, show_header=False)
     t.add_column("what")
     t.add_column("value", justify="right")
     placed = ", ".join(f"{k} {s.placed[k]}" for k in KIND_NAMES)
@@ -131,7 +165,7 @@ def summary_table(s: Summary, exit_codes: Mapping[str, int | None], nonce_gaps: 
         "liquidations / rebalances / oracle updates",
         f"{s.liquidations} / {s.rebalances} / {s.oracle_updates}",
     )
-    t.add_row("bundles sent / included / missed", " / ".join(map(str, bundles)))
+    t.add_row(f"{_unit(submission)} sent / included / missed", " / ".join(map(str, submitted)))
     t.add_row("nonce gaps", str(sum(len(g) for g in nonce_gaps.values())))
     t.add_row("keeper exit codes", ", ".join(f"{k} {c}" for k, c in exit_codes.items()))
     return t

@@ -28,6 +28,12 @@ class JsonRpc:
             result: dict[str, Any] = await resp.json(content_type=None)
             return result
 
+    async def raw_batch(self, payload: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Forwards a JSON-RPC batch as is."""
+        async with self.session.post(self.url, json=payload) as resp:
+            result: list[dict[str, Any]] = await resp.json(content_type=None)
+            return result
+
     async def __call__(self, method: str, *params: Any) -> Any:
         payload = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)}
         async with self.session.post(self.url, json=payload) as resp:

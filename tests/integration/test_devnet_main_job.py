@@ -1,11 +1,14 @@
-"""The main job, headless: `keepers devnet --blocks 60` with every keeper as its own process,
-simulated traders and a moving market, judged by the devnet's own referee."""
+"""The main job, headless: `keepers devnet --blocks N` with every keeper as its own process,
+simulated traders and a moving market, judged by the devnet's own referee; on one chain behind
+the Flashbots-protocol relay, and on two (the second a public-mempool chain)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,30 +17,32 @@ from keepers.config.schema import KEEPER_KINDS
 pytestmark = pytest.mark.integration
 
 
-def test_sixty_blocks_every_executable_order_filled_within_limits(tmp_path):
-    summary_file, metrics_file = tmp_path / "summary.json", tmp_path / "metrics.json"
+def _devnet(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str, int]:
+    summary_file = tmp_path / "summary.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "keepers.cli", "devnet", "--blocks", "60", "--plain",
-         "--workdir", str(tmp_path / "devnet"),
-         "--summary-json", str(summary_file), "--metrics-snapshot", str(metrics_file)],
+        [sys.executable, "-m", "keepers.cli", "devnet", "--plain", "--workdir", str(tmp_path / "devnet"),
+         "--summary-json", str(summary_file), *args],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     tail = (proc.stdout + proc.stderr)[-4000:]
     assert summary_file.exists(), tail
-    s = json.loads(summary_file.read_text())
+    return json.loads(summary_file.read_text()), tail, proc.returncode
 
+
+def _judge(s: dict[str, Any], keepers: list[str], blocks: int, min_fills: int) -> None:
+    """What the referee must have seen on one chain."""
     assert s["unfilled_executable"] == [], f"executable orders left unfilled: {s['unfilled_executable']}"
     assert s["fills_below_limit"] == [], "a fill below the trader's limit"
-    assert all(gaps == [] for gaps in s["nonce_gaps"].values()), s["nonce_gaps"]
-    assert s["keeper_exit_codes"] == dict.fromkeys(KEEPER_KINDS, 0), "every keeper drained and exited 0"
-    assert proc.returncode == 0, tail
+    assert s["nonce_gaps"] == {k: [] for k in keepers}, s["nonce_gaps"]
+    assert s["keeper_exit_codes"] == dict.fromkeys(keepers, 0), "every keeper drained and exited 0"
 
     # The run did real work: orders of every kind placed, most filled, and filled promptly.
-    assert s["blocks"] >= 60
+    assert s["blocks"] >= blocks
     assert all(
         s["orders_placed"].get(k, 0) > 0 for k in ("limit", "stop-loss", "take-profit", "twap", "iceberg")
     )
-    assert s["fills"] >= 40
+    assert s["fills"] >= min_fills
+    assert s["submitted"]["included"] > 0
     judged = s["fills"] - s["fills_due_in_their_block"]
     late = s["late_fills"]
     assert all(m["why"] for m in late), "every late fill is named with a reason"
@@ -46,9 +51,37 @@ def test_sixty_blocks_every_executable_order_filled_within_limits(tmp_path):
     unexplained = [m for m in late if "shared liquidity" not in m["why"]]
     assert len(unexplained) <= judged * 0.1, f"{len(unexplained)} of {judged} fills late: {unexplained}"
     assert s["median_latency_blocks"] == 1
+
+
+def test_sixty_blocks_every_executable_order_filled_within_limits(tmp_path):
+    metrics_file = tmp_path / "metrics.json"
+    result, tail, code = _devnet(tmp_path, "--blocks", "60", "--metrics-snapshot", str(metrics_file))
+    assert set(result["chains"]) == {"devnet"}
+    s = result["chains"]["devnet"]
+    assert s["submission"] == "flashbots"
+    _judge(s, list(KEEPER_KINDS), blocks=60, min_fills=40)
+    assert result["ok"], tail
+    assert code == 0, tail
     dep = json.loads((tmp_path / "devnet" / "deployment.json").read_text())
     assert set(dep["tokens"]) == {"WETH", "WBTC", "USDC", "DAI"}, "the addresses operators configure from"
     # Every keeper served metrics to the end.
     metrics = json.loads(metrics_file.read_text())
     assert set(metrics) == set(KEEPER_KINDS)
     assert all(any(k.startswith("keepers_head_block") for k in m) for m in metrics.values())
+
+
+def test_two_chains_from_one_config_relay_and_public_mempool(tmp_path):
+    result, tail, code = _devnet(tmp_path, "--chains", "2", "--blocks", "30")
+    assert set(result["chains"]) == {"devnet", "polygon"}
+    eth, polygon = result["chains"]["devnet"], result["chains"]["polygon"]
+    assert (eth["chain_id"], eth["submission"]) == (31337, "flashbots")
+    assert (polygon["chain_id"], polygon["submission"]) == (31338, "public")
+    _judge(eth, list(KEEPER_KINDS), blocks=30, min_fills=15)
+    _judge(polygon, [f"{k}-polygon" for k in KEEPER_KINDS], blocks=30, min_fills=15)
+    assert result["ok"], tail
+    assert code == 0, tail
+    # One config file runs both chains' keepers, as an operator would write it.
+    config = (tmp_path / "devnet" / "keepers.toml").read_text()
+    assert "[chains.devnet.flashbots]" in config
+    assert 'submission = "public"' in config
+    assert '[keepers.limit-stop-polygon]\nkind = "limit-stop"\nchain = "polygon"' in config

@@ -266,3 +266,20 @@ def test_call_bundle_reports_in_the_flashbots_shape(relay: RelayThread):
     assert r0["fromAddress"].lower() == ALICE.address.lower()
     assert isinstance(result["coinbaseDiff"], str), "wei amounts are decimal strings"
     assert not _mined(w3, txs[0]), "simulation leaves no trace"
+
+
+def test_a_batch_of_node_reads_is_proxied_and_relay_methods_are_refused_in_one(relay: RelayThread):
+    reads = [
+        {"jsonrpc": "2.0", "id": 7, "method": "eth_chainId", "params": []},
+        {"jsonrpc": "2.0", "id": 8, "method": "eth_getBalance", "params": [ALICE.address, "latest"]},
+        {"jsonrpc": "2.0", "id": 9, "method": "eth_call", "params": [{"to": SINK, "data": "0x"}, "latest"]},
+    ]
+    answers = {a["id"]: a for a in requests.post(relay.url, json=reads, timeout=10).json()}
+    assert answers[7]["result"] == hex(31337)
+    assert int(answers[8]["result"], 16) == _w3(relay).eth.get_balance(ALICE.address)
+    assert answers[9]["result"] == "0x"
+
+    mixed = [*reads, {"jsonrpc": "2.0", "id": 10, "method": "eth_sendRawTransaction", "params": ["0x00"]}]
+    refused = requests.post(relay.url, json=mixed, timeout=10).json()
+    assert refused["error"]["code"] == -32600
+    assert "eth_sendRawTransaction" in refused["error"]["message"]

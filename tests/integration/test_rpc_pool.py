@@ -67,3 +67,19 @@ def test_all_dead_raises_with_redacted_urls():
         anyio.run(go)
     assert "SECRETKEY" not in str(info.value)
     assert redact("https://user:pw@rpc.example.net/v3/KEY?x=1") == "https://rpc.example.net"
+
+
+def test_asks_for_the_chain_id_once_not_before_every_call():
+    # web3's validation middleware wants the chain id before each eth_call: one answer serves all.
+    with Anvil() as a:
+        pool = RpcPool([a.url], chain="t")
+        w3 = AsyncWeb3(pool)
+        to = AsyncWeb3.to_checksum_address("0x" + "11" * 20)
+
+        async def go() -> None:
+            for _ in range(5):
+                await w3.eth.call({"to": to, "data": "0x"})
+            assert await w3.eth.chain_id == 31337
+
+        anyio.run(go)
+        assert pool.endpoints[0].requests == 6, "one eth_chainId and five eth_calls"

@@ -61,6 +61,7 @@ CORPUS = [
     ('signer = { env = "SIGNER" }', 'signer = "0xdeadbeef"', "signer", 2),
     ('signer = { env = "SIGNER" }', "", "signer", None),
     ("[chains.main]", "[chains.main]\nmax_fee_gwei = -1", "chains.main.max_fee_gwei", 5),
+    ("[keepers.limit-stop]", '[keepers.limit-stop-polygon]\nkind = "limit-go"', "keepers", 10),
 ]  # fmt: skip
 
 
@@ -76,6 +77,24 @@ def test_broken_config_names_the_key(tmp_path: Path, old: str, new: str, key: st
     assert hit.file == str(path)
     assert hit.line == line, str(info.value)
     assert str(path) in str(info.value)
+
+
+def test_one_kind_on_two_chains_by_naming_the_keepers(tmp_path: Path):
+    side = """
+[chains.side]
+chain_id = 2
+rpc = [{ url = "http://127.0.0.1:8546" }]
+submission = "public"
+contracts = { order_book = "0x0000000000000000000000000000000000000b00" }
+
+[keepers.limit-stop-side]
+kind = "limit-stop"
+chain = "side"
+strategy = "fee-maximising"
+"""
+    settings = load_config(_write(tmp_path, GOOD + side), environ={})
+    assert settings.kind_of("limit-stop") == settings.kind_of("limit-stop-side") == "limit-stop"
+    assert settings.keepers["limit-stop-side"].chain == "side"
 
 
 def test_syntax_error_names_the_line(tmp_path: Path):
