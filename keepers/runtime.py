@@ -30,6 +30,8 @@ from keepers.engine.loop import KeeperLoop
 from keepers.engine.market import SnapshotReader
 from keepers.engine.plugins import build_strategy
 from keepers.engine.strategy import Strategy
+from keepers.ha.elector import LeaderElector
+from keepers.ha.lease import LeaseStore
 from keepers.obs import metrics
 from keepers.obs.health import make_health_app, serve
 from keepers.store.engine import make_engine
@@ -92,6 +94,7 @@ class Built:
     engine: Engine
     w3: AsyncWeb3[Any]
     chain: ChainSettings
+    elector: LeaderElector
 
 
 async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> Built:
@@ -127,7 +130,11 @@ async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> 
         w3, engine, chain_id, event_decoder(addrs), name=name, chain_label=ks.chain,
         page_size=chain.log_page_size,
     )  # fmt: skip
-    nonces = NonceManager(engine, chain_id, account.address)
+    elector = LeaderElector(
+        LeaseStore(engine), f"{chain_id}/{name}", lease_seconds=settings.ha.lease_seconds,
+        renew_seconds=settings.ha.renew_seconds, chain=ks.chain, keeper=name,
+    )  # fmt: skip
+    nonces = NonceManager(engine, chain_id, account.address, fences=elector)
     fees = FeeEstimator(w3, chain.max_fee_gwei)
     common: dict[str, Any] = {"w3": w3, "nonces": nonces, "signer": signer, "fees": fees, "chain": ks.chain}
     submitter: Submitter
@@ -166,8 +173,9 @@ async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> 
         strategy_timeout=ks.strategy_timeout,
         drain_timeout=settings.drain_timeout,
         ledger=Ledger(engine),
+        leader=elector,
     )
-    return Built(loop, engine, w3, chain)
+    return Built(loop, engine, w3, chain, elector)
 
 
 async def run_keeper(settings: Settings, name: str) -> None:
@@ -185,25 +193,31 @@ async def run_keeper(settings: Settings, name: str) -> None:
             if built.loop.state.last_block < 0:
                 return False, "not synced yet"
             behind = metrics.BLOCKS_BEHIND.labels(built.loop.chain)._value.get()
-            return (behind <= 5, f"{int(behind)} blocks behind head")
+            role = "leader" if built.elector.is_leader else "standby"
+            return (behind <= 5, f"{int(behind)} blocks behind head; {role}")
 
         app = make_health_app(ready, built.engine, built.loop.chain_id)
         runner = await serve(app, settings.health_port or settings.metrics_port)
         stack.push_async_callback(runner.cleanup)
         loop = built.loop
         log.info("keeper started", keeper=name, kind=loop.kind, chain=loop.chain, strategy=loop.strategy_name)
-        async with anyio.create_task_group() as tg:
+        await built.elector.step()  # a lone replica leads from its first block
+        async with anyio.create_task_group() as election:
+            election.start_soon(built.elector.run)
+            async with anyio.create_task_group() as tg:
 
-            async def stop_on_signal() -> None:
-                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                    async for sig in signals:
-                        log.info("stopping", signal=sig.name if hasattr(sig, "name") else sig)
-                        tg.cancel_scope.cancel()
-                        return
+                async def stop_on_signal() -> None:
+                    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                        async for sig in signals:
+                            log.info("stopping", signal=sig.name if hasattr(sig, "name") else sig)
+                            tg.cancel_scope.cancel()
+                            return
 
-            tg.start_soon(stop_on_signal)
-            poll = max(0.05, built.chain.block_time / 4)
-            await built.loop.run(ws_url=built.chain.ws_url, poll_interval=poll)
+                tg.start_soon(stop_on_signal)
+                poll = max(0.05, built.chain.block_time / 4)
+                await built.loop.run(ws_url=built.chain.ws_url, poll_interval=poll)
+            # Drained: only now hand the lease over, so a standby never overlaps our last bundles.
+            election.cancel_scope.cancel()
         log.info("keeper stopped", keeper=name, in_flight=built.loop.state.in_flight)
 
 

@@ -25,6 +25,7 @@ from web3 import AsyncWeb3, WebSocketProvider
 from keepers.chain.events import Event, EventDecoder
 from keepers.chain.events import to_hex as _hex
 from keepers.obs import metrics
+from keepers.store.engine import lock_chain_writes
 from keepers.store.projection import rollback_after, store_events
 from keepers.store.tables import BlockHash, Cursor
 
@@ -133,6 +134,7 @@ class ChainFollower:
 
     def _commit(self, events: list[Event], headers: list[Any], end: int) -> int:
         with Session(self.engine) as s, s.begin():
+            lock_chain_writes(s, self.chain_id)
             new = store_events(s, self.chain_id, events)
             for h in headers:
                 s.merge(
@@ -176,6 +178,7 @@ class ChainFollower:
     def _rollback(self, fork: int) -> int:
         contracts = self.decoder.by_address
         with Session(self.engine) as s, s.begin():
+            lock_chain_writes(s, self.chain_id)
             removed = rollback_after(s, self.chain_id, fork, contracts)
             kept = s.get(BlockHash, (self.chain_id, fork))
             s.merge(

@@ -126,6 +126,21 @@ class KeeperSettings(Strict):
     signer: SecretRef | None = None
 
 
+class HaSettings(Strict):
+    """Leader election among the replicas of a keeper (always on; one replica simply leads)."""
+
+    #: Seconds a lease lasts without renewal: a standby leads within this (plus one renewal
+    #: interval) of a leader's death; at once after a clean stop.
+    lease_seconds: float = Field(default=6.0, gt=0)
+    renew_seconds: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _renew_inside_lease(self) -> HaSettings:
+        if self.renew_seconds >= self.lease_seconds * 0.8:
+            raise ValueError("renew_seconds must be under 0.8 x lease_seconds")
+        return self
+
+
 class Settings(Strict):
     database_url: str = "sqlite:///keepers.sqlite"
     metrics_port: int = Field(default=9100, ge=0, le=65535)
@@ -136,6 +151,7 @@ class Settings(Strict):
     signer: SecretRef
     chains: dict[str, ChainSettings] = Field(min_length=1)
     keepers: dict[str, KeeperSettings] = Field(default_factory=dict)
+    ha: HaSettings = Field(default_factory=HaSettings)
 
     @field_validator("database_url")
     @classmethod

@@ -16,6 +16,8 @@ from keepers.engine.candidates import CandidateSource, no_candidates
 from keepers.engine.guard import guarded_on_block
 from keepers.engine.market import SnapshotReader
 from keepers.engine.strategy import BlockContext, Strategy
+from keepers.ha.elector import LeaderElector
+from keepers.ha.lease import NotLeader
 from keepers.obs import metrics
 from keepers.store.ledger import Ledger
 from keepers.store.tables import ActionLedger
@@ -56,6 +58,7 @@ class KeeperLoop:
         keep_outcomes: int = 1000,
         maintenance_every: int = 10,
         ledger: Ledger | None = None,
+        leader: LeaderElector | None = None,
     ) -> None:
         self.kind = kind
         self.chain = chain
@@ -73,6 +76,9 @@ class KeeperLoop:
         self.keep_outcomes = keep_outcomes
         self.maintenance_every = maintenance_every
         self.ledger = ledger
+        #: With replicas, only the lease holder decides and submits; the others follow the
+        #: chain so their store is warm when they take over.
+        self.leader = leader
         self._maintaining = False
         self.state = KeeperState()
         self._submissions: anyio.abc.TaskGroup | None = None
@@ -97,6 +103,10 @@ class KeeperLoop:
                     scope.cancel()
                 submissions.cancel_scope.cancel()
 
+    @property
+    def leads(self) -> bool:
+        return self.leader is None or self.leader.is_leader
+
     async def on_synced(self, result: SyncResult) -> None:
         if self.state.draining or result.head <= self.state.last_block:
             return
@@ -105,6 +115,8 @@ class KeeperLoop:
         if (self.state.blocks - 1) % self.maintenance_every == 0 and not self._maintaining:
             assert self._submissions is not None
             self._submissions.start_soon(self._maintain)
+        if not self.leads:
+            return  # a standby: synced, nothing to decide
         try:
             snapshot = await self.snapshots.read(result.head) if self.snapshots else None
             candidates = await self.candidates(result, snapshot)
@@ -156,7 +168,7 @@ class KeeperLoop:
         self._maintaining = True
         try:
             report = await self.submitter.reconcile()
-            if report.gaps:
+            if report.gaps and self.leads:
                 filled = await self.submitter.fill_gaps()
                 log.info("nonce gaps filled", gaps=report.gaps, sent=filled)
             await self.submitter.observe()
@@ -173,6 +185,12 @@ class KeeperLoop:
             self._in_flight_scopes.add(scope)
             try:
                 outcome = await self.submitter.submit(action)
+            except NotLeader as exc:
+                metrics.FENCED.labels(self.chain, self.kind).inc()
+                log.warning(
+                    "submission fenced: the lease was lost", key=action.idempotency_key, error=str(exc)
+                )
+                return
             except Exception as exc:
                 log.exception("submission failed", key=action.idempotency_key, error=repr(exc))
                 return

@@ -56,3 +56,10 @@ SPENT_WEI = Counter(
     "Gas (from receipts) and builder payments of included actions, in wei",
     ["chain", "keeper", "strategy"],
 )
+LEADER = Gauge("keepers_leader", "1 while this replica holds the keeper's lease", ["chain", "keeper"])
+LEADER_CHANGES = Counter(
+    "keepers_leader_changes_total", "Times this replica gained or lost the lease", ["chain", "keeper"]
+)
+FENCED = Counter(
+    "keepers_fenced_total", "Submissions refused because the lease was lost", ["chain", "keeper"]
+)

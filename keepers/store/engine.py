@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
+
+#: First key of the PostgreSQL advisory locks that serialise writes of one chain's events.
+_CHAIN_LOCK_NAMESPACE = 0x4B50
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -47,3 +51,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def lock_chain_writes(session: Session, chain_id: int) -> None:
+    """Serialises, for this transaction, every process writing one chain's events, block hashes
+    and projections (keeper kinds and replicas share a store). SQLite's BEGIN IMMEDIATE already
+    makes each transaction the only writer; PostgreSQL takes a transaction-scoped advisory lock,
+    without which two followers applying the same block both insert its rows."""
+    if session.get_bind().dialect.name != "sqlite":
+        lock = text("SELECT pg_advisory_xact_lock(:ns, :chain)")
+        session.execute(lock, {"ns": _CHAIN_LOCK_NAMESPACE, "chain": chain_id})

@@ -37,9 +37,24 @@ def _ledger_and_reorg_marker(conn: Connection) -> None:
         conn.execute(text('ALTER TABLE "order" ADD COLUMN reorged_block INTEGER'))
 
 
+def _leases(conn: Connection) -> None:
+    """Leader leases, the lease token each transaction was allocated under, and 64-bit order
+    times (an order without expiry carries 2**32 - 1, past PostgreSQL's INTEGER; SQLite's
+    integers are 64-bit already)."""
+    tables.Lease.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+    columns = {c["name"] for c in inspect(conn).get_columns("txrecord")}
+    if "fence_token" not in columns:
+        conn.execute(text("ALTER TABLE txrecord ADD COLUMN fence_token BIGINT"))
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text('ALTER TABLE "order" ALTER COLUMN expiry TYPE BIGINT, ALTER COLUMN start TYPE BIGINT')
+        )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "action ledger, order reorg marker", _ledger_and_reorg_marker),
+    Migration(3, "leader leases, fence token per transaction, 64-bit order times", _leases),
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint, text
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from keepers.store.types import Uint256
@@ -62,10 +62,11 @@ class Order(SQLModel, table=True):
     amount_in: int = _u256()
     min_amount_out: int = _u256()
     remaining: int = _u256()
-    expiry: int
+    #: uint32 timestamps on chain (no expiry is 2**32 - 1): past PostgreSQL's INTEGER.
+    expiry: int = Field(sa_column=Column(BigInteger(), nullable=False))
     keeper_fee_bps: int
     trigger_or_clip: int = _u256()
-    start: int = 0
+    start: int = Field(default=0, sa_column=Column(BigInteger(), nullable=False))
     interval: int = 0
     slices: int = 0
     status: str = Field(index=True)  # open, armed, partially_filled, filled, cancelled, expired
@@ -169,6 +170,8 @@ class TxRecord(SQLModel, table=True):
     target_block: int | None = None
     deadline_block: int | None = None
     included_block: int | None = None
+    #: The leader lease token under which the nonce was allocated (None: no election).
+    fence_token: int | None = None
     reason: str = ""
     created_at: dt.datetime = Field(default_factory=_now)
     updated_at: dt.datetime = Field(default_factory=_now)
@@ -216,6 +219,16 @@ class ActionLedger(SQLModel, table=True):
     @property
     def net_wei(self) -> int:
         return self.earned_wei - self.gas_cost_wei - self.coinbase_wei
+
+
+class Lease(SQLModel, table=True):
+    """Who leads a piece of work (a keeper on a chain) and until when, by the database's clock.
+    `token` rises with every change of holder: the fencing token a stale leader cannot forge."""
+
+    scope: str = Field(primary_key=True)
+    holder: str
+    token: int
+    expires_at: float  # seconds since the epoch, database clock
 
 
 class SchemaVersion(SQLModel, table=True):

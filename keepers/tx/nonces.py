@@ -16,10 +16,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sqlalchemy import Engine, delete, func
 from sqlmodel import Session, col, select
 
+from keepers.ha.lease import Fence
 from keepers.store.engine import is_sqlite
 from keepers.store.tables import FreeNonce, NonceCounter, TxAttempt, TxRecord
 from keepers.tx.states import LIVE, PENDING, TxState, check_transition
@@ -51,13 +53,28 @@ class ReconcileReport:
     recovered: list[int] = field(default_factory=list)  # unheld nonces at or above the chain's, freed
 
 
-class NonceManager:
-    """Allocates, tracks and frees nonces for one (chain, signer)."""
+class FenceSource(Protocol):
+    def fence(self) -> Fence: ...
 
-    def __init__(self, engine: Engine, chain_id: int, signer: str) -> None:
+
+class NonceManager:
+    """Allocates, tracks and frees nonces for one (chain, signer). With `fences` (a leader
+    elector) every new nonce is handed out only under a lease still held, checked in the same
+    transaction: a replica that lost its lease gets NotLeader instead of a nonce."""
+
+    def __init__(self, engine: Engine, chain_id: int, signer: str, fences: FenceSource | None = None) -> None:
         self.engine = engine
         self.chain_id = chain_id
         self.signer = signer.lower()
+        self.fences = fences
+
+    def _fenced(self, session: Session) -> int | None:
+        """Checks the lease inside this transaction; the token the new record carries."""
+        if self.fences is None:
+            return None
+        fence = self.fences.fence()
+        fence.verify(session)
+        return fence.token
 
     # ----------------------------------------------------------------- locking
 
@@ -93,8 +110,10 @@ class NonceManager:
             if existing is not None:
                 session.expunge(existing)
                 return existing
+            token = self._fenced(session)
             nonce = self._take_nonce(session, counter)
             record = TxRecord(
+                fence_token=token,
                 idempotency_key=intent.idempotency_key,
                 chain_id=self.chain_id,
                 signer=self.signer,
@@ -298,12 +317,16 @@ class NonceManager:
             free = session.get(FreeNonce, (self.chain_id, self.signer, nonce))
             if free is None:
                 return None
+            token = self._fenced(session)
             session.delete(free)
-            return self._add_noop(session, nonce, idempotency_key)
+            return self._add_noop(session, nonce, idempotency_key, token)
 
-    def _add_noop(self, session: Session, nonce: int, idempotency_key: str) -> TxRecord:
+    def _add_noop(
+        self, session: Session, nonce: int, idempotency_key: str, fence_token: int | None = None
+    ) -> TxRecord:
         """A 0-value self-transfer record holding `nonce` (gap fill or cancellation)."""
         record = TxRecord(
+            fence_token=fence_token,
             idempotency_key=idempotency_key,
             chain_id=self.chain_id,
             signer=self.signer,

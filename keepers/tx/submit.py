@@ -28,6 +28,7 @@ from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCErro
 
 from keepers.chain.artifacts import PROJECT_CONTRACTS, load_artifact
 from keepers.chain.reverts import RevertDecoder
+from keepers.ha.lease import NotLeader
 from keepers.obs import metrics
 from keepers.store.tables import TxRecord
 from keepers.tx.actions import Action, Call
@@ -130,7 +131,13 @@ class _Common:
                 route=route,
                 deadline_block=deadline_block,
             )
-            records.append(await anyio.to_thread.run_sync(self.nonces.allocate, intent))
+            try:
+                records.append(await anyio.to_thread.run_sync(self.nonces.allocate, intent))
+            except NotLeader:
+                # Fenced part way through: the nonces already taken go back, none is left held.
+                for r in records:
+                    await anyio.to_thread.run_sync(self.nonces.release, r.id or 0, "fenced: lease lost")
+                raise
             metrics.NONCE_ALLOCATIONS.labels(self.chain).inc()
         return records
 

@@ -23,8 +23,21 @@ def test_a_version_one_database_gains_the_ledger_and_reorg_marker(db_url: str):
         conn.execute(text("DELETE FROM schemaversion WHERE version > 1"))
     assert current_version(engine) == 1
 
-    assert migrate(engine) == [2]
+    assert migrate(engine) == [2, 3]
     insp = inspect(engine)
     assert "actionledger" in insp.get_table_names()
     assert "reorged_block" in {c["name"] for c in insp.get_columns("order")}
-    assert current_version(engine) == 2
+    assert current_version(engine) == 3
+
+
+def test_a_version_two_database_gains_leases_and_fence_tokens(db_url: str):
+    engine = make_engine(db_url)
+    migrate(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE lease"))
+        conn.execute(text("ALTER TABLE txrecord DROP COLUMN fence_token"))
+        conn.execute(text("DELETE FROM schemaversion WHERE version > 2"))
+    assert migrate(engine) == [3]
+    insp = inspect(engine)
+    assert "lease" in insp.get_table_names()
+    assert "fence_token" in {c["name"] for c in insp.get_columns("txrecord")}

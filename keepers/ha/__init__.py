@@ -1,0 +1,1 @@
+"""High availability: leader leases with fencing tokens, and the elector replicas run."""

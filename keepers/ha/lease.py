@@ -1,0 +1,108 @@
+"""Leader leases in the store, with fencing tokens.
+
+A lease row names the holder of a scope (one keeper on one chain) and when its lease ends, by
+the database's own clock, so replicas on hosts with skewed clocks agree. Acquiring and renewing
+are one upsert; `token` rises every time the lease changes hands (or is taken again after it
+lapsed). The token is the fence: the nonce manager checks it in the same database transaction
+that hands out a nonce, so a leader that was paused past its lease and lost it cannot allocate,
+sign or send anything once it wakes, whatever it still believes.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, text
+from sqlmodel import Session
+
+from keepers.store.engine import is_sqlite
+
+
+class NotLeader(RuntimeError):
+    """The fence refused: this process no longer holds the lease it acts under."""
+
+
+def holder_id() -> str:
+    """This process, unique across restarts: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def _now_sql(engine: Engine) -> str:
+    if is_sqlite(engine):
+        return "((julianday('now') - 2440587.5) * 86400.0)"
+    return "extract(epoch from clock_timestamp())::double precision"
+
+
+@dataclass(frozen=True)
+class Term:
+    """A held lease: the token to fence with, and the holder's view of when it ends."""
+
+    token: int
+    expires_at: float  # database clock
+
+
+class LeaseStore:
+    """Acquire, renew, release and check leases of one engine's `lease` table."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        now = _now_sql(engine)  # a constant SQL expression per dialect, never input
+        # Insert, or take over a lapsed lease (new token), or renew our own (same token).
+        self._acquire = text(
+            f"""
+            INSERT INTO lease (scope, holder, token, expires_at)
+            VALUES (:scope, :holder, 1, {now} + :ttl)
+            ON CONFLICT (scope) DO UPDATE SET
+                token = CASE WHEN lease.holder = excluded.holder AND lease.expires_at > {now}
+                             THEN lease.token ELSE lease.token + 1 END,
+                holder = excluded.holder,
+                expires_at = excluded.expires_at
+            WHERE lease.holder = excluded.holder OR lease.expires_at <= {now}
+            RETURNING token, expires_at
+            """  # noqa: S608
+        )
+        held = "scope = :scope AND holder = :holder AND token = :token AND expires_at > "
+        self._check = text(f"SELECT 1 FROM lease WHERE {held}{now}")  # noqa: S608
+        self._release = text("UPDATE lease SET expires_at = 0 WHERE scope = :scope AND holder = :holder")
+
+    def acquire(self, scope: str, holder: str, ttl: float) -> Term | None:
+        """Takes or renews the lease for `ttl` seconds; None if another holder has it."""
+        with self.engine.begin() as conn:
+            row = conn.execute(self._acquire, {"scope": scope, "holder": holder, "ttl": ttl}).first()
+        return None if row is None else Term(int(row[0]), float(row[1]))
+
+    def release(self, scope: str, holder: str) -> None:
+        """Ends our lease now, so a standby takes over without waiting for it to lapse."""
+        with self.engine.begin() as conn:
+            conn.execute(self._release, {"scope": scope, "holder": holder})
+
+    def holder(self, scope: str) -> tuple[str, int, float] | None:
+        """(holder, token, expires_at) of a scope, for operators and tests."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                text("SELECT holder, token, expires_at FROM lease WHERE scope = :scope"), {"scope": scope}
+            ).first()
+        return None if row is None else (str(row[0]), int(row[1]), float(row[2]))
+
+    def verify(self, conn: Connection | Session, scope: str, holder: str, token: int) -> None:
+        """Raises NotLeader unless (holder, token) still holds an unexpired lease on `scope`;
+        run inside the transaction whose effect it guards."""
+        params = {"scope": scope, "holder": holder, "token": token}
+        if conn.execute(self._check, params).first() is None:
+            raise NotLeader(f"the lease on {scope} is no longer held with token {token}")
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What the nonce manager checks before it hands out a nonce."""
+
+    leases: LeaseStore
+    scope: str
+    holder: str
+    token: int
+
+    def verify(self, conn: Connection | Session) -> None:
+        self.leases.verify(conn, self.scope, self.holder, self.token)
