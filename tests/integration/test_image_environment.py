@@ -1,0 +1,79 @@
+"""The keeper image's Python environment, built the way the Dockerfile builds it (there is no
+Docker engine here): exactly the files its Python stage copies, `pip install` of them into a
+fresh venv (not editable), the artifacts where the image puts them, and its entrypoint run."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from keepers.toolchain import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def _python_stage() -> tuple[list[list[str]], list[str], str]:
+    """COPY lines and RUN lines of the Dockerfile's `python` stage, and the final ENTRYPOINT."""
+    text = (REPO_ROOT / "Dockerfile").read_text()
+    stage = text.split(" AS python", 1)[1].split("\nFROM ", 1)[0]
+    copies = [line.split()[1:] for line in stage.splitlines() if line.startswith("COPY ")]
+    runs = [line.removeprefix("RUN ").strip() for line in stage.splitlines() if line.startswith("RUN ")]
+    entry = re.search(r'^ENTRYPOINT \["([^"]+)"\]', text, re.M)
+    assert entry, "the image has an exec-form ENTRYPOINT"
+    return copies, runs, entry.group(1)
+
+
+def test_the_image_environment_installs_and_its_entrypoint_runs(tmp_path: Path):
+    copies, runs, entrypoint = _python_stage()
+    src = tmp_path / "src"
+    for *sources, dest in copies:
+        target = src / dest.removeprefix("/src").strip("/")
+        for s in sources:
+            origin = REPO_ROOT / s
+            if origin.is_dir():
+                shutil.copytree(origin, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy(origin, target / origin.name)
+    assert any(r.endswith("pip install /src") for r in runs), runs
+
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    pip = subprocess.run(
+        [str(env_dir / "bin" / "pip"), "install", "--quiet", str(src)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert pip.returncode == 0, pip.stderr[-3000:]
+
+    image_env = {
+        "PATH": f"{env_dir / 'bin'}:/usr/bin:/bin",
+        "KEEPERS_ARTIFACTS": str(REPO_ROOT / "contracts" / "out"),  # the image bakes forge's output in
+        "HOME": str(tmp_path),
+    }
+    run = [str(env_dir / "bin" / entrypoint)]
+    help_out = subprocess.run([*run, "--help"], env=image_env, capture_output=True, text=True, check=False)
+    assert help_out.returncode == 0, help_out.stderr
+    assert "run" in help_out.stdout
+    assert "devnet" in help_out.stdout
+    # The built-in strategies load from the installed distribution's entry points.
+    listed = subprocess.run(
+        [*run, "strategies", "list"], env=image_env, capture_output=True, text=True, check=False
+    )
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert "best-execution" in listed.stdout
+    assert "BROKEN" not in listed.stdout
+    # And nothing was imported from the source tree instead.
+    where = subprocess.run(
+        [str(env_dir / "bin" / "python"), "-c", "import keepers; print(keepers.__file__)"],
+        env=image_env, capture_output=True, text=True, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert str(env_dir) in where.stdout, where.stdout + where.stderr
+    assert sys.executable not in where.stdout
+    assert os.path.exists(where.stdout.strip())
