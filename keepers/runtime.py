@@ -32,6 +32,7 @@ from keepers.engine.plugins import build_strategy
 from keepers.engine.strategy import Strategy
 from keepers.ha.elector import LeaderElector
 from keepers.ha.lease import LeaseStore
+from keepers.ha.shards import ShardSet
 from keepers.obs import metrics
 from keepers.obs.health import make_health_app, serve
 from keepers.store.engine import make_engine
@@ -94,7 +95,7 @@ class Built:
     engine: Engine
     w3: AsyncWeb3[Any]
     chain: ChainSettings
-    elector: LeaderElector
+    elector: LeaderElector | ShardSet
 
 
 async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> Built:
@@ -130,10 +131,18 @@ async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> 
         w3, engine, chain_id, event_decoder(addrs), name=name, chain_label=ks.chain,
         page_size=chain.log_page_size,
     )  # fmt: skip
-    elector = LeaderElector(
-        LeaseStore(engine), f"{chain_id}/{name}", lease_seconds=settings.ha.lease_seconds,
-        renew_seconds=settings.ha.renew_seconds, chain=ks.chain, keeper=name,
-    )  # fmt: skip
+    leases, scope, hs = LeaseStore(engine), f"{chain_id}/{name}", settings.ha
+    elector: LeaderElector | ShardSet
+    if ks.shards:
+        elector = ShardSet(
+            leases, scope, ks.shards, lease_seconds=hs.lease_seconds, renew_seconds=hs.renew_seconds,
+            chain=ks.chain, keeper=name,
+        )  # fmt: skip
+    else:
+        elector = LeaderElector(
+            leases, scope, lease_seconds=hs.lease_seconds, renew_seconds=hs.renew_seconds,
+            chain=ks.chain, keeper=name,
+        )  # fmt: skip
     nonces = NonceManager(engine, chain_id, account.address, fences=elector)
     fees = FeeEstimator(w3, chain.max_fee_gwei)
     common: dict[str, Any] = {"w3": w3, "nonces": nonces, "signer": signer, "fees": fees, "chain": ks.chain}
@@ -173,7 +182,8 @@ async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> 
         strategy_timeout=ks.strategy_timeout,
         drain_timeout=settings.drain_timeout,
         ledger=Ledger(engine),
-        leader=elector,
+        leader=elector if isinstance(elector, LeaderElector) else None,
+        shards=elector if isinstance(elector, ShardSet) else None,
     )
     return Built(loop, engine, w3, chain, elector)
 
@@ -194,6 +204,8 @@ async def run_keeper(settings: Settings, name: str) -> None:
                 return False, "not synced yet"
             behind = metrics.BLOCKS_BEHIND.labels(built.loop.chain)._value.get()
             role = "leader" if built.elector.is_leader else "standby"
+            if isinstance(built.elector, ShardSet):
+                role = f"{len(built.elector.held)} shard(s) of {built.elector.shards}"
             return (behind <= 5, f"{int(behind)} blocks behind head; {role}")
 
         app = make_health_app(ready, built.engine, built.loop.chain_id)

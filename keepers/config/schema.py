@@ -121,6 +121,9 @@ class KeeperSettings(Strict):
     isolation: Literal["in-process", "process"] = "in-process"
     #: Heap limit of the worker process (isolation = "process").
     memory_limit_mb: int = Field(default=1024, ge=64)
+    #: 0: one replica (the lease holder) does all the work. N: the work is split into N shards
+    #: spread over the live replicas (orders by market, positions by borrower, vaults by basket).
+    shards: int = Field(default=0, ge=0, le=1024)
     #: This kind's own funds key (else the top-level signer). Kinds on separate keys never wait
     #: on each other's nonces: a bundle can only land after every lower nonce of its key.
     signer: SecretRef | None = None
@@ -173,6 +176,8 @@ class Settings(Strict):
                 )
             if chains and k.chain not in chains:
                 raise ValueError(f"keepers.{name}.chain = {k.chain!r} is not a chain in [chains]")
+            if k.shards and kind == "oracle":
+                raise ValueError(f"keepers.{name}.shards: oracle updates are singleton work (leader only)")
         return v
 
     def kind_of(self, name: str) -> str:

@@ -124,3 +124,15 @@ def candidates_for(engine: Engine, chain_id: int, kind: str) -> CandidateSource:
     if kind == "limit-stop":
         return LimitStopCandidates(engine, chain_id)
     return store_candidates(engine, chain_id, kind)
+
+
+def shard_key(candidate: Any) -> int:
+    """What a candidate's shard is decided by: an order's market (the orders one batch fills
+    through one shared swap stay with one replica), a borrower, a basket."""
+    if isinstance(candidate, Order):
+        return candidate.market
+    if isinstance(candidate, Position):
+        return int(candidate.borrower, 16)
+    if isinstance(candidate, Vault):
+        return candidate.basket_id
+    raise TypeError(f"no shard key for {type(candidate).__name__}")

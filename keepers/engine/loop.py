@@ -12,15 +12,16 @@ import structlog
 from web3.exceptions import TransactionNotFound
 
 from keepers.chain.follower import ChainFollower, SyncResult
-from keepers.engine.candidates import CandidateSource, no_candidates
+from keepers.engine.candidates import CandidateSource, no_candidates, shard_key
 from keepers.engine.guard import guarded_on_block
 from keepers.engine.market import SnapshotReader
 from keepers.engine.strategy import BlockContext, Strategy
 from keepers.ha.elector import LeaderElector
 from keepers.ha.lease import NotLeader
+from keepers.ha.shards import ShardSet
 from keepers.obs import metrics
 from keepers.store.ledger import Ledger
-from keepers.store.tables import ActionLedger
+from keepers.store.tables import ActionLedger, Order
 from keepers.tx.actions import Action
 from keepers.tx.submit import Outcome, Status, Submitter
 
@@ -59,6 +60,7 @@ class KeeperLoop:
         maintenance_every: int = 10,
         ledger: Ledger | None = None,
         leader: LeaderElector | None = None,
+        shards: ShardSet | None = None,
     ) -> None:
         self.kind = kind
         self.chain = chain
@@ -79,6 +81,9 @@ class KeeperLoop:
         #: With replicas, only the lease holder decides and submits; the others follow the
         #: chain so their store is warm when they take over.
         self.leader = leader
+        #: Or, with shards, each replica decides and submits for the shards it holds only.
+        self.shards = shards
+        self._shard_of: dict[int, int] = {}  # order id -> shard key, from the block's candidates
         self._maintaining = False
         self.state = KeeperState()
         self._submissions: anyio.abc.TaskGroup | None = None
@@ -105,6 +110,8 @@ class KeeperLoop:
 
     @property
     def leads(self) -> bool:
+        if self.shards is not None:
+            return self.shards.is_leader
         return self.leader is None or self.leader.is_leader
 
     async def on_synced(self, result: SyncResult) -> None:
@@ -125,6 +132,9 @@ class KeeperLoop:
             metrics.BLOCK_ERRORS.labels(self.chain, self.kind).inc()
             log.error("block skipped: could not read the market", block=result.head, error=repr(exc))
             return
+        if self.shards is not None:
+            candidates = [c for c in candidates if self.shards.owns(shard_key(c))]
+            self._shard_of = {c.order_id: shard_key(c) for c in candidates if isinstance(c, Order)}
         metrics.CANDIDATES.labels(self.chain, self.kind).set(len(candidates))
         ctx = BlockContext(
             chain=self.chain,
@@ -184,7 +194,12 @@ class KeeperLoop:
         with anyio.CancelScope(shield=True) as scope:
             self._in_flight_scopes.add(scope)
             try:
-                outcome = await self.submitter.submit(action)
+                if self.shards is not None:
+                    keys = [self._shard_of[i] for i in action.order_ids if i in self._shard_of]
+                    with self.shards.acting_for(keys):
+                        outcome = await self.submitter.submit(action)
+                else:
+                    outcome = await self.submitter.submit(action)
             except NotLeader as exc:
                 metrics.FENCED.labels(self.chain, self.kind).inc()
                 log.warning(

@@ -62,7 +62,7 @@ class LeaderElector:
         """The fence for an allocation now; NotLeader if we know we do not lead."""
         if not self.is_leader or self._term is None:
             raise NotLeader(f"not the leader of {self.scope}")
-        return Fence(self.leases, self.scope, self.holder, self._term.token)
+        return Fence(self.leases, self.holder, ((self.scope, self._term.token),))
 
     async def step(self) -> bool:
         """One acquire-or-renew; returns whether we lead."""

@@ -49,7 +49,7 @@ class LeaseStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        now = _now_sql(engine)  # a constant SQL expression per dialect, never input
+        self._now = now = _now_sql(engine)  # a constant SQL expression per dialect, never input
         # Insert, or take over a lapsed lease (new token), or renew our own (same token).
         self._acquire = text(
             f"""
@@ -74,6 +74,29 @@ class LeaseStore:
             row = conn.execute(self._acquire, {"scope": scope, "holder": holder, "ttl": ttl}).first()
         return None if row is None else Term(int(row[0]), float(row[1]))
 
+    def acquire_many(self, scopes: list[str], holder: str, ttl: float) -> dict[str, Term]:
+        """`acquire` for several scopes in one transaction; the ones granted."""
+        granted: dict[str, Term] = {}
+        with self.engine.begin() as conn:
+            for scope in scopes:
+                row = conn.execute(self._acquire, {"scope": scope, "holder": holder, "ttl": ttl}).first()
+                if row is not None:
+                    granted[scope] = Term(int(row[0]), float(row[1]))
+        return granted
+
+    def release_many(self, scopes: list[str], holder: str) -> None:
+        with self.engine.begin() as conn:
+            for scope in scopes:
+                conn.execute(self._release, {"scope": scope, "holder": holder})
+
+    def live_holders(self, prefix: str) -> list[str]:
+        """Holders of unexpired leases whose scope starts with `prefix` (membership)."""
+        query = text(
+            f"SELECT holder FROM lease WHERE scope LIKE :pattern AND expires_at > {self._now} ORDER BY holder"  # noqa: S608
+        )
+        with self.engine.connect() as conn:
+            return [str(r[0]) for r in conn.execute(query, {"pattern": prefix + "%"})]
+
     def release(self, scope: str, holder: str) -> None:
         """Ends our lease now, so a standby takes over without waiting for it to lapse."""
         with self.engine.begin() as conn:
@@ -97,12 +120,18 @@ class LeaseStore:
 
 @dataclass(frozen=True)
 class Fence:
-    """What the nonce manager checks before it hands out a nonce."""
+    """What the nonce manager checks before it hands out a nonce: leases that must all still
+    be held, with their tokens (one for a leader; one per shard an action touches)."""
 
     leases: LeaseStore
-    scope: str
     holder: str
-    token: int
+    terms: tuple[tuple[str, int], ...]  # (scope, token)
+
+    @property
+    def token(self) -> int | None:
+        """The token recorded with the transaction: the leader's (None for a set of shards)."""
+        return self.terms[0][1] if len(self.terms) == 1 else None
 
     def verify(self, conn: Connection | Session) -> None:
-        self.leases.verify(conn, self.scope, self.holder, self.token)
+        for scope, token in self.terms:
+            self.leases.verify(conn, scope, self.holder, token)

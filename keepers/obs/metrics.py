@@ -63,3 +63,6 @@ LEADER_CHANGES = Counter(
 FENCED = Counter(
     "keepers_fenced_total", "Submissions refused because the lease was lost", ["chain", "keeper"]
 )
+SHARDS_HELD = Gauge(
+    "keepers_shards_held", "Shards of the keeper's work this replica holds", ["chain", "keeper"]
+)

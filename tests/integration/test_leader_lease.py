@@ -10,6 +10,7 @@ import pytest
 
 from keepers.ha.elector import LeaderElector
 from keepers.ha.lease import LeaseStore, NotLeader
+from keepers.ha.shards import ShardSet
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
 from keepers.tx.nonces import Intent, NonceManager
@@ -87,3 +88,44 @@ class _Stale:
 
     def fence(self):
         return self._fence
+
+
+def test_shards_spread_over_live_members_never_doubled_and_move_on_join_and_death(db_url: str):
+    leases = _store(db_url)
+
+    def member(name: str) -> ShardSet:
+        return ShardSet(leases, "1/limit-stop", 16, lease_seconds=1.0, renew_seconds=0.2, holder=name)
+
+    def settle(sets: list[ShardSet], rounds: int = 3) -> None:
+        for _ in range(rounds):
+            for s in sets:
+                anyio.run(s.step)
+                held = [x.held for x in sets]
+                assert all(not (a & b) for i, a in enumerate(held) for b in held[i + 1 :]), (
+                    "a shard held twice"
+                )
+
+    a, b, c = member("a"), member("b"), member("c")
+    settle([a, b, c])
+    assert a.held | b.held | c.held == frozenset(range(16)), "every shard has an owner"
+    assert all(len(s.held) >= 2 for s in (a, b, c)), "and the work is spread"
+
+    d = member("d")
+    settle([a, b, c, d])
+    assert d.held, "a newcomer gets its share within a few renewals"
+    assert a.held | b.held | c.held | d.held == frozenset(range(16))
+
+    lost = c.held  # c dies: it stops renewing; its leases lapse and the others take its shards
+    time.sleep(1.1)
+    settle([a, b, d])
+    assert lost <= a.held | b.held | d.held
+    assert a.held | b.held | d.held == frozenset(range(16))
+
+    # The fence: an action on a shard this replica does not hold gets no nonce.
+    nonces = NonceManager(leases.engine, 1, SIGNER, fences=a)
+    theirs = next(iter(b.held))
+    with a.acting_for([theirs]), pytest.raises(NotLeader):
+        nonces.allocate(Intent("a-theirs", to=None))
+    ours = next(iter(a.held))
+    with a.acting_for([ours]):
+        assert nonces.allocate(Intent("a-ours", to=None)).nonce == 0
