@@ -6,6 +6,7 @@ is used twice."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -67,7 +68,7 @@ class Replica:
         self.proc.wait()
 
 
-def _config(tmp_path: Path, d: Devnet, db_url: str) -> Path:
+def _config(tmp_path: Path, d: Devnet, db_url: str, shards: int = 0) -> Path:
     assert d.relay is not None
     dep = tmp_path / "deployment.json"
     dep.write_text(d.deployment.to_json())
@@ -98,6 +99,7 @@ target_blocks = 1
 [keepers.limit-stop]
 chain = "devnet"
 strategy = "best-execution"
+shards = {shards}
 params = {{ native_token = "{d.deployment.tokens["WETH"]}" }}
 """
     )
@@ -187,6 +189,73 @@ def test_kill_the_leader_then_pause_the_next_one(tmp_path: Path, devnet: Devnet,
             assert len(d.fills(o)) == 1, f"order {o} filled once"
         woken = second.log.read_text()
         assert "standing by" in woken, "the paused leader learned it lost the lease"
+    finally:
+        for r in replicas:
+            r.stop()
+
+
+#: (market, amount in, min out): each executable at once, about 70% of the market price asked.
+ORDERS = (
+    ("WETH/USDC", 10**18, 1_400 * 10**6),
+    ("USDC/WETH", 2_000 * 10**6, 7 * 10**17),
+    ("WBTC/USDC", 10**6, 420 * 10**6),  # 0.01 WBTC
+    ("DAI/USDC", 1_000 * 10**18, 700 * 10**6),
+    ("WETH/DAI", 10**18, 1_400 * 10**18),
+)
+
+
+def _round(d: Devnet, moves: int) -> list[int]:
+    """One order in each market, after the market has moved."""
+    weth_usdc = d.pools("WETH", "USDC")[0]
+    d.swap(weth_usdc, "WETH" if moves % 2 else "USDC", 10**17 if moves % 2 else 200 * 10**6)
+    return [d.place(m, "limit", a, o, fee_bps=30, trader=i % 3) for i, (m, a, o) in enumerate(ORDERS)]
+
+
+def _acted(logs: list[Path]) -> dict[tuple[int, str], set[str]]:
+    """(order id, decision key) -> the replicas that sent an action for it."""
+    seen: dict[tuple[int, str], set[str]] = {}
+    for log in logs:
+        for line in log.read_text().splitlines():
+            if '"event": "action"' not in line or '"status": "rejected"' in line:
+                continue
+            entry = json.loads(line)
+            for oid in entry.get("orders") or []:
+                seen.setdefault((oid, entry["key"]), set()).add(log.name)
+    return seen
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_sharded_replicas_join_and_die_under_a_moving_market(tmp_path: Path, devnet: Devnet, db_url: str):
+    d = devnet
+    cfg = _config(tmp_path, d, db_url, shards=8)
+    logs = [tmp_path / f"replica-{i}.log" for i in range(3)]
+    replicas = [Replica(cfg, logs[0]), Replica(cfg, logs[1])]
+    try:
+        _until(lambda: all(r.ready() for r in replicas), d, timeout=60)
+        time.sleep(3 * RENEW)  # a renewal or two to spread the shards
+        placed = _round(d, 0)
+        _until(lambda: all(d.fills(o) for o in placed), d)
+
+        replicas.append(Replica(cfg, logs[2]))  # a third joins: shards move to it
+        _until(replicas[2].ready, d, timeout=60)
+        time.sleep(4 * RENEW)
+        joined = _round(d, 1)
+        _until(lambda: all(d.fills(o) for o in joined), d)
+
+        replicas[0].proc.kill()  # one dies: its shards lapse to the others within the lease
+        replicas[0].proc.wait()
+        died_at = time.monotonic()
+        after = _round(d, 2)
+        _until(lambda: all(d.fills(o) for o in after), d, timeout=LEASE * 6)
+        assert time.monotonic() - died_at < LEASE + RENEW + 8
+
+        for o in placed + joined + after:
+            assert len(d.fills(o)) == 1, f"order {o} filled once"
+        acted = _acted(logs)
+        doubled = {k: v for k, v in acted.items() if len(v) > 1}
+        assert doubled == {}, f"two replicas sent the same order in the same block: {doubled}"
+        workers = {name for names in acted.values() for name in names}
+        assert len(workers) >= 2, f"the work was split over the replicas: {workers}"
     finally:
         for r in replicas:
             r.stop()
