@@ -120,6 +120,8 @@ def test_the_configmap_is_a_config_the_cli_accepts(tmp_path: Path):
     settings = load_config(path, environ=env)
     assert set(settings.keepers) == set(KEEPER_KINDS)
     assert settings.keepers["limit-stop"].params == {"max_orders": 40}
+    assert settings.keepers["limit-stop"].shards == 16
+    assert settings.keepers["oracle"].shards == 0
     assert settings.chains["mainnet"].chain_id == 1
     assert settings.signer.keystore == Path("/var/run/secrets/keepers/signer/keystore.json")
     assert settings.database_url.startswith("postgresql://")
@@ -139,6 +141,14 @@ def test_the_configmap_is_a_config_the_cli_accepts(tmp_path: Path):
         ({"database": {"existingSecret": "", "urlKey": "url"}}, "existingSecret"),
         ({"settings": {"database_url": "postgresql://u:secret@db/k", "chains": {"m": {}}}}, "database_url"),
         ({"image": {"repository": "r", "digest": "latest"}}, "digest"),
+        (
+            {
+                "keepers": {
+                    "oracle": {"enabled": True, "replicas": 2, "chain": "x", "strategy": "y", "shards": 4}
+                }
+            },
+            "shards",
+        ),
         ({"securityContext": {"readOnlyRootFilesystem": False}}, "readOnlyRootFilesystem"),
     ],
 )

@@ -37,7 +37,7 @@ app.kubernetes.io/component: {{ .kind }}
 {{- $keepers := dict -}}
 {{- range $kind, $k := .Values.keepers -}}
 {{- if $k.enabled -}}
-{{- $_ := set $keepers $kind (dict "chain" $k.chain "strategy" $k.strategy "params" ($k.params | default dict)) -}}
+{{- $_ := set $keepers $kind (dict "chain" $k.chain "strategy" $k.strategy "params" ($k.params | default dict) "shards" ($k.shards | default 0)) -}}
 {{- end -}}
 {{- end -}}
 {{- $_ := set $cfg "keepers" $keepers -}}
