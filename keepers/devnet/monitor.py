@@ -100,6 +100,7 @@ class Summary:
             "orders_filled": len(self.orders_filled),
             "fills": self.fills,
             "median_latency_blocks": self.median_latency,
+            "latency_histogram": {str(k): v for k, v in sorted(Counter(self.latencies).items())},
             "worst_latency_blocks": self.worst_latency,
             "fills_due_in_their_block": self.unseen_fills,
             "median_gas_per_fill": self.median_gas_per_fill,

@@ -12,6 +12,7 @@ from web3 import AsyncWeb3
 from web3.contract import AsyncContract
 
 from keepers.chain.artifacts import load_artifact
+from keepers.chain.calls import RawCall, call_all
 from keepers.chain.pool_math import amount_out
 
 
@@ -126,42 +127,73 @@ class SnapshotReader:
         self, w3: AsyncWeb3[Any], pools: list[str], oracle: str | None, order_book: str | None
     ) -> None:
         self.w3 = w3
+        self._contracts: dict[tuple[str, str], AsyncContract] = {}
         self.pool_addrs = [w3.to_checksum_address(p) for p in pools]
         self.oracle = self._bind("PriceOracle", oracle) if oracle else None
         self.book = self._bind("OrderBook", order_book) if order_book else None
         self._tokens: dict[str, tuple[str, str]] = {}
         self._decimals: dict[str, int] = {}
         self._markets: dict[int, tuple[str, str]] = {}
+        self._per_block: list[RawCall] | None = None
+        self._priced: list[str] = []
 
     def _bind(self, name: str, address: str) -> AsyncContract:
-        return self.w3.eth.contract(address=self.w3.to_checksum_address(address), abi=load_artifact(name).abi)
+        # Bound once: building a contract object parses its ABI, which costs more than a call.
+        key = (name, address.lower())
+        if key not in self._contracts:
+            self._contracts[key] = self.w3.eth.contract(
+                address=self.w3.to_checksum_address(address), abi=load_artifact(name).abi
+            )
+        return self._contracts[key]
 
-    async def read(self, block: int) -> MarketSnapshot:
-        snap = MarketSnapshot(block=block)
+    async def _static(self) -> None:
+        """What never changes (pool tokens, decimals), read once."""
         for addr in self.pool_addrs:
-            pool = self._bind("LiquidityPool", addr)
             if addr not in self._tokens:
+                pool = self._bind("LiquidityPool", addr)
                 t0 = str(await pool.functions.token0().call()).lower()
                 t1 = str(await pool.functions.token1().call()).lower()
                 self._tokens[addr] = (t0, t1)
-            t0, t1 = self._tokens[addr]
-            r0, r1, _ = await pool.functions.getReserves().call(block_identifier=block)
-            fee = await pool.functions.currentFee().call(block_identifier=block)
-            snap.pools.append(PoolState(addr.lower(), t0, t1, int(r0), int(r1), int(fee)))
-        tokens = {t for pair in self._tokens.values() for t in pair}
-        for token in tokens:
+        for token in {t for pair in self._tokens.values() for t in pair}:
             if token not in self._decimals:
                 erc20 = self._bind("DevnetToken", token)
                 self._decimals[token] = int(await erc20.functions.decimals().call())
+
+    def _calls(self) -> list[RawCall]:
+        """The block's reads, encoded once: reserves and fee per pool, each token's oracle
+        price, the market count."""
+        if self._per_block is None:
+            calls = []
+            for addr in self.pool_addrs:
+                pool = self._bind("LiquidityPool", addr)
+                calls += [RawCall.of(pool, "getReserves"), RawCall.of(pool, "currentFee")]
+            self._priced = sorted(self._decimals) if self.oracle is not None else []
             if self.oracle is not None:
-                price, fresh = await self.oracle.functions.tryGetPrice(
-                    self.w3.to_checksum_address(token)
-                ).call(block_identifier=block)
-                snap.prices[token] = (int(price), bool(fresh))
+                calls += [
+                    RawCall.of(self.oracle, "tryGetPrice", self.w3.to_checksum_address(t))
+                    for t in self._priced
+                ]
+            if self.book is not None:
+                calls.append(RawCall.of(self.book, "marketCount"))
+            self._per_block = calls
+        return self._per_block
+
+    async def read(self, block: int) -> MarketSnapshot:
+        """Every read of the block at once (reserves, fees, oracle prices, market count): the
+        snapshot costs about one round trip, not one per pool and token."""
+        await self._static()
+        results = await call_all(self.w3, self._calls(), block)
+        snap = MarketSnapshot(block=block)
+        for i, addr in enumerate(self.pool_addrs):
+            t0, t1 = self._tokens[addr]
+            (r0, r1, _ts), (fee,) = results[2 * i], results[2 * i + 1]
+            snap.pools.append(PoolState(addr.lower(), t0, t1, int(r0), int(r1), int(fee)))
+        rest = results[2 * len(self.pool_addrs) :]
+        snap.prices = {t: (int(p), bool(fresh)) for t, (p, fresh) in zip(self._priced, rest, strict=False)}
+        count = [int(rest[-1][0])] if self.book is not None else [0]
         snap.decimals = dict(self._decimals)
         if self.book is not None:
-            count = int(await self.book.functions.marketCount().call(block_identifier=block))
-            for market in range(1, count + 1):
+            for market in range(1, count[0] + 1):
                 if market not in self._markets:
                     m = await self.book.functions.getMarket(market).call()
                     self._markets[market] = (str(m[0]).lower(), str(m[1]).lower())

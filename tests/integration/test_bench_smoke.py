@@ -44,3 +44,17 @@ def test_nonce_and_catchup_benches_run_at_smoke_size(tmp_path):
     assert all(r["duplicates"] == 0 and r["gaps_after_fill"] == 0 for r in nonces["rows"])
     catchup = json.loads((tmp_path / "catchup.json").read_text())
     assert catchup["rows"][0]["events_applied"] >= 60
+
+
+def test_fill_rate_bench_runs_the_devnet_at_smoke_size(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.fillrate", "--blocks", "8", "--orders-per-block", "2",
+         "--block-times", "1", "--results-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "fillrate.json").read_text())["rows"]
+    assert row["blocks"] >= 8
+    assert row["orders_placed"] > 0
+    assert row["fills_below_limit"] == 0
+    assert "| block time |" in (tmp_path / "fillrate.md").read_text()

@@ -1,0 +1,466 @@
+"""Reaction latency: from a new head that makes orders executable to their bundle accepted by
+the local relay, with N open orders of mixed types in the book and K of them crossing per block;
+broken down by stage. Beside it, in the same process against the same chain, the design most
+automation networks use: one eth_call per open order per block (Chainlink Automation's
+checkUpkeep, Gelato's checker), here with 32 calls in flight.
+
+python -m bench.reaction [--open 1000,10000] [--crossing 1,50] [--blocks 200]
+
+Stages, as the keeper runs them:
+  follow    block built by the relay -> the keeper has applied its logs (includes head polling)
+  market    the market snapshot read (pools, oracle)
+  index     the trigger index brought up to date and asked what this block's prices cross
+  strategy  the built-in `best-execution` strategy plans its batches
+  estimate  eth_estimateGas of the batch
+  simulate  eth_callBundle at the relay
+  nonce     nonce allocation in the store (one transaction)
+  send      eth_sendBundle until the relay accepted it
+  other     the rest: signing, bookkeeping, scheduling between the stages
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import requests
+from eth_account import Account
+from web3 import AsyncWeb3, Web3
+
+from bench.common import RESULTS, machine, write_results
+from keepers.chain.follower import ChainFollower, SyncResult
+from keepers.chain.http import SessionHTTPProvider
+from keepers.chain.rpc_pool import RpcPool
+from keepers.devnet.anvil import Anvil, anvil_key, free_port
+from keepers.devnet.deploy import Deployment, bind, deploy_platform
+from keepers.engine.candidates import candidates_for
+from keepers.engine.loop import KeeperLoop
+from keepers.engine.market import MarketSnapshot, SnapshotReader
+from keepers.engine.plugins import build_strategy
+from keepers.engine.strategy import BlockContext
+from keepers.obs.logging import configure_logging
+from keepers.runtime import ContractAddresses, event_decoder
+from keepers.store.engine import make_engine
+from keepers.store.migrations import migrate
+from keepers.tx.actions import Action
+from keepers.tx.fees import FeeEstimator
+from keepers.tx.flashbots import FlashbotsClient
+from keepers.tx.nonces import NonceManager
+from keepers.tx.signer import TxSigner
+from keepers.tx.submit import BundleSubmitter
+
+STAGES = ("follow", "market", "index", "strategy", "estimate", "simulate", "nonce", "send", "other")
+FLOOR_P99_MS = 40.0  # at 100k open orders with 50 crossing
+KEEPER_KEY = 9
+TRADER_KEYS = (1, 2, 3)
+PER_BLOCK = 250
+
+
+class Clock:
+    """Stage times of the block being measured (one keeper task at a time writes them)."""
+
+    def __init__(self) -> None:
+        self.built_at: float | None = None
+        self.seen_at: float | None = None
+        self.marks: dict[str, float] = {}
+        self.done = threading.Event()
+        self.rows: list[dict[str, float]] = []
+
+    def arm(self) -> None:
+        """Before the block is built: nothing of the previous block counts."""
+        self.built_at = self.seen_at = None
+        self.marks = {}
+        self.done.clear()
+
+    def mark(self, stage: str, started: float) -> None:
+        if not self.done.is_set():
+            self.marks[stage] = self.marks.get(stage, 0.0) + time.perf_counter() - started
+
+    def finish(self) -> None:
+        if self.done.is_set() or self.built_at is None:
+            return
+        end = time.perf_counter()
+        # The block is visible from the moment the relay mined it, a little before its reply
+        # reached us: start from whichever we saw first.
+        start = min(self.built_at, self.seen_at or self.built_at)
+        row = {**self.marks, "follow": (self.seen_at or start) - start, "total": end - start}
+        row["other"] = max(0.0, row["total"] - sum(v for k, v in row.items() if k in STAGES))
+        self.rows.append(row)
+        self.done.set()
+
+
+# Thin timing wrappers around the keeper's own parts: nothing in the keeper changes for the bench.
+class TimedSnapshots:
+    def __init__(self, inner: SnapshotReader, clock: Clock) -> None:
+        self.inner, self.clock = inner, clock
+
+    async def read(self, block: int) -> MarketSnapshot:
+        t = time.perf_counter()
+        if self.clock.seen_at is None:
+            self.clock.seen_at = t
+        snap = await self.inner.read(block)
+        self.clock.mark("market", t)
+        return snap
+
+
+class TimedCandidates:
+    def __init__(self, inner: Any, clock: Clock) -> None:
+        self.inner, self.clock = inner, clock
+
+    async def __call__(self, result: SyncResult, snap: MarketSnapshot | None) -> Sequence[Any]:
+        t = time.perf_counter()
+        out: Sequence[Any] = await self.inner(result, snap)
+        self.clock.mark("index", t)
+        return out
+
+
+class TimedStrategy:
+    def __init__(self, inner: Any, clock: Clock) -> None:
+        self.inner, self.clock = inner, clock
+
+    async def on_block(self, ctx: BlockContext) -> list[Action]:
+        t = time.perf_counter()
+        out: list[Action] = await self.inner.on_block(ctx)
+        self.clock.mark("strategy", t)
+        return out
+
+
+class TimedSubmitter(BundleSubmitter):
+    async def _estimate(self, action: Action) -> tuple[Action, str | None]:
+        t = time.perf_counter()
+        out = await super()._estimate(action)
+        self.clock.mark("estimate", t)
+        return out
+
+    async def _allocate(self, action: Action, route: str, deadline_block: int | None = None) -> Any:
+        t = time.perf_counter()
+        out = await super()._allocate(action, route, deadline_block)
+        self.clock.mark("nonce", t)
+        return out
+
+    async def _simulate(self, signed: Any, block: int, timestamp: int) -> Any:
+        t = time.perf_counter()
+        out = await super()._simulate(signed, block, timestamp)
+        self.clock.mark("simulate", t)
+        return out
+
+    clock: Clock
+
+
+class TimedClient(FlashbotsClient):
+    clock: Clock
+
+    async def send_bundle(self, txs: Sequence[bytes], block_number: int, **kw: Any) -> Any:
+        t = time.perf_counter()
+        out = await super().send_bundle(txs, block_number, **kw)
+        self.clock.mark("send", t)
+        self.clock.finish()
+        return out
+
+
+class Chain:
+    """anvil with the platform and N resting orders, then the relay in front of it."""
+
+    def __init__(self, open_orders: int) -> None:
+        self.anvil = Anvil(extra_args=("--order", "fifo", "--gas-limit", "300000000")).start()
+        w3 = Web3(Web3.HTTPProvider(self.anvil.url))
+        self.dep: Deployment = deploy_platform(w3, anvil_key(0))
+        self.traders = [Account.from_key(anvil_key(i)) for i in TRADER_KEYS]
+        self.nonces = {t.address: 0 for t in self.traders}
+        self.w3 = w3
+        self._fund()
+        w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+        t = time.perf_counter()
+        self._rest(open_orders)
+        self.setup_seconds = time.perf_counter() - t
+        # The relay in its own process, as a real one is: in this one it would share the GIL
+        # with the keeper being measured.
+        self.relay_url = f"http://127.0.0.1:{free_port()}"
+        self.relay = subprocess.Popen(
+            [sys.executable, "-m", "keepers.cli", "relay", "--anvil", self.anvil.url,
+             "--port", self.relay_url.rsplit(":", 1)[1], "--block-time", "0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.rw3 = Web3(Web3.HTTPProvider(self.relay_url))
+        deadline = time.monotonic() + 30
+        while not self._answers():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the relay did not start")
+            time.sleep(0.1)
+
+    def _answers(self) -> bool:
+        try:
+            return self.rw3.is_connected()
+        except OSError:
+            return False
+
+    def _send(self, trader: Any, to: str, data: str, gas: int = 500_000) -> None:
+        tx = {"to": to, "data": data, "gas": gas, "nonce": self.nonces[trader.address], "chainId": 31337,
+              "maxFeePerGas": 10**11, "maxPriorityFeePerGas": 10**9, "value": 0}  # fmt: skip
+        self.nonces[trader.address] += 1
+        self.w3.eth.send_raw_transaction(trader.sign_transaction(tx).raw_transaction)
+
+    def _fund(self) -> None:
+        for trader in self.traders:
+            for symbol in ("WETH", "USDC"):
+                token = bind(self.w3, "DevnetToken", self.dep.tokens[symbol])
+                token.functions.mint(trader.address, 10**36).transact({"from": trader.address})
+                token.functions.approve(self.dep.order_book, 2**256 - 1).transact({"from": trader.address})
+        for t in self.traders:
+            self.nonces[t.address] = self.w3.eth.get_transaction_count(t.address)
+
+    def _rest(self, n: int) -> None:
+        """N orders of every kind that no price of this run reaches."""
+        book = bind(self.w3, "OrderBook", self.dep.order_book)
+        market = self.dep.markets["WETH/USDC"]
+        rate = 2_000 * 10**18  # the oracle's USDC per WETH, 18 decimals
+        far = int(time.time()) + 10 * 86_400
+        kinds = (
+            (0, 10**15, 20 * 10**6, 0, 0, 0, 0),  # limit: 0.001 WETH for 20 USDC (10x the price)
+            (1, 10**15, 1, rate // 10, 0, 0, 0),  # stop-loss below a 90% fall
+            (2, 10**15, 1, rate * 10, 0, 0, 0),  # take-profit above a 10x rise
+            (3, 4 * 10**15, 1, 0, far, 60, 4),  # TWAP starting in ten days
+            (4, 4 * 10**15, 80 * 10**6, 10**15, 0, 0, 0),  # iceberg at 10x the price
+        )
+        datas = [
+            book.functions.placeOrder(
+                (market, k, a, o, 0, 10, trig, start, iv, sl)
+            )._encode_transaction_data()
+            for k, a, o, trig, start, iv, sl in kinds
+        ]
+        for i in range(n):
+            self._send(self.traders[i % len(self.traders)], self.dep.order_book, datas[i % len(datas)])
+            if (i + 1) % PER_BLOCK == 0:
+                self.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        self.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+    def build(self) -> int:
+        requests.post(
+            self.relay_url, json={"jsonrpc": "2.0", "id": 1, "method": "relay_buildBlock"}, timeout=60
+        )
+        return int(self.rw3.eth.block_number)
+
+    def place_crossing(self, k: int, block: int) -> None:
+        """K limit orders executable at once (half the market price asked, 30 bps to the keeper),
+        via the relay's mempool; selling WETH on even blocks and buying it back on odd ones, so
+        the price stays where it is over the run."""
+        book = bind(self.rw3, "OrderBook", self.dep.order_book)
+        if block % 2 == 0:
+            terms = (self.dep.markets["WETH/USDC"], 0, 2 * 10**17, 200 * 10**6, 0, 30, 0, 0, 0, 0)
+        else:
+            terms = (self.dep.markets["USDC/WETH"], 0, 400 * 10**6, 10**17, 0, 30, 0, 0, 0, 0)
+        data = book.functions.placeOrder(terms)._encode_transaction_data()
+        for i in range(k):
+            trader = self.traders[i % len(self.traders)]
+            nonce = self.nonces[trader.address]
+            tx = {"to": self.dep.order_book, "data": data, "gas": 400_000, "nonce": nonce, "chainId": 31337,
+                  "maxFeePerGas": 10**11, "maxPriorityFeePerGas": 10**9, "value": 0}  # fmt: skip
+            self.nonces[trader.address] += 1
+            self.rw3.eth.send_raw_transaction(trader.sign_transaction(tx).raw_transaction)
+
+    def stop(self) -> None:
+        self.relay.terminate()
+        self.relay.wait(10)
+        self.anvil.stop()
+
+
+def measure(open_orders: int, crossing: list[int], blocks: int, database: str) -> list[dict[str, Any]]:
+    chain = Chain(open_orders)
+    rows = []
+    try:
+        checker = checker_per_order(chain, open_orders)
+        for k in crossing:
+            setup = round(chain.setup_seconds, 1)
+            rows.append({"open_orders": open_orders, "crossing": k, "setup_seconds": setup,
+                         **keeper_reaction(chain, k, blocks, database), **checker})  # fmt: skip
+    finally:
+        chain.stop()
+    return rows
+
+
+def keeper_reaction(chain: Chain, k: int, blocks: int, database: str) -> dict[str, Any]:
+    clock = Clock()
+    engine = make_engine(database)
+    migrate(engine)
+    dep = chain.dep
+    addrs = ContractAddresses(
+        dep.order_book, dep.oracle, dep.lending_market, dep.vault, dep.flash_liquidator,
+        tuple(p["address"] for p in dep.pools), dep.builder_tip or None,
+    )  # fmt: skip
+    account = Account.from_key(anvil_key(KEEPER_KEY))
+    relay_url = chain.relay_url
+    stop = threading.Event()
+    ready = threading.Event()
+    catch_up = [0.0]
+
+    async def main() -> None:
+        w3 = AsyncWeb3(
+            RpcPool([relay_url], rate_limits=[10_000.0], chain="bench")
+        )  # as the runtime builds it
+        async with aiohttp.ClientSession() as session:
+            client = TimedClient([relay_url], Account.create(), session)
+            client.clock = clock
+            submitter = TimedSubmitter(
+                client=client, block_time=1.0, w3=w3, nonces=NonceManager(engine, 31337, account.address),
+                signer=TxSigner(account, 31337), fees=FeeEstimator(w3, max_fee_gwei=500), chain="bench",
+                poll_interval=0.01,
+            )  # fmt: skip
+            submitter.clock = clock
+            follower = ChainFollower(
+                w3, engine, 31337, event_decoder(addrs), name="limit-stop", page_size=5000
+            )
+            t = time.perf_counter()
+            await follower.sync()
+            catch_up[0] = time.perf_counter() - t
+            strategy = build_strategy(
+                "best-execution", "limit-stop", {"native_token": dep.tokens["WETH"], "max_orders": 200}
+            )
+            reader = SnapshotReader(w3, list(addrs.pools), addrs.oracle, addrs.order_book)
+            loop = KeeperLoop(
+                kind="limit-stop", chain="bench", chain_id=31337, strategy=TimedStrategy(strategy, clock),  # type: ignore[arg-type]
+                strategy_name="best-execution", follower=follower, submitter=submitter,
+                candidates=TimedCandidates(candidates_for(engine, 31337, "limit-stop"), clock),
+                snapshots=TimedSnapshots(reader, clock),  # type: ignore[arg-type]
+                keeper_address=account.address, contracts=addrs.as_dict(), strategy_timeout=10.0,
+                drain_timeout=5.0, maintenance_every=10**9,
+            )  # fmt: skip
+            ready.set()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: loop.run(poll_interval=0.002))
+                while not stop.is_set():
+                    await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+        await w3.provider.disconnect()
+
+    thread = threading.Thread(target=lambda: anyio.run(main), daemon=True)
+    thread.start()
+    ready.wait(600)
+    time.sleep(0.5)
+    missed = 0
+    try:
+        for b in range(blocks):
+            chain.place_crossing(k, b)
+            clock.arm()
+            chain.build()  # the orders land in this block: executable from its state on
+            clock.built_at = time.perf_counter()
+            if not clock.done.wait(10):
+                missed += 1
+            chain.build()  # the keeper's bundle lands; the orders are filled
+    finally:
+        stop.set()
+        thread.join(30)
+    totals = sorted(r["total"] * 1000 for r in clock.rows)
+    stages = (
+        {s: statistics.median([r.get(s, 0.0) * 1000 for r in clock.rows]) for s in STAGES}
+        if clock.rows
+        else {}
+    )
+    return {
+        "blocks": blocks,
+        "measured": len(clock.rows),
+        "no_bundle": missed,
+        "p50_ms": round(_pct(totals, 0.5), 1),
+        "p99_ms": round(_pct(totals, 0.99), 1),
+        "max_ms": round(totals[-1], 1) if totals else None,
+        "stage_p50_ms": {s: round(v, 2) for s, v in stages.items()},
+        "catch_up_seconds": round(catch_up[0], 1),
+    }
+
+
+def checker_per_order(chain: Chain, open_orders: int, rounds: int = 3) -> dict[str, Any]:
+    """One eth_call per open order (can this order alone be filled now?) on the head, 32 in flight."""
+    book = bind(chain.rw3, "OrderBook", chain.dep.order_book)
+    pool = Web3.to_checksum_address(chain.dep.pools[0]["address"])
+    market = chain.dep.markets["WETH/USDC"]
+    me = Web3.to_checksum_address("0x" + "5e" * 20)
+    datas = [
+        book.functions.executeBatchAtLeast([(market, [pool], [i], [])], me, 1)._encode_transaction_data()
+        for i in range(1, open_orders + 1)
+    ]
+
+    async def one_round() -> float:
+        w3 = AsyncWeb3(SessionHTTPProvider(chain.relay_url))
+        head = hex(int(await w3.eth.block_number))
+        sem = anyio.Semaphore(32)
+
+        async def check(data: str) -> None:
+            async with sem:
+                await w3.provider.make_request(
+                    "eth_call",
+                    [{"from": me, "to": book.address, "data": data}, head],
+                )
+
+        t = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for d in datas:
+                tg.start_soon(check, d)
+        elapsed = time.perf_counter() - t
+        await w3.provider.disconnect()
+        return elapsed
+
+    times = [anyio.run(one_round) for _ in range(rounds)]
+    return {"checker_ms_per_block": round(statistics.median(times) * 1000, 1)}
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--open", default="1000,10000", help="open orders, comma separated")
+    parser.add_argument("--crossing", default="1,50", help="orders crossing per block")
+    parser.add_argument("--blocks", type=int, default=200)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    configure_logging("warning", json=False)
+    crossing = [int(k) for k in args.crossing.split(",")]
+    rows: list[dict[str, Any]] = []
+    for n in (int(x) for x in args.open.split(",")):
+        with tempfile.TemporaryDirectory() as d:
+            rows += measure(n, crossing, args.blocks, f"sqlite:///{d}/r.sqlite")
+    m = machine()
+    lines = [
+        f"Reaction latency, {m['date']}, {m['cores']} cores. "
+        f"Command: `./dev bench reaction --open {args.open} "
+        f"--crossing {args.crossing} --blocks {args.blocks}`.",
+        "",
+        "| open orders | crossing per block | blocks | p50 ms | p99 ms | max ms "
+        "| checker-per-order ms per block | ratio (checker / keeper p50) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        ratio = r["checker_ms_per_block"] / r["p50_ms"] if r["p50_ms"] else float("nan")
+        lines.append(
+            f"| {r['open_orders']:,} | {r['crossing']} | {r['measured']} | {r['p50_ms']} | {r['p99_ms']} | "
+            f"{r['max_ms']} | {r['checker_ms_per_block']:,} | {ratio:,.0f}x |"
+        )
+    lines += ["", "Median per stage (ms):", "", "| open | crossing | " + " | ".join(STAGES) + " |",
+              "| ---: | ---: | " + " | ".join("---:" for _ in STAGES) + " |"]  # fmt: skip
+    for r in rows:
+        lines.append(
+            f"| {r['open_orders']:,} | {r['crossing']} | "
+            + " | ".join(str(r["stage_p50_ms"].get(s, "-")) for s in STAGES)
+            + " |"
+        )
+    lines += ["", f"Floor: p99 under {FLOOR_P99_MS:g} ms at 100,000 open orders with 50 crossing."]
+    text = "\n".join(lines) + "\n"
+    write_results("reaction", {"machine": m, "rows": rows}, text, args.results_dir)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
