@@ -156,6 +156,14 @@ class KeeperLoop:
             candidates=[getattr(c, "order_id", None) for c in candidates][:50],
             actions=[a.idempotency_key for a in actions],
         )
+        for action in actions:
+            if action.expected_value_wei <= 0 and not action.public_good:
+                metrics.ACTIONS.labels(self.chain, "unprofitable").inc()
+                log.info("action dropped: not worth sending", key=action.idempotency_key)
+                continue
+            assert self._submissions is not None
+            self._submissions.start_soon(self._submit, action, result.head)
+        # Bookkeeping after the submissions are on their way, never before them.
         if self.ledger is not None:
             executable = [i for a in actions for i in a.order_ids]
             if executable:
@@ -165,13 +173,6 @@ class KeeperLoop:
                     )
                 except Exception as exc:  # noqa: BLE001 - bookkeeping must not cost a fill
                     log.warning("could not record executable orders", error=repr(exc))
-        for action in actions:
-            if action.expected_value_wei <= 0 and not action.public_good:
-                metrics.ACTIONS.labels(self.chain, "unprofitable").inc()
-                log.info("action dropped: not worth sending", key=action.idempotency_key)
-                continue
-            assert self._submissions is not None
-            self._submissions.start_soon(self._submit, action, result.head)
 
     async def _maintain(self) -> None:
         """Reconcile nonces with the chain (first block, then every few), fill gaps, observe."""

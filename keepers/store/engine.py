@@ -11,7 +11,6 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import NullPool
 
 #: First key of the PostgreSQL advisory locks that serialise writes of one chain's events.
 _CHAIN_LOCK_NAMESPACE = 0x4B50
@@ -27,9 +26,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(
             url,
             connect_args={"timeout": 60, "check_same_thread": False},
-            # One connection per checkout: SQLite's locking is per connection, and pooled
-            # connections across forked processes would share file descriptors.
-            poolclass=NullPool,
+            # Pooled: opening a connection and setting its pragmas cost more than most of the
+            # keeper's transactions. Our child processes are exec'd, never forked, so no pooled
+            # connection is ever shared across processes.
             **kwargs,
         )
 
