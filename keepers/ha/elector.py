@@ -11,6 +11,7 @@ process paused) stops acting locally before the lease can lapse in the database,
 from __future__ import annotations
 
 import time
+from typing import TypedDict, Unpack
 
 import anyio
 import structlog
@@ -25,11 +26,23 @@ log = structlog.get_logger("leader")
 SAFE_SHARE = 0.8
 
 
-class LeaderElector:
+class Timing(TypedDict, total=False):
+    """How a lease holder renews, and who it is (for logs and metrics)."""
+
+    lease_seconds: float
+    renew_seconds: float
+    holder: str | None
+    chain: str
+    keeper: str
+
+
+class Renewing:
+    """What every lease holder shares: identity, timing, and the loop that renews until
+    cancelled and then hands everything back at once (a successor need not wait for a lapse)."""
+
     def __init__(
         self,
         leases: LeaseStore,
-        scope: str,
         *,
         lease_seconds: float = 6.0,
         renew_seconds: float = 2.0,
@@ -40,13 +53,43 @@ class LeaderElector:
         if renew_seconds >= lease_seconds * SAFE_SHARE:
             raise ValueError("renew_seconds must be well under lease_seconds")
         self.leases = leases
-        self.scope = scope
         self.lease_seconds = lease_seconds
         self.renew_seconds = renew_seconds
         self.holder = holder or holder_id()
         self.labels = (chain, keeper)
-        self._term: Term | None = None
         self._valid_until = 0.0  # monotonic
+
+    async def step(self) -> object:
+        raise NotImplementedError
+
+    def _held_scopes(self) -> list[str]:
+        raise NotImplementedError
+
+    def _forget(self) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await self.step()
+                await anyio.sleep(self.renew_seconds)
+        finally:
+            scopes = self._held_scopes()
+            if scopes:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await anyio.to_thread.run_sync(self.leases.release_many, scopes, self.holder)
+                        log.info("leases released", scopes=len(scopes), holder=self.holder)
+                    except Exception as exc:  # noqa: BLE001 - they lapse by themselves
+                        log.warning("could not release the leases", error=repr(exc))
+            self._forget()
+
+
+class LeaderElector(Renewing):
+    def __init__(self, leases: LeaseStore, scope: str, **timing: Unpack[Timing]) -> None:
+        super().__init__(leases, **timing)
+        self.scope = scope
+        self._term: Term | None = None
         self._led = False  # what the last step found (a pause can end a term between steps)
         metrics.LEADER.labels(*self.labels).set(0)
 
@@ -91,19 +134,9 @@ class LeaderElector:
         metrics.LEADER.labels(*self.labels).set(1 if now else 0)
         return now
 
-    async def run(self) -> None:
-        """Keeps leading or waiting to lead until cancelled; a leader releases on the way out."""
-        try:
-            while True:
-                await self.step()
-                await anyio.sleep(self.renew_seconds)
-        finally:
-            if self._term is not None:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await anyio.to_thread.run_sync(self.leases.release, self.scope, self.holder)
-                        log.info("lease released", scope=self.scope)
-                    except Exception as exc:  # noqa: BLE001 - it lapses by itself
-                        log.warning("could not release the lease", error=repr(exc))
-                self._term = None
-                metrics.LEADER.labels(*self.labels).set(0)
+    def _held_scopes(self) -> list[str]:
+        return [self.scope] if self._term is not None else []
+
+    def _forget(self) -> None:
+        self._term = None
+        metrics.LEADER.labels(*self.labels).set(0)

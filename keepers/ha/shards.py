@@ -21,12 +21,13 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Unpack
 
 import anyio
 import structlog
 
-from keepers.ha.elector import SAFE_SHARE
-from keepers.ha.lease import Fence, LeaseStore, NotLeader, Term, holder_id
+from keepers.ha.elector import SAFE_SHARE, Renewing, Timing
+from keepers.ha.lease import Fence, LeaseStore, NotLeader, Term
 from keepers.obs import metrics
 
 log = structlog.get_logger("shards")
@@ -45,31 +46,15 @@ def owner(shard: int, members: Iterable[str]) -> str | None:
     return best
 
 
-class ShardSet:
-    def __init__(
-        self,
-        leases: LeaseStore,
-        prefix: str,
-        shards: int,
-        *,
-        lease_seconds: float = 6.0,
-        renew_seconds: float = 2.0,
-        holder: str | None = None,
-        chain: str = "",
-        keeper: str = "",
-    ) -> None:
+class ShardSet(Renewing):
+    def __init__(self, leases: LeaseStore, prefix: str, shards: int, **timing: Unpack[Timing]) -> None:
         if shards < 1:
             raise ValueError("at least one shard")
-        self.leases = leases
+        super().__init__(leases, **timing)
         self.prefix = prefix
         self.shards = shards
-        self.lease_seconds = lease_seconds
-        self.renew_seconds = renew_seconds
-        self.holder = holder or holder_id()
-        self.labels = (chain, keeper)
         self.members: list[str] = []
         self._held: dict[int, Term] = {}
-        self._valid_until = 0.0
         self._member_token = 0
 
     def _scope(self, shard: int) -> str:
@@ -152,18 +137,9 @@ class ShardSet:
             metrics.LEADER_CHANGES.labels(*self.labels).inc()
         return held
 
-    async def run(self) -> None:
-        """Keeps the share until cancelled; on the way out gives every shard back at once."""
-        try:
-            while True:
-                await self.step()
-                await anyio.sleep(self.renew_seconds)
-        finally:
-            with anyio.CancelScope(shield=True):
-                scopes = [self._scope(s) for s in self._held] + [self.member_scope]
-                try:
-                    await anyio.to_thread.run_sync(self.leases.release_many, scopes, self.holder)
-                except Exception as exc:  # noqa: BLE001 - they lapse by themselves
-                    log.warning("could not release shards", error=repr(exc))
-            self._held = {}
-            metrics.SHARDS_HELD.labels(*self.labels).set(0)
+    def _held_scopes(self) -> list[str]:
+        return [self._scope(s) for s in self._held] + [self.member_scope]
+
+    def _forget(self) -> None:
+        self._held = {}
+        metrics.SHARDS_HELD.labels(*self.labels).set(0)
