@@ -58,3 +58,17 @@ def test_fill_rate_bench_runs_the_devnet_at_smoke_size(tmp_path):
     assert row["orders_placed"] > 0
     assert row["fills_below_limit"] == 0
     assert "| block time |" in (tmp_path / "fillrate.md").read_text()
+
+
+def test_reaction_bench_measures_both_designs_at_smoke_size(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.reaction", "--open", "50", "--crossing", "2", "--blocks", "3",
+         "--results-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "reaction.json").read_text())["rows"]
+    assert row["measured"] == 3, "every block's bundle reached the relay"
+    assert row["p50_ms"] > 0
+    assert row["checker_ms_per_block"] > 0
+    assert set(row["stage_p50_ms"]) >= {"market", "strategy", "simulate", "send"}
