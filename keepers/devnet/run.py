@@ -73,7 +73,6 @@ class ChainRun:
 
     endpoint: ChainEndpoint
     dep: Deployment
-    monitor: FillMonitor | None = None
 
     @property
     def plan(self) -> ChainPlan:
@@ -159,15 +158,15 @@ def run_devnet(opts: Options) -> int:
     raise AssertionError("unreachable")  # pragma: no cover - mypy cannot see through ExitStack
 
 
-def _users(run: ChainRun, opts: Options, scheduler: BackgroundScheduler) -> None:
-    """Traders, the market and the referee of one chain, their jobs on the shared scheduler."""
+def _users(run: ChainRun, opts: Options, scheduler: BackgroundScheduler) -> FillMonitor:
+    """Traders and the market of one chain, their jobs on the shared scheduler; its referee."""
     url, dep, name = run.endpoint.url, run.dep, run.plan.name
     sender = PublicSender(_web3(url), dep.chain_id)
     traders = TraderSim(_web3(url), dep, sender, [account(anvil_key(i)) for i in TRADER_KEYS], opts.seed)
     market = MarketDriver(_web3(url), dep, sender, account(anvil_key(MARKET_KEY)), opts.seed + 1)
     traders.fund()
     market.fund()
-    monitor = run.monitor = FillMonitor(url, dep)
+    monitor = FillMonitor(url, dep)
     bt = opts.block_time
     scheduler.add_job(market.step, "interval", seconds=bt, id=f"{name}-market")
     scheduler.add_job(
@@ -178,15 +177,14 @@ def _users(run: ChainRun, opts: Options, scheduler: BackgroundScheduler) -> None
     )
     scheduler.add_job(traders.open_position, "interval", seconds=8 * bt, id=f"{name}-positions")
     scheduler.add_job(traders.open_basket, "interval", seconds=12 * bt, id=f"{name}-baskets")
+    return monitor
 
 
 def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Event, cluster: Cluster,
               runs: list[ChainRun], started: float) -> int:  # fmt: skip
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # a skipped tick is not news
     scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
-    for run in runs:
-        _users(run, opts, scheduler)
-    monitors = [(run, _monitor(run)) for run in runs]
+    monitors = [(run, _users(run, opts, scheduler)) for run in runs]
     firsts = {run.plan.name: mon.last_block for run, mon in monitors}
     scheduler.start()
     metrics: dict[str, dict[str, float]] = {}
@@ -265,11 +263,6 @@ def _settle(monitors: list[FillMonitor], block_time: float) -> None:
         if all(mon.last_block >= t for mon, t in zip(monitors, targets, strict=True)):
             return
         time.sleep(0.1)
-
-
-def _monitor(run: ChainRun) -> FillMonitor:
-    assert run.monitor is not None, "the chain's users were not started"
-    return run.monitor
 
 
 def _nonce_gaps(database: Path, run: ChainRun) -> dict[str, list[int]]:

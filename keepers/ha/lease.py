@@ -70,9 +70,7 @@ class LeaseStore:
 
     def acquire(self, scope: str, holder: str, ttl: float) -> Term | None:
         """Takes or renews the lease for `ttl` seconds; None if another holder has it."""
-        with self.engine.begin() as conn:
-            row = conn.execute(self._acquire, {"scope": scope, "holder": holder, "ttl": ttl}).first()
-        return None if row is None else Term(int(row[0]), float(row[1]))
+        return self.acquire_many([scope], holder, ttl).get(scope)
 
     def acquire_many(self, scopes: list[str], holder: str, ttl: float) -> dict[str, Term]:
         """`acquire` for several scopes in one transaction; the ones granted."""
@@ -99,8 +97,7 @@ class LeaseStore:
 
     def release(self, scope: str, holder: str) -> None:
         """Ends our lease now, so a standby takes over without waiting for it to lapse."""
-        with self.engine.begin() as conn:
-            conn.execute(self._release, {"scope": scope, "holder": holder})
+        self.release_many([scope], holder)
 
     def holder(self, scope: str) -> tuple[str, int, float] | None:
         """(holder, token, expires_at) of a scope, for operators and tests."""
