@@ -226,6 +226,10 @@ async def replay(
     with tempfile.TemporaryDirectory(dir=workdir) as tmp, Anvil(chain_id=recording.chain_id) as anvil:
         w3 = AsyncWeb3(SessionHTTPProvider(anvil.url))
         await _rpc(w3, "anvil_loadState", recording.state)
+        # anvil's clock starts at the wall clock and refuses to mine before it; the recording's
+        # blocks are older than this anvil whenever the recorded chain ran behind real time.
+        loaded = await w3.eth.get_block("latest")
+        await _rpc(w3, "anvil_setTime", int(loaded["timestamp"]))
         await _rpc(w3, "evm_setAutomine", False)
         engine = make_engine(f"sqlite:///{Path(tmp) / 'replay.sqlite'}")
         await anyio.to_thread.run_sync(migrate, engine)
