@@ -102,8 +102,12 @@ class IsolatedStrategy(Strategy):
         self.restarts = 0
         self._proc: Process | None = None
         self._out: BufferedByteReceiveStream | None = None
+        self._ready = False
+        self._closed = False
 
-    async def _start(self) -> Process:
+    async def _spawn(self) -> None:
+        """Starts a worker without waiting for it: it imports (about 2 s cold) while the keeper
+        waits for the next block, instead of inside that block's timeout."""
         spec = json.dumps(
             {
                 "name": self.name,
@@ -122,13 +126,16 @@ class IsolatedStrategy(Strategy):
         }
         proc = await anyio.open_process([sys.executable, "-m", "keepers.engine.worker"], env=env, stderr=None)
         assert proc.stdout is not None
-        self._proc, self._out = proc, BufferedByteReceiveStream(proc.stdout)
+        self._proc, self._out, self._ready = proc, BufferedByteReceiveStream(proc.stdout), False
+
+    async def _await_ready(self) -> None:
+        if self._ready:
+            return
         with anyio.fail_after(self.startup_timeout):
             ready = await self._read_frame()
         if ready != b"ready":
-            await self._kill()
             raise WorkerFailed(f"strategy worker did not start: {ready[:500]!r}")
-        return proc
+        self._ready = True
 
     async def _read_frame(self) -> bytes:
         assert self._out is not None
@@ -169,21 +176,26 @@ class IsolatedStrategy(Strategy):
             if self._proc is not None:
                 self.restarts += 1
                 await self._kill()
-            await self._start()
+            await self._spawn()
         proc = self._proc
         assert proc is not None
         assert proc.stdin is not None
         body = pickle.dumps(replace(ctx, reader=None), protocol=pickle.HIGHEST_PROTOCOL)
         try:
+            await self._await_ready()
             await proc.stdin.send(HEADER.pack(len(body)) + body)
             answer = await self._read_frame()
         except BaseException:
             # Late (the guard's timeout cancelled us), dead or out of protocol: the worker's state
-            # is unknown, so it goes; the next block starts a fresh one.
+            # is unknown, so it goes, and its replacement starts now to be warm by the next block.
             self.restarts += 1
-            await self._kill()
+            with anyio.CancelScope(shield=True):
+                await self._kill()
+                if not self._closed:
+                    await self._spawn()
             raise
         return decode_actions(answer)  # type: ignore[return-value]
 
     async def close(self) -> None:
+        self._closed = True
         await self._kill()
