@@ -12,24 +12,31 @@ new branch.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import structlog
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete
 from sqlmodel import Session, col, select
 from web3 import AsyncWeb3, WebSocketProvider
+from web3.types import RPCEndpoint
 
 from keepers.chain.events import Event, EventDecoder
 from keepers.chain.events import to_hex as _hex
 from keepers.obs import metrics
+from keepers.store.bulk import insert_rows
 from keepers.store.engine import lock_chain_writes
 from keepers.store.projection import rollback_after, store_events
 from keepers.store.tables import BlockHash, Cursor
 
 log = structlog.get_logger("follower")
+
+
+class LogsFailed(RuntimeError):
+    """The node answered eth_getLogs with an error (the RPC pool already tried every endpoint)."""
 
 
 class DeepReorg(RuntimeError):
@@ -56,6 +63,7 @@ class ChainFollower:
         chain_label: str = "",
         start_block: int = 0,
         page_size: int = 2000,
+        max_page_events: int = 10_000,
         keep_blocks: int = 128,
         confirmations: int = 0,
     ) -> None:
@@ -67,6 +75,8 @@ class ChainFollower:
         self.label = chain_label or str(chain_id)
         self.start_block = start_block
         self.page_size = page_size
+        self.max_page_events = max_page_events
+        self._span = page_size
         self.keep_blocks = keep_blocks
         self.confirmations = confirmations
 
@@ -105,61 +115,109 @@ class ChainFollower:
                 log.warning("reorg", chain=self.label, fork_block=fork, depth=cur[0] - fork)
                 cur = self.cursor()
         done = cur[0] if cur else self.start_block - 1
-        while done < head:
-            to = min(done + self.page_size, head)
-            result.applied += await self._apply_range(done + 1, to, head)
-            done = to
+        # Pipelined: the next page is fetched and decoded while this one is written (SQLite
+        # and the node work outside the GIL). Pages shrink when they come back with more than
+        # `max_page_events` (a long catch-up over dense blocks) and grow back when they thin.
+        span = self._span
+        page = await self._fetch(done + 1, min(done + span, head), head) if done < head else None
+        while page is not None:
+            span = self._next_span(span, len(page.events))
+            end = page.end
+            nxt = (end + 1, min(end + span, head)) if end < head else None
+            box: dict[str, Any] = {}
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._commit_into, box, page)
+                if nxt is not None:
+                    tg.start_soon(self._fetch_into, box, nxt, head)
+            result.applied += box["applied"]
+            done = end
+            page = box.get("page")
+        self._span = span
         metrics.BLOCKS_BEHIND.labels(self.label).set(max(0, head - done))
         return result
 
-    async def _apply_range(self, start: int, end: int, head: int) -> int:
-        logs = await self.w3.eth.get_logs(
-            {
-                "fromBlock": start,
-                "toBlock": end,
-                "address": [self.w3.to_checksum_address(a) for a in self.decoder.addresses],
-            }
+    async def _commit_into(self, box: dict[str, Any], page: _Page) -> None:
+        box["applied"] = await anyio.to_thread.run_sync(self._commit, page.events, page.headers, page.end)
+
+    async def _fetch_into(self, box: dict[str, Any], blocks: tuple[int, int], head: int) -> None:
+        box["page"] = await self._fetch(blocks[0], blocks[1], head)
+
+    def _next_span(self, span: int, events: int) -> int:
+        if events > self.max_page_events:
+            return max(1, span // 2)
+        if events < self.max_page_events // 4:
+            return min(self.page_size, span * 2)
+        return span
+
+    async def _fetch(self, start: int, end: int, head: int) -> _Page:
+        # The raw request: web3's result formatters cost more than decoding the logs.
+        response = await self.w3.provider.make_request(
+            RPCEndpoint("eth_getLogs"),
+            [{"fromBlock": hex(start), "toBlock": hex(end), "address": self.decoder.addresses}],
         )
-        events = [e for e in (self.decoder.decode(dict(lg)) for lg in logs) if e is not None]
+        if "error" in response:
+            raise LogsFailed(f"eth_getLogs {start}..{end} failed: {response['error']}")
+        events = [e for e in map(self.decoder.decode, response["result"]) if e is not None]
         # Hashes only where a reorg can still reach (near the head), plus the page's last block
         # for the cursor: a catch-up over old blocks costs one header per page.
         tail_from = max(start, head - self.keep_blocks + 1)
         numbers = range(tail_from, end + 1) if tail_from <= end else range(end, end + 1)
-        headers = [await self.w3.eth.get_block(n) for n in numbers]
-        if any(
-            e.block_hash != _hex(h["hash"]) for h in headers for e in events if e.block_number == h["number"]
-        ):
+        headers = await self._headers(numbers)
+        hashes = {h.number: h.hash for h in headers}
+        if any(hashes.get(e.block_number, e.block_hash) != e.block_hash for e in events):
             raise _Retry("logs and headers disagree: the chain moved under us")
-        return await anyio.to_thread.run_sync(self._commit, events, headers, end)
+        return _Page(end, events, headers)
 
-    def _commit(self, events: list[Event], headers: list[Any], end: int) -> int:
+    async def _headers(self, numbers: range) -> list[_Header]:
+        """Number, hash and parent of each block, fetched raw and concurrently (web3's
+        get_block formats every field of the block: milliseconds each)."""
+        out: list[_Header | None] = [None] * len(numbers)
+        limit = anyio.CapacityLimiter(16)
+
+        async def one(i: int, n: int) -> None:
+            async with limit:
+                response = await self.w3.provider.make_request(
+                    RPCEndpoint("eth_getBlockByNumber"), [hex(n), False]
+                )
+            block = response.get("result")
+            if not block:
+                raise _Retry(f"block {n} is not there (yet): {response.get('error')}")
+            out[i] = _Header(int(block["number"], 16), block["hash"], block["parentHash"])
+
+        async with anyio.create_task_group() as tg:
+            for i, n in enumerate(numbers):
+                tg.start_soon(one, i, n)
+        return [h for h in out if h is not None]
+
+    def _commit(self, events: list[Event], headers: list[_Header], end: int) -> int:
         with Session(self.engine) as s, s.begin():
             lock_chain_writes(s, self.chain_id)
             new = store_events(s, self.chain_id, events)
-            for h in headers:
-                s.merge(
-                    BlockHash(
-                        chain_id=self.chain_id,
-                        number=int(h["number"]),
-                        hash=_hex(h["hash"]),
-                        parent_hash=_hex(h["parentHash"]),
-                    )
-                )
-            s.merge(
-                Cursor(
-                    chain_id=self.chain_id,
-                    name=self.name,
-                    block_number=end,
-                    block_hash=_hex(headers[-1]["hash"]),
+            s.exec(
+                delete(BlockHash).where(
+                    col(BlockHash.chain_id) == self.chain_id,
+                    (col(BlockHash.number) <= end - self.keep_blocks)
+                    | col(BlockHash.number).in_([h.number for h in headers]),
                 )
             )
-            floor = end - self.keep_blocks
-            for old in s.exec(
-                select(BlockHash).where(BlockHash.chain_id == self.chain_id, BlockHash.number <= floor)
-            ).all():
-                s.delete(old)
-        for e in events:
-            metrics.EVENTS_APPLIED.labels(self.label, e.name).inc()
+            insert_rows(
+                s,
+                BlockHash.__table__,  # type: ignore[attr-defined]
+                [
+                    {
+                        "chain_id": self.chain_id,
+                        "number": h.number,
+                        "hash": h.hash,
+                        "parent_hash": h.parent_hash,
+                    }
+                    for h in headers
+                ],
+            )
+            s.merge(
+                Cursor(chain_id=self.chain_id, name=self.name, block_number=end, block_hash=headers[-1].hash)
+            )
+        for name, count in Counter(e.name for e in events).items():
+            metrics.EVENTS_APPLIED.labels(self.label, name).inc(count)
         return new
 
     async def _fork_point(self, cur: tuple[int, str]) -> int | None:
@@ -232,6 +290,18 @@ class ChainFollower:
 
 class _Retry(RuntimeError):
     pass
+
+
+class _Header(NamedTuple):
+    number: int
+    hash: str
+    parent_hash: str
+
+
+class _Page(NamedTuple):
+    end: int
+    events: list[Event]
+    headers: list[_Header]
 
 
 async def _ws_heads(url: str) -> AsyncIterator[int]:

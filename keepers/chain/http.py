@@ -10,11 +10,13 @@ so every async provider in this project is this one: one session per event loop,
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from web3 import AsyncHTTPProvider
-from web3.types import RPCEndpoint
+from web3.types import RPCEndpoint, RPCResponse
+
+from keepers import jsonfast
 
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
@@ -42,6 +44,11 @@ class SessionHTTPProvider(AsyncHTTPProvider):
         ) as resp:
             resp.raise_for_status()
             return await resp.read()
+
+    @staticmethod
+    def decode_rpc_response(raw_response: bytes) -> RPCResponse:
+        # A page of logs is megabytes of JSON: orjson parses it several times faster.
+        return cast(RPCResponse, jsonfast.loads(raw_response))
 
     async def _make_request(self, method: RPCEndpoint, request_data: bytes) -> bytes:
         return await self._post(request_data)

@@ -12,6 +12,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session
 
+from keepers import jsonfast
+
 #: First key of the PostgreSQL advisory locks that serialise writes of one chain's events.
 _CHAIN_LOCK_NAMESPACE = 0x4B50
 
@@ -22,6 +24,8 @@ def is_sqlite(engine: Engine) -> bool:
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for `url` (sqlite:///path or postgresql+psycopg://...), tuned per dialect."""
+    kwargs.setdefault("json_serializer", jsonfast.dumps)
+    kwargs.setdefault("json_deserializer", jsonfast.loads)
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
