@@ -1,11 +1,20 @@
-"""Catch-up speed: a follower starting from block 0 against a chain with N order events behind it.
+"""Catch-up, first fill, memory and CPU: a chain with a large book of order events behind it.
 
-python -m bench.catchup [--orders 5000] [--database sqlite|postgresql]
+1. Catch-up: a follower starts from block 0 on an empty store and applies every order event
+   (placements of `--open` resting orders, plus `--cancelled` placed and cancelled again);
+   events applied per second.
+2. A real `keepers run limit-stop` process then starts, empty store and all, behind the local
+   relay, with one executable order placed: time from its start to that order's fill (its
+   catch-up included), its resident memory with the open book loaded, and its CPU seconds
+   per idle block over `--idle-blocks` blocks.
+
+python -m bench.catchup [--open 100000] [--cancelled 50000] [--idle-blocks 30]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -15,83 +24,154 @@ import anyio
 from eth_account import Account
 from web3 import AsyncWeb3, Web3
 
+from bench.book import Book
 from bench.common import RESULTS, machine, write_results
-from keepers.chain.artifacts import load_artifact
-from keepers.chain.events import EventDecoder
 from keepers.chain.follower import ChainFollower
 from keepers.chain.http import SessionHTTPProvider
-from keepers.devnet.anvil import DEFAULT_KEYS, Anvil
-from keepers.devnet.deploy import Sender, bind, deploy_platform
+from keepers.devnet.anvil import anvil_key
+from keepers.devnet.cluster import CHAINS, ChainEndpoint, Cluster, write_config
+from keepers.devnet.deploy import bind, write_deployment
+from keepers.runtime import ContractAddresses, event_decoder
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
 
-PER_BLOCK = 200
+FLOOR_EVENTS_PER_S = 20_000
+FLOOR_RSS_MB = 300
+TRADER_KEY = 5
+BLOCK_TIME = 0.5
 
 
-def _fill_chain(w3: Web3, orders: int) -> tuple[str, str]:
-    dep = deploy_platform(w3, DEFAULT_KEYS[0])
-    trader = Account.from_key(DEFAULT_KEYS[1])
-    s = Sender(w3, DEFAULT_KEYS[1])
-    weth = bind(w3, "DevnetToken", dep.tokens["WETH"])
-    s.call(weth, "mint", trader.address, 10**30)
-    s.call(weth, "approve", dep.order_book, 2**256 - 1)
-    book = bind(w3, "OrderBook", dep.order_book)
-    w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
-    nonce = w3.eth.get_transaction_count(trader.address)
-    template = book.functions.placeOrder((dep.markets["WETH/USDC"], 0, 10**15, 1, 0, 10, 0, 0, 0, 0))
-    data = template.build_transaction({"from": trader.address, "gas": 200_000})["data"]
-    for i in range(orders):
-        tx = {"to": dep.order_book, "data": data, "gas": 200_000, "nonce": nonce + i, "chainId": 31337,
-              "maxFeePerGas": 10**11, "maxPriorityFeePerGas": 10**9, "value": 0}  # fmt: skip
-        w3.eth.send_raw_transaction(trader.sign_transaction(tx).raw_transaction)
-        if (i + 1) % PER_BLOCK == 0:
-            w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
-    w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
-    w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
-    return dep.order_book, dep.lending_market
-
-
-def run(orders: int, url: str) -> dict[str, Any]:
-    with Anvil(extra_args=("--gas-limit", "60000000")) as chain:
-        w3 = Web3(Web3.HTTPProvider(chain.url))
-        t0 = time.perf_counter()
-        book, market = _fill_chain(w3, orders)
-        generated = time.perf_counter() - t0
-        engine = make_engine(url)
-        migrate(engine)
-        decoder = EventDecoder([(book, load_artifact("OrderBook")), (market, load_artifact("LendingMarket"))])
-        follower = ChainFollower(
-            AsyncWeb3(SessionHTTPProvider(chain.url)), engine, 31337, decoder, page_size=2000
-        )
-        t1 = time.perf_counter()
-        result = anyio.run(follower.sync)
-        elapsed = time.perf_counter() - t1
+def catch_up(book: Book, url: str) -> dict[str, Any]:
+    engine = make_engine(url)
+    migrate(engine)
+    d = book.dep
+    addrs = ContractAddresses(d.order_book, d.oracle, d.lending_market, d.vault, d.flash_liquidator, (), None)
+    follower = ChainFollower(
+        AsyncWeb3(SessionHTTPProvider(book.anvil.url)), engine, d.chain_id, event_decoder(addrs)
+    )
+    t = time.perf_counter()
+    result = anyio.run(follower.sync)
+    elapsed = time.perf_counter() - t
     return {
-        "orders": orders,
         "events_applied": result.applied,
         "blocks": result.head + 1,
-        "seconds": round(elapsed, 3),
-        "events_per_second": round(result.applied / elapsed, 1),
-        "chain_generation_seconds": round(generated, 1),
+        "catch_up_seconds": round(elapsed, 2),
+        "events_per_second": round(result.applied / elapsed),
     }
+
+
+def _place_executable(w3: Web3, book: Book) -> int:
+    """A limit order the pools fill at once (half the market price asked); returns its id."""
+    trader = Account.from_key(anvil_key(TRADER_KEY))
+    weth = bind(w3, "DevnetToken", book.dep.tokens["WETH"])
+    ob = bind(w3, "OrderBook", book.dep.order_book)
+    nonce = w3.eth.get_transaction_count(trader.address)
+    next_id = int(ob.functions.nextOrderId().call())
+    terms = (book.dep.markets["WETH/USDC"], 0, 10**17, 100 * 10**6, 0, 30, 0, 0, 0, 0)
+    calls = [
+        (weth.address, weth.functions.mint(trader.address, 10**20)),
+        (weth.address, weth.functions.approve(ob.address, 2**256 - 1)),
+        (ob.address, ob.functions.placeOrder(terms)),
+    ]
+    for i, (to, fn) in enumerate(calls):
+        tx = {"to": to, "data": fn._encode_transaction_data(), "gas": 400_000, "chainId": 31337, "value": 0,
+              "nonce": nonce + i, "maxFeePerGas": 10**11, "maxPriorityFeePerGas": 10**9}  # fmt: skip
+        w3.eth.send_raw_transaction(trader.sign_transaction(tx).raw_transaction)
+    return next_id
+
+
+def _proc_stat(pid: int) -> tuple[float, float]:
+    """(resident MB, CPU seconds) of a process, from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks
+
+
+def keeper_footprint(book: Book, idle_blocks: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        cluster = Cluster(work)
+        try:
+            book.hand_to_relay()
+            relay = cluster.start_relay(book.anvil.url, BLOCK_TIME)
+            rw3 = Web3(Web3.HTTPProvider(relay))
+            deployment = work / "deployment.json"
+            write_deployment(book.dep, deployment)
+            config = work / "keepers.toml"
+            endpoint = ChainEndpoint(CHAINS[0], relay, deployment, book.dep.tokens["WETH"])
+            write_config(config, chains=[endpoint], database=work / "k.sqlite", block_time=BLOCK_TIME)
+            order_id = _place_executable(rw3, book)
+            ob = bind(rw3, "OrderBook", book.dep.order_book)
+            deadline = time.monotonic() + 30
+            while int(ob.functions.getOrder(order_id).call()[1]) == 0:  # not mined yet
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the executable order was not placed")
+                time.sleep(0.05)
+            t0 = time.monotonic()
+            cluster.start_keepers(config, ["limit-stop"])
+            proc = cluster.keepers["limit-stop"]
+            while int(ob.functions.getOrder(order_id).call()[1]) != 0:  # remaining
+                if not proc.alive() or time.monotonic() - t0 > 1800:
+                    tail = proc.log.read_text()[-3000:] if proc.log else ""
+                    raise RuntimeError(f"no fill; the keeper's log ends:\n{tail}")
+                time.sleep(0.05)
+            first_fill = time.monotonic() - t0
+            head = rw3.eth.block_number
+            while rw3.eth.block_number < head + 3:  # let the fill's bookkeeping settle
+                time.sleep(0.1)
+            _rss, cpu0 = _proc_stat(proc.popen.pid)
+            start = rw3.eth.block_number
+            while rw3.eth.block_number < start + idle_blocks:
+                time.sleep(0.1)
+            rss, cpu1 = _proc_stat(proc.popen.pid)
+            blocks = rw3.eth.block_number - start
+        finally:
+            cluster.stop()
+    return {
+        "first_fill_seconds": round(first_fill, 1),
+        "keeper_rss_mb": round(rss),
+        "idle_blocks": blocks,
+        "cpu_ms_per_idle_block": round(1000 * (cpu1 - cpu0) / max(1, blocks), 1),
+    }
+
+
+def run(open_orders: int, cancelled: int, idle_blocks: int) -> dict[str, Any]:
+    book = Book(open_orders, cancelled)
+    try:
+        row: dict[str, Any] = {"open_orders": open_orders, "order_events": book.events,
+                               "chain_build_seconds": round(book.setup_seconds, 1)}  # fmt: skip
+        with tempfile.TemporaryDirectory() as d:
+            row.update(catch_up(book, f"sqlite:///{d}/c.sqlite"))
+        row.update(keeper_footprint(book, idle_blocks))
+    finally:
+        book.stop()
+    return row
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--orders", type=int, default=5000)
+    parser.add_argument("--open", type=int, default=100_000, help="resting orders left open")
+    parser.add_argument("--cancelled", type=int, default=50_000, help="orders placed, then cancelled")
+    parser.add_argument("--idle-blocks", type=int, default=30)
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        row = {"database": "sqlite", **run(args.orders, f"sqlite:///{d}/c.sqlite")}
+    row = run(args.open, args.cancelled, args.idle_blocks)
     m = machine()
+    cmd = f"./dev bench catchup --open {args.open} --cancelled {args.cancelled} --idle-blocks {args.idle_blocks}"  # noqa: E501
     md = (
-        f"Catch-up, {m['date']}, {m['cores']} cores. "
-        f"Command: `./dev bench catchup --orders {args.orders}`.\n\n"
-        "| database | events | blocks | seconds | events/s |\n| --- | ---: | ---: | ---: | ---: |\n"
-        f"| {row['database']} | {row['events_applied']:,} | {row['blocks']:,} | {row['seconds']} | "
-        f"{row['events_per_second']:,} |\n"
+        f"Catch-up, first fill, memory and CPU, {m['date']}, {m['cores']} cores, SQLite.\n"
+        f"Command: `{cmd}`.\n\n"
+        "| order events | open orders | events/s (floor 20,000) | first fill after start | "
+        "keeper RSS (floor 300 MB) | CPU per idle block |\n"
+        "| ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        f"| {row['events_applied']:,} | {row['open_orders']:,} | {row['events_per_second']:,} | "
+        f"{row['first_fill_seconds']} s | {row['keeper_rss_mb']} MB | {row['cpu_ms_per_idle_block']} ms |\n"
     )
-    write_results("catchup", {"machine": m, "rows": [row]}, md, args.results_dir)
+    floors = {"events_per_second": FLOOR_EVENTS_PER_S, "keeper_rss_mb": FLOOR_RSS_MB}
+    write_results("catchup", {"machine": m, "floors": floors, "rows": [row]}, md, args.results_dir)
     print(md)
     return 0
 

@@ -37,12 +37,13 @@ import requests
 from eth_account import Account
 from web3 import AsyncWeb3, Web3
 
+from bench.book import Book
 from bench.common import RESULTS, machine, write_results
 from keepers.chain.follower import ChainFollower, SyncResult
 from keepers.chain.http import SessionHTTPProvider
 from keepers.chain.rpc_pool import RpcPool
-from keepers.devnet.anvil import Anvil, anvil_key, free_port
-from keepers.devnet.deploy import Deployment, bind, deploy_platform
+from keepers.devnet.anvil import anvil_key, free_port
+from keepers.devnet.deploy import Deployment, bind
 from keepers.engine.candidates import candidates_for
 from keepers.engine.loop import KeeperLoop
 from keepers.engine.market import MarketSnapshot, SnapshotReader
@@ -63,7 +64,7 @@ STAGES = ("follow", "market", "index", "strategy", "estimate", "simulate", "nonc
 FLOOR_P99_MS = 40.0  # at 100k open orders with 50 crossing
 KEEPER_KEY = 9
 TRADER_KEYS = (1, 2, 3)
-PER_BLOCK = 250
+GAS_LIMIT = 300_000_000
 
 
 class Clock:
@@ -172,17 +173,18 @@ class Chain:
     """anvil with the platform and N resting orders, then the relay in front of it."""
 
     def __init__(self, open_orders: int) -> None:
-        self.anvil = Anvil(extra_args=("--order", "fifo", "--gas-limit", "300000000")).start()
-        w3 = Web3(Web3.HTTPProvider(self.anvil.url))
-        self.dep: Deployment = deploy_platform(w3, anvil_key(0))
+        # The resting book is built by bench.book's BulkPlacer (a thousand orders a transaction).
+        self.book = Book(open_orders)
+        self.anvil = self.book.anvil
+        self.book.set_gas_limit(GAS_LIMIT)
+        w3 = self.book.w3
+        self.dep: Deployment = self.book.dep
         self.traders = [Account.from_key(anvil_key(i)) for i in TRADER_KEYS]
         self.nonces = {t.address: 0 for t in self.traders}
         self.w3 = w3
         self._fund()
-        w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
-        t = time.perf_counter()
-        self._rest(open_orders)
-        self.setup_seconds = time.perf_counter() - t
+        self.book.hand_to_relay()
+        self.setup_seconds = self.book.setup_seconds
         # The relay in its own process, as a real one is: in this one it would share the GIL
         # with the keeper being measured.
         self.relay_url = f"http://127.0.0.1:{free_port()}"
@@ -218,31 +220,6 @@ class Chain:
                 token.functions.approve(self.dep.order_book, 2**256 - 1).transact({"from": trader.address})
         for t in self.traders:
             self.nonces[t.address] = self.w3.eth.get_transaction_count(t.address)
-
-    def _rest(self, n: int) -> None:
-        """N orders of every kind that no price of this run reaches."""
-        book = bind(self.w3, "OrderBook", self.dep.order_book)
-        market = self.dep.markets["WETH/USDC"]
-        rate = 2_000 * 10**18  # the oracle's USDC per WETH, 18 decimals
-        far = int(time.time()) + 10 * 86_400
-        kinds = (
-            (0, 10**15, 20 * 10**6, 0, 0, 0, 0),  # limit: 0.001 WETH for 20 USDC (10x the price)
-            (1, 10**15, 1, rate // 10, 0, 0, 0),  # stop-loss below a 90% fall
-            (2, 10**15, 1, rate * 10, 0, 0, 0),  # take-profit above a 10x rise
-            (3, 4 * 10**15, 1, 0, far, 60, 4),  # TWAP starting in ten days
-            (4, 4 * 10**15, 80 * 10**6, 10**15, 0, 0, 0),  # iceberg at 10x the price
-        )
-        datas = [
-            book.functions.placeOrder(
-                (market, k, a, o, 0, 10, trig, start, iv, sl)
-            )._encode_transaction_data()
-            for k, a, o, trig, start, iv, sl in kinds
-        ]
-        for i in range(n):
-            self._send(self.traders[i % len(self.traders)], self.dep.order_book, datas[i % len(datas)])
-            if (i + 1) % PER_BLOCK == 0:
-                self.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
-        self.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
 
     def build(self) -> int:
         requests.post(

@@ -76,7 +76,9 @@ class ChainFollower:
         self.start_block = start_block
         self.page_size = page_size
         self.max_page_events = max_page_events
-        self._span = page_size
+        # The first page is short and pages double while they stay light: the density of a
+        # chain's logs is unknown until read.
+        self._span = min(page_size, 32)
         self.keep_blocks = keep_blocks
         self.confirmations = confirmations
 
@@ -150,13 +152,23 @@ class ChainFollower:
         return span
 
     async def _fetch(self, start: int, end: int, head: int) -> _Page:
-        # The raw request: web3's result formatters cost more than decoding the logs.
-        response = await self.w3.provider.make_request(
-            RPCEndpoint("eth_getLogs"),
-            [{"fromBlock": hex(start), "toBlock": hex(end), "address": self.decoder.addresses}],
-        )
-        if "error" in response:
-            raise LogsFailed(f"eth_getLogs {start}..{end} failed: {response['error']}")
+        """The page start..end, or a shorter one from `start` when the node refuses or times
+        out on this range (too many logs: nodes cap results, and a dense range is megabytes)."""
+        while True:
+            try:
+                # The raw request: web3's result formatters cost more than decoding the logs.
+                response = await self.w3.provider.make_request(
+                    RPCEndpoint("eth_getLogs"),
+                    [{"fromBlock": hex(start), "toBlock": hex(end), "address": self.decoder.addresses}],
+                )
+                if "error" in response:
+                    raise LogsFailed(f"eth_getLogs {start}..{end} failed: {response['error']}")
+                break
+            except (LogsFailed, OSError, TimeoutError) as exc:
+                if end == start:
+                    raise
+                end = start + (end - start) // 2
+                log.warning("log range halved", chain=self.label, start=start, end=end, error=str(exc))
         events = [e for e in map(self.decoder.decode, response["result"]) if e is not None]
         # Hashes only where a reorg can still reach (near the head), plus the page's last block
         # for the cursor: a catch-up over old blocks costs one header per page.

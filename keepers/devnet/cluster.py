@@ -75,8 +75,16 @@ class ChainEndpoint:
     native_token: str
 
 
-def write_config(path: Path, *, chains: list[ChainEndpoint], database: Path, block_time: float) -> None:
-    """One config file for every chain and keeper, as an operator would write it."""
+def write_config(
+    path: Path,
+    *,
+    chains: list[ChainEndpoint],
+    database: Path,
+    block_time: float,
+    params: dict[str, dict[str, int]] | None = None,
+) -> None:
+    """One config file for every chain and keeper, as an operator would write it. `params` adds
+    strategy parameters per keeper kind (the benchmarks raise `max_orders` with it)."""
     lines = [
         "# Written by `keepers devnet`: local chains, one key per keeper kind.",
         f'database_url = "sqlite:///{database}"',
@@ -114,7 +122,8 @@ def write_config(path: Path, *, chains: list[ChainEndpoint], database: Path, blo
                 f'signer = {{ env = "{_env_name(kind)}" }}',
             ]
             if kind != "oracle":
-                lines.append(f'params = {{ native_token = "{c.native_token}" }}')
+                extra = "".join(f", {k} = {v}" for k, v in (params or {}).get(kind, {}).items())
+                lines.append(f'params = {{ native_token = "{c.native_token}"{extra} }}')
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -16,15 +16,62 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import Engine, delete, func
+from sqlalchemy import Engine, Table, bindparam, delete, func, insert, text, update
+from sqlalchemy import select as core_select
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from keepers.ha.lease import Fence
 from keepers.store.engine import is_sqlite
 from keepers.store.tables import FreeNonce, NonceCounter, TxAttempt, TxRecord
 from keepers.tx.states import LIVE, PENDING, TxState, check_transition
+
+TX_RECORDS: Table = TxRecord.__table__  # type: ignore[attr-defined]
+COUNTERS: Table = NonceCounter.__table__  # type: ignore[attr-defined]
+FREE: Table = FreeNonce.__table__  # type: ignore[attr-defined]
+
+# The allocation's statements, built once (building a statement costs more than running it).
+# Bind names differ from column names: an INSERT or UPDATE reserves those for its own values.
+_IS_SIGNER = (COUNTERS.c.chain_id == bindparam("w_chain"), COUNTERS.c.signer == bindparam("w_signer"))
+_BY_KEY = core_select(TX_RECORDS).where(TX_RECORDS.c.idempotency_key == bindparam("key"))
+_COUNTER = core_select(COUNTERS.c.next_nonce).where(*_IS_SIGNER)
+_COUNTER_FOR_UPDATE = _COUNTER.with_for_update()
+_LOWEST_FREE = core_select(func.min(FREE.c.nonce)).where(
+    FREE.c.chain_id == bindparam("w_chain"), FREE.c.signer == bindparam("w_signer")
+)
+_TAKE_FREE = delete(FREE).where(
+    FREE.c.chain_id == bindparam("w_chain"), FREE.c.signer == bindparam("w_signer"),
+    FREE.c.nonce == bindparam("w_nonce"),
+)  # fmt: skip
+_BUMP = update(COUNTERS).where(*_IS_SIGNER).values(next_nonce=bindparam("w_next"))
+_RECORD_COLUMNS = (
+    "chain_id", "signer", "fence_token", "idempotency_key", "nonce", "state", "route", "to", "data", "value",
+    "gas_limit", "deadline_block", "reason", "created_at", "updated_at",
+)  # fmt: skip
+_INSERT = insert(TX_RECORDS).values({c: bindparam(c) for c in _RECORD_COLUMNS}).returning(TX_RECORDS.c.id)
+# PostgreSQL: the nonce taken and the record written in one statement (a data-modifying CTE),
+# in SQL text because SQLAlchemy folds the INSERT's parameters into a CTE UPDATE's SET.
+# PostgreSQL: after the lock, one statement takes the lowest freed nonce (or the counter's next),
+# writes the record and returns both; its snapshot starts after the lock was granted, so what it
+# reads of the freed nonces is current. SQL text: SQLAlchemy folds an INSERT's parameters into
+# a CTE UPDATE's SET clause.
+_ALLOCATE_PG = text("""
+WITH lowest AS (
+    SELECT min(nonce) AS nonce FROM freenonce WHERE chain_id = :w_chain AND signer = :w_signer
+), take AS (
+    DELETE FROM freenonce
+    WHERE chain_id = :w_chain AND signer = :w_signer AND nonce = (SELECT nonce FROM lowest)
+), bump AS (
+    UPDATE noncecounter SET next_nonce = next_nonce + 1
+    WHERE chain_id = :w_chain AND signer = :w_signer AND (SELECT nonce FROM lowest) IS NULL
+)
+INSERT INTO txrecord (chain_id, signer, fence_token, idempotency_key, nonce, state, route, "to", data,
+                      value, gas_limit, deadline_block, reason, created_at, updated_at)
+VALUES (:chain_id, :signer, :fence_token, :idempotency_key, COALESCE((SELECT nonce FROM lowest), :w_next),
+        :state, :route, :to, :data, :value, :gas_limit, :deadline_block, :reason, :created_at, :updated_at)
+RETURNING id, nonce""")
 
 #: A receipt lookup for reconciliation: tx hash -> block number, or None if not mined.
 ReceiptLookup = Callable[[str], int | None]
@@ -101,50 +148,57 @@ class NonceManager:
     # -------------------------------------------------------------- allocation
 
     def allocate(self, intent: Intent) -> TxRecord:
-        """A record holding a nonce for `intent`; the same record again for a known key."""
-        with Session(self.engine) as session, session.begin():
-            counter = self._locked(session)
-            existing = session.exec(
-                select(TxRecord).where(TxRecord.idempotency_key == intent.idempotency_key)
-            ).first()
-            if existing is not None:
-                session.expunge(existing)
-                return existing
-            token = self._fenced(session)
-            nonce = self._take_nonce(session, counter)
-            record = TxRecord(
-                fence_token=token,
-                idempotency_key=intent.idempotency_key,
-                chain_id=self.chain_id,
-                signer=self.signer,
-                nonce=nonce,
-                state=TxState.UNSTARTED,
-                route=intent.route,
-                to=intent.to,
-                data=intent.data,
-                value=intent.value,
-                gas_limit=intent.gas_limit,
-                deadline_block=intent.deadline_block,
-            )
-            session.add(record)
-            session.flush()
-            session.expunge(record)
-            return record
+        """A record holding a nonce for `intent`; the same record again for a known key.
 
-    def _take_nonce(self, session: Session, counter: NonceCounter) -> int:
-        free = session.exec(
-            select(FreeNonce)
-            .where(FreeNonce.chain_id == self.chain_id, FreeNonce.signer == self.signer)
-            .order_by(FreeNonce.nonce)  # type: ignore[arg-type]
-            .limit(1)
-        ).first()
-        if free is not None:
-            session.delete(free)
-            return free.nonce
-        nonce = counter.next_nonce
-        counter.next_nonce = nonce + 1
-        session.add(counter)
-        return nonce
+        The hot path of every submission, so it is Core SQL, not the ORM, and few round trips
+        run under the counter lock: the lock, one statement that takes the nonce and writes the
+        record (three on SQLite), the commit. A
+        known key is answered before the lock is taken; two racing allocations of one key meet
+        the unique index and the loser returns the winner's.
+        """
+        pg = not is_sqlite(self.engine)
+        key = {"w_chain": self.chain_id, "w_signer": self.signer}
+        try:
+            with Session(self.engine) as session, session.begin():
+                known = self._by_key(session, intent.idempotency_key)
+                if known is not None:
+                    return known
+                next_nonce = session.execute(_COUNTER_FOR_UPDATE if pg else _COUNTER, key).scalar()
+                if next_nonce is None:
+                    next_nonce = self._locked(session).next_nonce  # creates the row (and locks it)
+                token = self._fenced(session)
+                now = dt.datetime.now(dt.UTC)
+                values: dict[str, Any] = {
+                    "chain_id": self.chain_id, "signer": self.signer, "fence_token": token,
+                    "idempotency_key": intent.idempotency_key, "nonce": next_nonce,
+                    "state": TxState.UNSTARTED.value, "route": intent.route, "to": intent.to,
+                    "data": intent.data, "value": intent.value, "gas_limit": intent.gas_limit,
+                    "deadline_block": intent.deadline_block, "reason": "", "created_at": now,
+                    "updated_at": now,
+                }  # fmt: skip
+                params = {**values, **key, "value": str(intent.value), "w_next": next_nonce}
+                if pg:
+                    values["id"], values["nonce"] = session.execute(_ALLOCATE_PG, params).one()
+                else:
+                    lowest = session.execute(_LOWEST_FREE, key).scalar()
+                    if lowest is not None:
+                        params["nonce"] = values["nonce"] = params["w_nonce"] = lowest
+                        session.execute(_TAKE_FREE, params)
+                    else:
+                        session.execute(_BUMP, {**key, "w_next": next_nonce + 1})
+                    values["id"] = session.execute(_INSERT, params).scalar_one()
+                return TxRecord(**values)
+        except IntegrityError:
+            with Session(self.engine) as session:
+                known = self._by_key(session, intent.idempotency_key)
+            if known is None:
+                raise
+            return known
+
+    @staticmethod
+    def _by_key(session: Session, key: str) -> TxRecord | None:
+        row = session.execute(_BY_KEY, {"key": key}).mappings().first()
+        return TxRecord(**row) if row is not None else None
 
     # ------------------------------------------------------------- transitions
 

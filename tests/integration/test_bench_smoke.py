@@ -27,10 +27,11 @@ def test_gas_bench_runs_and_writes_both_sides(tmp_path):
     assert "| operation | ours | Uniswap V2 |" in (tmp_path / "gas.md").read_text()
 
 
-def test_nonce_and_catchup_benches_run_at_smoke_size(tmp_path):
+def test_nonce_catchup_and_capacity_benches_run_at_smoke_size(tmp_path):
     for args in (
         ["bench.nonces", "--processes", "2", "--per-process", "20"],
-        ["bench.catchup", "--orders", "60"],
+        ["bench.catchup", "--open", "60", "--cancelled", "20", "--idle-blocks", "2"],
+        ["bench.capacity", "--orders", "30", "--max-orders", "10"],
     ):
         proc = subprocess.run(
             [sys.executable, "-m", *args, "--results-dir", str(tmp_path)],
@@ -42,8 +43,15 @@ def test_nonce_and_catchup_benches_run_at_smoke_size(tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
     nonces = json.loads((tmp_path / "nonces.json").read_text())
     assert all(r["duplicates"] == 0 and r["gaps_after_fill"] == 0 for r in nonces["rows"])
-    catchup = json.loads((tmp_path / "catchup.json").read_text())
-    assert catchup["rows"][0]["events_applied"] >= 60
+    (catchup,) = json.loads((tmp_path / "catchup.json").read_text())["rows"]
+    assert catchup["events_applied"] >= 100, "60 placed, 20 placed and cancelled"
+    assert catchup["first_fill_seconds"] > 0
+    assert catchup["keeper_rss_mb"] > 0
+    assert catchup["idle_blocks"] >= 2
+    (capacity,) = json.loads((tmp_path / "capacity.json").read_text())["rows"]
+    assert capacity["filled"] == 30, "the keeper drained the book"
+    assert 0 < capacity["most_in_one_block"] <= 10, "never more than the batch cap"
+    assert capacity["gas_per_fill_at_most"] > 0
 
 
 def test_fill_rate_bench_runs_the_devnet_at_smoke_size(tmp_path):
