@@ -15,7 +15,7 @@ import time
 RUNS: dict[str, list[str]] = {
     "gas": [],
     "nonces": [],
-    "catchup": ["--open", "100000", "--cancelled", "50000", "--idle-blocks", "30"],
+    "catchup": ["--open", "100000", "--cancelled", "50000", "--idle-blocks", "20"],
     "capacity": ["--orders", "2000", "--max-orders", "40,500", "--block-time", "1"],
     "reaction": ["--open", "1000,10000,100000", "--crossing", "1,10,50", "--blocks", "200"],
     "fillrate": ["--blocks", "300", "--orders-per-block", "7", "--block-times", "1,0.25"],

@@ -10,7 +10,10 @@ in ten days, icebergs at ten times the price.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from eth_account import Account
@@ -18,8 +21,8 @@ from web3 import Web3
 from web3.contract import Contract
 
 from keepers.devnet.anvil import Anvil, anvil_key
-from keepers.devnet.cluster import ACCOUNTS
-from keepers.devnet.deploy import Deployment, Sender, bind, deploy_platform
+from keepers.devnet.cluster import ACCOUNTS, CHAINS, ChainEndpoint, Cluster, write_config
+from keepers.devnet.deploy import Deployment, Sender, bind, deploy_platform, write_deployment
 
 PER_TX = 1000
 #: anvil's block gas limit for these chains: a 1000-order transaction uses ~100M gas.
@@ -139,3 +142,25 @@ def _first_order_id(receipt: Any) -> int:
         if log["topics"] and log["topics"][0] == _PLACED:
             return int.from_bytes(log["topics"][1], "big")
     raise RuntimeError("the bulk placement emitted no OrderPlaced")
+
+
+@contextmanager
+def behind_relay(
+    book: Book, work: Path, block_time: float, params: dict[str, dict[str, int]] | None = None
+) -> Iterator[tuple[Cluster, str, Path]]:
+    """The local relay in front of the book's chain (which stops automining) and a keepers
+    config for it, as the devnet writes one: (cluster to start keepers in, relay URL, config)."""
+    cluster = Cluster(work)
+    try:
+        book.hand_to_relay()
+        relay = cluster.start_relay(book.anvil.url, block_time)
+        deployment = work / "deployment.json"
+        write_deployment(book.dep, deployment)
+        config = work / "keepers.toml"
+        endpoint = ChainEndpoint(CHAINS[0], relay, deployment, book.dep.tokens["WETH"])
+        write_config(
+            config, chains=[endpoint], database=work / "k.sqlite", block_time=block_time, params=params
+        )
+        yield cluster, relay, config
+    finally:
+        cluster.stop()

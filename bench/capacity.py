@@ -22,10 +22,8 @@ from typing import Any
 
 from web3 import Web3
 
-from bench.book import Book
+from bench.book import Book, behind_relay
 from bench.common import RESULTS, machine, write_results
-from keepers.devnet.cluster import CHAINS, ChainEndpoint, Cluster, write_config
-from keepers.devnet.deploy import write_deployment
 
 BLOCK_GAS = 30_000_000
 #: OrderFilled(uint256,address,uint256,uint256,uint256,uint256)
@@ -42,29 +40,18 @@ def drain(orders: int, max_orders: int, block_time: float) -> dict[str, Any]:
         for i in range(0, orders, 1000):
             book.place(terms, min(1000, orders - i))
         book.set_gas_limit(BLOCK_GAS)
-        book.hand_to_relay()
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            cluster = Cluster(work)
-            try:
-                relay = cluster.start_relay(book.anvil.url, block_time)
-                w3 = Web3(Web3.HTTPProvider(relay, request_kwargs={"timeout": 60}))
-                deployment = work / "deployment.json"
-                write_deployment(book.dep, deployment)
-                config = work / "keepers.toml"
-                endpoint = ChainEndpoint(CHAINS[0], relay, deployment, book.dep.tokens["WETH"])
-                write_config(config, chains=[endpoint], database=work / "k.sqlite", block_time=block_time,
-                             params={"limit-stop": {"max_orders": max_orders}})  # fmt: skip
-                start_block = int(w3.eth.block_number)
-                cluster.start_keepers(config, ["limit-stop"])
-                proc = cluster.keepers["limit-stop"]
-                deadline = time.monotonic() + 60 + 5 * orders / max_orders * block_time
-                logs: list[dict[str, Any]] = []
-                while len(logs) < orders and proc.alive() and time.monotonic() < deadline:
-                    time.sleep(max(block_time, 0.5))
-                    logs = _fill_logs(w3, book.dep.order_book, start_block)
-            finally:
-                cluster.stop()
+        caps = {"limit-stop": {"max_orders": max_orders}}
+        with tempfile.TemporaryDirectory() as tmp, behind_relay(book, Path(tmp), block_time, caps) as running:
+            cluster, relay, config = running
+            w3 = Web3(Web3.HTTPProvider(relay, request_kwargs={"timeout": 60}))
+            start_block = int(w3.eth.block_number)
+            cluster.start_keepers(config, ["limit-stop"])
+            proc = cluster.keepers["limit-stop"]
+            deadline = time.monotonic() + 60 + 5 * orders / max_orders * block_time
+            logs: list[dict[str, Any]] = []
+            while len(logs) < orders and proc.alive() and time.monotonic() < deadline:
+                time.sleep(max(block_time, 0.5))
+                logs = _fill_logs(w3, book.dep.order_book, start_block)
         per_block = Counter(int(lg["blockNumber"], 16) for lg in logs)
         gas_by_block: Counter[int] = Counter()
         for tx_hash in {lg["transactionHash"] for lg in logs}:

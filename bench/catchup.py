@@ -8,7 +8,7 @@
    catch-up included), its resident memory with the open book loaded, and its CPU seconds
    per idle block over `--idle-blocks` blocks.
 
-python -m bench.catchup [--open 100000] [--cancelled 50000] [--idle-blocks 30]
+python -m bench.catchup [--open 100000] [--cancelled 50000] [--idle-blocks 20] [--block-time 5]
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ import anyio
 from eth_account import Account
 from web3 import AsyncWeb3, Web3
 
-from bench.book import Book
+from bench.book import Book, behind_relay
 from bench.common import RESULTS, machine, write_results
 from keepers.chain.follower import ChainFollower
 from keepers.chain.http import SessionHTTPProvider
 from keepers.devnet.anvil import anvil_key
-from keepers.devnet.cluster import CHAINS, ChainEndpoint, Cluster, write_config
-from keepers.devnet.deploy import bind, write_deployment
+from keepers.devnet.deploy import bind
 from keepers.runtime import ContractAddresses, event_decoder
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
@@ -38,7 +37,11 @@ from keepers.store.migrations import migrate
 FLOOR_EVENTS_PER_S = 20_000
 FLOOR_RSS_MB = 300
 TRADER_KEY = 5
-BLOCK_TIME = 0.5
+#: Seconds between the relay's blocks. Long, because the local relay simulates a bundle by
+#: snapshotting anvil, which copies its whole state: about 1.5 s with a 150k-order book, so
+#: at shorter blocks the simulation itself made every bundle late (a local relay's cost: a
+#: real builder does not copy its state per simulation).
+BLOCK_TIME = 5.0
 
 
 def catch_up(book: Book, url: str) -> dict[str, Any]:
@@ -90,47 +93,37 @@ def _proc_stat(pid: int) -> tuple[float, float]:
     return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks
 
 
-def keeper_footprint(book: Book, idle_blocks: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        cluster = Cluster(work)
-        try:
-            book.hand_to_relay()
-            relay = cluster.start_relay(book.anvil.url, BLOCK_TIME)
-            rw3 = Web3(Web3.HTTPProvider(relay))
-            deployment = work / "deployment.json"
-            write_deployment(book.dep, deployment)
-            config = work / "keepers.toml"
-            endpoint = ChainEndpoint(CHAINS[0], relay, deployment, book.dep.tokens["WETH"])
-            write_config(config, chains=[endpoint], database=work / "k.sqlite", block_time=BLOCK_TIME)
-            order_id = _place_executable(rw3, book)
-            ob = bind(rw3, "OrderBook", book.dep.order_book)
-            deadline = time.monotonic() + 30
-            while int(ob.functions.getOrder(order_id).call()[1]) == 0:  # not mined yet
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the executable order was not placed")
-                time.sleep(0.05)
-            t0 = time.monotonic()
-            cluster.start_keepers(config, ["limit-stop"])
-            proc = cluster.keepers["limit-stop"]
-            while int(ob.functions.getOrder(order_id).call()[1]) != 0:  # remaining
-                if not proc.alive() or time.monotonic() - t0 > 1800:
-                    tail = proc.log.read_text()[-3000:] if proc.log else ""
-                    raise RuntimeError(f"no fill; the keeper's log ends:\n{tail}")
-                time.sleep(0.05)
-            first_fill = time.monotonic() - t0
-            head = rw3.eth.block_number
-            while rw3.eth.block_number < head + 3:  # let the fill's bookkeeping settle
-                time.sleep(0.1)
-            _rss, cpu0 = _proc_stat(proc.popen.pid)
-            start = rw3.eth.block_number
-            while rw3.eth.block_number < start + idle_blocks:
-                time.sleep(0.1)
-            rss, cpu1 = _proc_stat(proc.popen.pid)
-            blocks = rw3.eth.block_number - start
-        finally:
-            cluster.stop()
+def keeper_footprint(book: Book, idle_blocks: int, block_time: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp, behind_relay(book, Path(tmp), block_time) as running:
+        cluster, relay, config = running
+        rw3 = Web3(Web3.HTTPProvider(relay))
+        order_id = _place_executable(rw3, book)
+        ob = bind(rw3, "OrderBook", book.dep.order_book)
+        deadline = time.monotonic() + 30
+        while int(ob.functions.getOrder(order_id).call()[1]) == 0:  # not mined yet
+            if time.monotonic() > deadline:
+                raise RuntimeError("the executable order was not placed")
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        cluster.start_keepers(config, ["limit-stop"])
+        proc = cluster.keepers["limit-stop"]
+        while int(ob.functions.getOrder(order_id).call()[1]) != 0:  # remaining
+            if not proc.alive() or time.monotonic() - t0 > 600:
+                tail = proc.log.read_text()[-3000:] if proc.log else ""
+                raise RuntimeError(f"no fill; the keeper's log ends:\n{tail}")
+            time.sleep(0.05)
+        first_fill = time.monotonic() - t0
+        head = rw3.eth.block_number
+        while rw3.eth.block_number < head + 3:  # let the fill's bookkeeping settle
+            time.sleep(0.1)
+        _rss, cpu0 = _proc_stat(proc.popen.pid)
+        start = rw3.eth.block_number
+        while rw3.eth.block_number < start + idle_blocks:
+            time.sleep(0.1)
+        rss, cpu1 = _proc_stat(proc.popen.pid)
+        blocks = rw3.eth.block_number - start
     return {
+        "block_time_s": block_time,
         "first_fill_seconds": round(first_fill, 1),
         "keeper_rss_mb": round(rss),
         "idle_blocks": blocks,
@@ -138,14 +131,14 @@ def keeper_footprint(book: Book, idle_blocks: int) -> dict[str, Any]:
     }
 
 
-def run(open_orders: int, cancelled: int, idle_blocks: int) -> dict[str, Any]:
+def run(open_orders: int, cancelled: int, idle_blocks: int, block_time: float) -> dict[str, Any]:
     book = Book(open_orders, cancelled)
     try:
         row: dict[str, Any] = {"open_orders": open_orders, "order_events": book.events,
                                "chain_build_seconds": round(book.setup_seconds, 1)}  # fmt: skip
         with tempfile.TemporaryDirectory() as d:
             row.update(catch_up(book, f"sqlite:///{d}/c.sqlite"))
-        row.update(keeper_footprint(book, idle_blocks))
+        row.update(keeper_footprint(book, idle_blocks, block_time))
     finally:
         book.stop()
     return row
@@ -155,14 +148,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--open", type=int, default=100_000, help="resting orders left open")
     parser.add_argument("--cancelled", type=int, default=50_000, help="orders placed, then cancelled")
-    parser.add_argument("--idle-blocks", type=int, default=30)
+    parser.add_argument("--idle-blocks", type=int, default=20)
+    parser.add_argument("--block-time", type=float, default=BLOCK_TIME)
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
-    row = run(args.open, args.cancelled, args.idle_blocks)
+    row = run(args.open, args.cancelled, args.idle_blocks, args.block_time)
     m = machine()
-    cmd = f"./dev bench catchup --open {args.open} --cancelled {args.cancelled} --idle-blocks {args.idle_blocks}"  # noqa: E501
+    cmd = (
+        f"./dev bench catchup --open {args.open} --cancelled {args.cancelled} "
+        f"--idle-blocks {args.idle_blocks} --block-time {args.block_time}"
+    )
     md = (
-        f"Catch-up, first fill, memory and CPU, {m['date']}, {m['cores']} cores, SQLite.\n"
+        f"Catch-up, first fill, memory and CPU, {m['date']}, {m['cores']} cores, SQLite, "
+        f"relay blocks every {args.block_time} s.\n"
         f"Command: `{cmd}`.\n\n"
         "| order events | open orders | events/s (floor 20,000) | first fill after start | "
         "keeper RSS (floor 300 MB) | CPU per idle block |\n"

@@ -53,6 +53,8 @@ class ChainEvent(SQLModel, table=True):
 class Order(SQLModel, table=True):
     """An OrderBook order as the events describe it."""
 
+    __table_args__ = (Index("ix_order_chain_updated", "chain_id", "updated_block"),)
+
     chain_id: int = Field(primary_key=True)
     order_id: int = Field(primary_key=True)
     book: str

@@ -30,8 +30,8 @@ def test_gas_bench_runs_and_writes_both_sides(tmp_path):
 def test_nonce_catchup_and_capacity_benches_run_at_smoke_size(tmp_path):
     for args in (
         ["bench.nonces", "--processes", "2", "--per-process", "20"],
-        ["bench.catchup", "--open", "60", "--cancelled", "20", "--idle-blocks", "2"],
-        ["bench.capacity", "--orders", "30", "--max-orders", "10"],
+        ["bench.catchup", "--open", "60", "--cancelled", "20", "--idle-blocks", "2", "--block-time", "1"],
+        ["bench.capacity", "--orders", "30", "--max-orders", "10", "--block-time", "1"],
     ):
         proc = subprocess.run(
             [sys.executable, "-m", *args, "--results-dir", str(tmp_path)],

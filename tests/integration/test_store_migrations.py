@@ -23,11 +23,11 @@ def test_a_version_one_database_gains_the_ledger_and_reorg_marker(db_url: str):
         conn.execute(text("DELETE FROM schemaversion WHERE version > 1"))
     assert current_version(engine) == 1
 
-    assert migrate(engine) == [2, 3]
+    assert migrate(engine) == [2, 3, 4]
     insp = inspect(engine)
     assert "actionledger" in insp.get_table_names()
     assert "reorged_block" in {c["name"] for c in insp.get_columns("order")}
-    assert current_version(engine) == 3
+    assert current_version(engine) == 4
 
 
 def test_a_version_two_database_gains_leases_and_fence_tokens(db_url: str):
@@ -37,7 +37,18 @@ def test_a_version_two_database_gains_leases_and_fence_tokens(db_url: str):
         conn.execute(text("DROP TABLE lease"))
         conn.execute(text("ALTER TABLE txrecord DROP COLUMN fence_token"))
         conn.execute(text("DELETE FROM schemaversion WHERE version > 2"))
-    assert migrate(engine) == [3]
+    assert migrate(engine) == [3, 4]
     insp = inspect(engine)
     assert "lease" in insp.get_table_names()
     assert "fence_token" in {c["name"] for c in insp.get_columns("txrecord")}
+
+
+def test_a_version_three_database_gains_the_order_delta_index(db_url: str):
+    engine = make_engine(db_url)
+    migrate(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_order_chain_updated"))
+        conn.execute(text("DELETE FROM schemaversion WHERE version > 3"))
+    assert "ix_order_chain_updated" not in {i["name"] for i in inspect(engine).get_indexes("order")}
+    assert migrate(engine) == [4]
+    assert "ix_order_chain_updated" in {i["name"] for i in inspect(engine).get_indexes("order")}
