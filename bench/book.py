@@ -103,7 +103,8 @@ class Book:
 
     def place(self, terms: tuple[int, ...], count: int) -> int:
         """Places `count` orders with `terms` (PlaceParams) in one transaction; returns the first id."""
-        receipt = self._send(self.placer.address, self.placer.encode_abi("place", [terms, count]), count)
+        call = bind(self.w3, "OrderBook", self.dep.order_book).encode_abi("placeOrder", [terms])
+        receipt = self._send(self.placer.address, self.placer.encode_abi("place", [call, count]), count)
         return _first_order_id(receipt)
 
     def set_gas_limit(self, gas: int) -> None:

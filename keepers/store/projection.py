@@ -85,8 +85,7 @@ class _Rows:
         wanted = sorted(k for k in keys if k not in self.rows)
         cols = [self.table.c[c] for c in self.pk]
         for part in _chunks(wanted):
-            cond = cols[0].in_([k[0] for k in part]) if len(cols) == 1 else tuple_(*cols).in_(part)
-            for row in session.execute(select(self.table).where(cond)).mappings():
+            for row in session.execute(select(self.table).where(tuple_(*cols).in_(part))).mappings():
                 k = tuple(row[c] for c in self.pk)
                 self.rows[k] = dict(row)
                 self.stored.add(k)
