@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -127,10 +128,11 @@ class ChainFollower:
             end = page.end
             nxt = (end + 1, min(end + span, head)) if end < head else None
             box: dict[str, Any] = {}
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._commit_into, box, page)
-                if nxt is not None:
-                    tg.start_soon(self._fetch_into, box, nxt, head)
+            with _unwrapped():
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._commit_into, box, page)
+                    if nxt is not None:
+                        tg.start_soon(self._fetch_into, box, nxt, head)
             result.applied += box["applied"]
             done = end
             page = box.get("page")
@@ -196,9 +198,10 @@ class ChainFollower:
                 raise _Retry(f"block {n} is not there (yet): {response.get('error')}")
             out[i] = _Header(int(block["number"], 16), block["hash"], block["parentHash"])
 
-        async with anyio.create_task_group() as tg:
-            for i, n in enumerate(numbers):
-                tg.start_soon(one, i, n)
+        with _unwrapped():
+            async with anyio.create_task_group() as tg:
+                for i, n in enumerate(numbers):
+                    tg.start_soon(one, i, n)
         return [h for h in out if h is not None]
 
     def _commit(self, events: list[Event], headers: list[_Header], end: int) -> int:
@@ -302,6 +305,19 @@ class ChainFollower:
 
 class _Retry(RuntimeError):
     pass
+
+
+@contextmanager
+def _unwrapped() -> Iterator[None]:
+    """Re-raises a task group's failure as the exception itself when its tasks failed alike
+    (several headers missing, say): callers catch _Retry and the RPC errors by type, and anyio
+    wraps even a single one in an ExceptionGroup."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len({type(e) for e in group.exceptions}) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 class _Header(NamedTuple):

@@ -168,3 +168,15 @@ def test_reorg_rolls_back_and_applies_the_new_branch(chain, tmp_path, depth: int
     # The new order took the id the first orphan had: the projection follows the chain, not history.
     assert min(orphaned) in orders
     assert orders[min(orphaned)] == 55 * 10**18
+
+
+def test_a_block_the_node_does_not_have_is_a_retry_not_a_crash(chain, tmp_path):
+    """Headers are read in a task group; the _Retry that a block past the node's head raises
+    must reach the follower's loop as itself, not wrapped in an ExceptionGroup."""
+    from keepers.chain.follower import _Retry
+
+    anvil, dep = chain
+    follower = _follower(anvil.url, dep, f"sqlite:///{tmp_path / 's.sqlite'}")
+    head = Web3(Web3.HTTPProvider(anvil.url)).eth.block_number
+    with pytest.raises(_Retry, match=r"block \d+ is not there"):
+        anyio.run(follower._headers, range(head, head + 3))
