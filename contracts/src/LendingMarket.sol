@@ -6,13 +6,16 @@ import {IERC20Metadata} from "@openzeppelin/contracts/token/ERC20/extensions/IER
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IPriceOracle} from "./interfaces/IPriceOracle.sol";
 
 /// @title LendingMarket
 /// @notice One collateral token, one debt token. Lenders supply the debt token for shares;
 /// borrowers post collateral and borrow against its oracle value. A position whose health
 /// factor falls below 1 can be liquidated up to the close factor for a bonus; debt left
-/// without collateral is written off as bad debt, borne by lenders and recorded.
+/// without collateral is written off as bad debt, borne by lenders and recorded. Collateral
+/// worth less than one whole debt token cannot pay for another liquidation: a liquidation
+/// that would leave that little takes it all, and the debt it cannot cover is written off.
 /// @dev All parameters are immutable: no admin can change the terms of open positions.
 contract LendingMarket is ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
@@ -132,7 +135,8 @@ contract LendingMarket is ReentrancyGuardTransient {
     /// @notice Posts collateral.
     function depositCollateral(uint256 amount) external nonReentrant {
         if (amount == 0) revert ZeroAmount();
-        _positions[msg.sender].collateral += uint128(amount);
+        Position storage pos = _positions[msg.sender];
+        pos.collateral = SafeCast.toUint128(pos.collateral + amount);
         collateralToken.safeTransferFrom(msg.sender, address(this), amount);
         emit CollateralDeposited(msg.sender, amount);
     }
@@ -153,7 +157,8 @@ contract LendingMarket is ReentrancyGuardTransient {
         if (amount == 0) revert ZeroAmount();
         accrue();
         if (amount > cash) revert InsufficientCash(amount, cash);
-        _positions[msg.sender].debtScaled += uint128(Math.mulDiv(amount, WAD, borrowIndex, Math.Rounding.Ceil));
+        Position storage pos = _positions[msg.sender];
+        pos.debtScaled = SafeCast.toUint128(pos.debtScaled + Math.mulDiv(amount, WAD, borrowIndex, Math.Rounding.Ceil));
         totalBorrows += amount;
         cash -= amount;
         _checkBorrowLimit(msg.sender);
@@ -192,20 +197,29 @@ contract LendingMarket is ReentrancyGuardTransient {
         Position storage pos = _positions[borrower];
         uint256 collateral = pos.collateral;
 
-        repaid = Math.min(repayAmount, (debt * closeFactorBps) / BPS);
+        // A debt too small for the close factor to leave anything may be repaid whole.
+        uint256 cap = (debt * closeFactorBps) / BPS;
+        repaid = Math.min(repayAmount, cap == 0 ? debt : cap);
         if (repaid == 0) revert ZeroAmount();
         (uint256 pColl, uint256 pDebt) = _prices();
         seized = _collateralFor(repaid, pColl, pDebt);
-        if (seized > collateral) {
-            // Underwater: everything goes, and the repayment shrinks to what it buys.
+        if (seized >= collateral) {
+            // Underwater: everything goes, and the repayment shrinks to what it buys (possibly
+            // nothing, for dust: the write-off below still happens).
             seized = collateral;
-            repaid = Math.mulDiv(
-                Math.mulDiv(collateral, pColl * _debtUnit, pDebt * _collateralUnit), BPS, BPS + liquidationBonusBps
+            repaid = Math.min(
+                repaid,
+                Math.mulDiv(
+                    Math.mulDiv(collateral, pColl * _debtUnit, pDebt * _collateralUnit), BPS, BPS + liquidationBonusBps
+                )
             );
-            if (repaid == 0) revert ZeroAmount();
+        } else if (Math.mulDiv(collateral - seized, pColl * _debtUnit, pDebt * _collateralUnit) < _debtUnit) {
+            // What would be left is dust: it goes with this liquidation.
+            seized = collateral;
         }
+        if (seized == 0) revert ZeroAmount();
         pos.collateral = uint128(collateral - seized);
-        _reduceDebt(borrower, repaid, debt);
+        if (repaid != 0) _reduceDebt(borrower, repaid, debt);
         if (collateral == seized) {
             uint256 left = debtOf(borrower);
             if (left != 0) {

@@ -13,7 +13,12 @@ import {ILiquidityPool} from "./interfaces/ILiquidityPool.sol";
 /// @notice Constant-product AMM (x * y = k) with LP shares, a volatility-driven
 /// dynamic fee, wrapping price accumulators for TWAP reads, and V2-style flash swaps.
 /// @dev Storage is packed so a swap touches two slots (V2 touches four and an SSTORE lock):
-///   slot A: reserve0 (104) | reserve1 (104) | blockTimestampLast (32) | volatility (16)
+///   slot A: reserve0 (104) | reserve1 (104) | blockTimestampLast (32) | displacement (int16)
+/// Volatility is the net displacement of the price from a lagging reference, in basis
+/// points: each price move adds to it with its sign (so flow back and forth cancels instead
+/// of adding up), and it halves at every multiple of the half-life on the clock (so how
+/// often the pool is touched cannot slow or speed the decay: the halvings between any two
+/// times are the same whatever happened in between).
 ///   slot B: price0Cumulative (128) | price1Cumulative (128)
 /// Accumulators hold UQ64.64 prices times seconds and wrap by design, like Uniswap V2's:
 /// readers take differences, which stay exact while avg price * window < 2^64.
@@ -24,7 +29,7 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
     /// @notice Fees are in pips: 1_000_000 = 100%.
     uint256 public constant FEE_DENOMINATOR = 1_000_000;
     uint256 private constant MAX_RESERVE = type(uint104).max;
-    uint256 private constant MAX_VOLATILITY = type(uint16).max;
+    int256 private constant MAX_DISPLACEMENT = type(int16).max;
     address private constant DEAD = 0x000000000000000000000000000000000000dEaD;
 
     address public immutable token0;
@@ -105,10 +110,9 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
         blockTimestampLast = uint32(a >> 208);
     }
 
-    /// @notice Recent volatility in basis points, decayed to now.
+    /// @notice Recent volatility in basis points (the net displacement's size), decayed to now.
     function volatility() public view returns (uint256) {
-        uint256 a = _slotA;
-        return _decayed(uint16(a >> 240), uint32(a >> 208));
+        return _abs(_displacement(_slotA));
     }
 
     /// @notice The fee a swap pays now, in pips.
@@ -175,7 +179,7 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
         }
         if (liquidity == 0) revert InsufficientLiquidityMinted();
         _mint(to, liquidity);
-        _update(balance0, balance1, r0, r1, volatility());
+        _update(balance0, balance1, r0, r1, _displacement(_slotA));
         emit Mint(msg.sender, to, amount0, amount1, liquidity);
         emit Sync(balance0, balance1);
     }
@@ -196,7 +200,7 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
         IERC20(token1).safeTransfer(to, amount1);
         balance0 = IERC20(token0).balanceOf(address(this));
         balance1 = IERC20(token1).balanceOf(address(this));
-        _update(balance0, balance1, r0, r1, volatility());
+        _update(balance0, balance1, r0, r1, _displacement(_slotA));
         emit Burn(msg.sender, to, amount0, amount1, liquidity);
         emit Sync(balance0, balance1);
     }
@@ -235,14 +239,14 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
         if (amount0In == 0 && amount1In == 0) revert InsufficientInputAmount();
 
         // The fee is set by volatility before this swap, so quotes made in advance hold.
-        uint256 vol = _decayed(uint16(a >> 240), uint32(a >> 208));
-        uint256 fee = _fee(vol);
+        int256 x = _displacement(a);
+        uint256 fee = _fee(_abs(x));
         {
             uint256 adjusted0 = balance0 * FEE_DENOMINATOR - amount0In * fee;
             uint256 adjusted1 = balance1 * FEE_DENOMINATOR - amount1In * fee;
             if (adjusted0 * adjusted1 < r0 * r1 * (FEE_DENOMINATOR * FEE_DENOMINATOR)) revert InvariantViolated();
         }
-        _update(balance0, balance1, r0, r1, vol + _moveBps(r0, r1, balance0, balance1));
+        _update(balance0, balance1, r0, r1, x);
         emit Swap(msg.sender, to, amount0In, amount1In, amount0Out, amount1Out, balance0, balance1, fee);
     }
 
@@ -251,7 +255,7 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
         uint256 balance0 = IERC20(token0).balanceOf(address(this));
         uint256 balance1 = IERC20(token1).balanceOf(address(this));
         (uint256 r0, uint256 r1,) = getReserves();
-        _update(balance0, balance1, r0, r1, volatility());
+        _update(balance0, balance1, r0, r1, _displacement(_slotA));
         emit Sync(balance0, balance1);
     }
 
@@ -268,22 +272,39 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
         return fee > maxFee ? maxFee : fee;
     }
 
-    function _decayed(uint256 vol, uint32 last) private view returns (uint256) {
-        uint256 halvings = (uint32(block.timestamp) - last) / volatilityHalfLife;
-        return halvings >= 16 ? 0 : vol >> halvings;
+    /// @dev The stored displacement decayed to now: halved once per multiple of the half-life
+    /// passed on the clock since the last write (toward zero, keeping its sign).
+    function _displacement(uint256 a) private view returns (int256) {
+        int256 x = int16(uint16(a >> 240));
+        uint256 last = uint32(a >> 208);
+        uint256 nowTs = uint32(block.timestamp);
+        uint256 h = volatilityHalfLife;
+        // A clock that wrapped (2106) counts as long ago.
+        uint256 halvings = nowTs >= last ? nowTs / h - last / h : 16;
+        if (halvings >= 16) return 0;
+        return x >= 0 ? int256(uint256(x) >> halvings) : -int256(uint256(-x) >> halvings);
     }
 
-    /// @dev |p' - p| / p in basis points, p = r1 / r0, capped to fit the packed field.
-    function _moveBps(uint256 r0, uint256 r1, uint256 b0, uint256 b1) private pure returns (uint256) {
+    function _abs(int256 x) private pure returns (uint256) {
+        return uint256(x >= 0 ? x : -x);
+    }
+
+    /// @dev Signed move of p = r1 / r0 in basis points, measured against the midpoint of the
+    /// two prices, so a move and its exact reverse are equal and opposite (they cancel).
+    function _moveBps(uint256 r0, uint256 r1, uint256 b0, uint256 b1) private pure returns (int256) {
         uint256 before = r1 * b0;
-        if (before == 0) return 0;
         uint256 afterMove = b1 * r0;
+        uint256 sum = before + afterMove;
+        if (before == 0 || afterMove == 0) return 0;
         uint256 diff = afterMove > before ? afterMove - before : before - afterMove;
-        uint256 bps = (diff * 10_000) / before;
-        return bps > MAX_VOLATILITY ? MAX_VOLATILITY : bps;
+        // diff < 2^208 and sum >= diff, so the quotient is at most 20_000.
+        int256 bps = int256((diff * 20_000) / sum);
+        return afterMove > before ? bps : -bps;
     }
 
-    function _update(uint256 balance0, uint256 balance1, uint256 r0, uint256 r1, uint256 vol) private {
+    /// @dev Writes the new reserves, advances the accumulators, and adds this update's price
+    /// move to the (already decayed) displacement `x`.
+    function _update(uint256 balance0, uint256 balance1, uint256 r0, uint256 r1, int256 x) private {
         if (balance0 > MAX_RESERVE || balance1 > MAX_RESERVE) revert ReserveOverflow();
         uint32 last = uint32(_slotA >> 208);
         uint32 nowTs = uint32(block.timestamp);
@@ -296,7 +317,9 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
                 _slotB = uint256(c0) | (uint256(c1) << 128);
             }
         }
-        if (vol > MAX_VOLATILITY) vol = MAX_VOLATILITY;
-        _slotA = balance0 | (balance1 << 104) | (uint256(nowTs) << 208) | (vol << 240);
+        x += _moveBps(r0, r1, balance0, balance1);
+        if (x > MAX_DISPLACEMENT) x = MAX_DISPLACEMENT;
+        else if (x < -MAX_DISPLACEMENT) x = -MAX_DISPLACEMENT;
+        _slotA = balance0 | (balance1 << 104) | (uint256(nowTs) << 208) | (uint256(uint16(int16(x))) << 240);
     }
 }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.37;
 
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 import {Ownable2Step} from "@openzeppelin/contracts/access/Ownable2Step.sol";
 
 /// @title PoolWhitelist
@@ -13,10 +14,19 @@ abstract contract PoolWhitelist is Ownable2Step {
     event PoolSet(address indexed pool, bool allowed);
 
     error PoolNotAllowed(address pool);
+    error RenounceDisabled();
+
+    constructor(address owner_) Ownable(owner_) {}
 
     /// @notice Lists or delists a pool.
     function setPool(address pool, bool allowed) external onlyOwner {
         isPool[pool] = allowed;
         emit PoolSet(pool, allowed);
+    }
+
+    /// @notice Disabled: without an owner, listing and unpausing would be frozen for good.
+    /// Hand over with transferOwnership / acceptOwnership instead.
+    function renounceOwnership() public pure override {
+        revert RenounceDisabled();
     }
 }

@@ -11,7 +11,9 @@ import {IPriceOracle} from "./interfaces/IPriceOracle.sol";
 /// @dev One slot per asset holds everything an update reads and writes:
 ///   price (128) | updatedAt (32) | roundId (32) | deviationBps (16) | maxChangeBps (16) | heartbeat (32)
 /// so an update costs one cold read and one write, and an update that is not due
-/// returns after the read.
+/// returns after the read. An asset's price is written at most once per block (per
+/// timestamp), so the bound on change holds per block, not per call. Round ids wrap at 2^32
+/// and timestamps are kept mod 2^32 (valid until 2106), neither spilling into the next field.
 contract PriceOracle is IPriceOracle, Ownable2Step {
     uint256 private constant BPS = 10_000;
 
@@ -33,6 +35,7 @@ contract PriceOracle is IPriceOracle, Ownable2Step {
     error PriceNotSet(address asset);
     error StalePrice(address asset, uint256 updatedAt);
     error PriceChangeTooLarge(address asset, uint256 current, uint256 proposed, uint256 maxChangeBps);
+    error RenounceDisabled();
 
     /// @param owner_ Admin (meant to be a multisig): configures assets and updaters.
     /// @param stalenessGrace_ Seconds past the heartbeat after which a price is stale.
@@ -103,6 +106,17 @@ contract PriceOracle is IPriceOracle, Ownable2Step {
         fresh = price != 0 && block.timestamp <= uint32(f >> 128) + uint256(uint32(f >> 224)) + stalenessGrace;
     }
 
+    /// @inheritdoc IPriceOracle
+    function tryGetPrices(address a, address b) external view returns (uint256 priceA, uint256 priceB, bool fresh) {
+        uint256 fa = _feeds[a];
+        uint256 fb = _feeds[b];
+        priceA = uint128(fa);
+        priceB = uint128(fb);
+        fresh = priceA != 0 && priceB != 0
+            && block.timestamp <= uint32(fa >> 128) + uint256(uint32(fa >> 224)) + stalenessGrace
+            && block.timestamp <= uint32(fb >> 128) + uint256(uint32(fb >> 224)) + stalenessGrace;
+    }
+
     /// @notice The latest round as stored.
     function latestRound(address asset) external view returns (uint256 roundId, uint256 price, uint256 updatedAt) {
         uint256 f = _feeds[asset];
@@ -119,9 +133,16 @@ contract PriceOracle is IPriceOracle, Ownable2Step {
         return (uint16(f >> 192), uint16(f >> 208), uint32(f >> 224));
     }
 
+    /// @notice Disabled: without an owner no asset or updater could be configured again.
+    function renounceOwnership() public pure override {
+        revert RenounceDisabled();
+    }
+
     function _due(uint256 f, uint256 price) private view returns (bool) {
         uint256 current = uint128(f);
         if (current == 0) return true;
+        // One write per block: a second one in the same block would stack the change bound.
+        if (uint32(f >> 128) == uint32(block.timestamp)) return false;
         if (block.timestamp >= uint32(f >> 128) + uint256(uint32(f >> 224))) return true;
         uint256 diff = price > current ? price - current : current - price;
         return diff * BPS >= current * uint16(f >> 192);
@@ -139,8 +160,12 @@ contract PriceOracle is IPriceOracle, Ownable2Step {
             if (diff * BPS > current * maxChange) revert PriceChangeTooLarge(asset, current, price, maxChange);
         }
         if (price > type(uint128).max) revert PriceChangeTooLarge(asset, current, price, 0);
-        uint256 roundId = uint32(f >> 160) + 1;
-        _feeds[asset] = price | (block.timestamp << 128) | (roundId << 160) | (f & ~((uint256(1) << 192) - 1));
+        uint256 roundId;
+        unchecked {
+            roundId = uint32(uint32(f >> 160) + 1);
+        }
+        _feeds[asset] = price | (uint256(uint32(block.timestamp)) << 128) | (roundId << 160)
+            | (f & ~((uint256(1) << 192) - 1));
         emit PriceUpdated(asset, roundId, price, block.timestamp);
         return true;
     }

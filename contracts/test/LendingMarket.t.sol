@@ -174,4 +174,21 @@ contract LendingMarketTest is MarketFixture {
         vm.expectRevert(abi.encodeWithSelector(FlashLiquidator.UnexpectedCallback.selector, address(this)));
         liq.onFlashSwap(address(liq), 1, 0, abi.encode(market, alice));
     }
+
+    /// @notice A position whose collateral buys less than one unit of debt is still closed:
+    /// the repayment rounds to zero and the debt is written off.
+    function test_liquidate_writesOffWhenRepaymentRoundsToZero() public {
+        vm.startPrank(alice);
+        market.depositCollateral(1e9); // 2e-6 USD of WETH
+        market.borrow(1); // 1e-6 USD
+        vm.stopPrank();
+        _moveWethTo(900e18);
+        vm.prank(bob);
+        (uint256 repaid, uint256 seized) = market.liquidate(alice, type(uint256).max, bob);
+        vm.assertEq(repaid, 0, "nothing to repay with");
+        vm.assertEq(seized, 1e9, "dust taken");
+        (, uint256 debt) = market.positionOf(alice);
+        vm.assertEq(debt, 0, "written off");
+        vm.assertEq(market.badDebt(), 1, "recorded");
+    }
 }

@@ -95,6 +95,31 @@ contract LiquidityPoolTest is Fixture {
         vm.assertEq(wethUsdc.currentFee(), BASE_FEE, "back to base");
     }
 
+    function test_displacement_moveAndReverseCancel() public {
+        uint256 out = _swap(wethUsdc, bob, address(weth), 10e18);
+        vm.assertGt(wethUsdc.volatility(), 0, "a move registers");
+        _swap(wethUsdc, bob, address(usdc), out * 1_004 / 1_000); // back (pays the fee on the way)
+        vm.assertLe(wethUsdc.volatility(), 1, "and its reverse takes it back");
+    }
+
+    /// @notice Fuzz: with no price move, volatility after T seconds is at most its start
+    /// halved floor(T / halfLife) times, however many touches fall in between.
+    function testFuzz_decayIgnoresTouchFrequency(uint256 seed, uint8 touches) public {
+        _swap(wethUsdc, bob, address(weth), 60e18);
+        uint256 v0 = wethUsdc.volatility();
+        uint256 start = block.timestamp;
+        for (uint256 i; i < touches; ++i) {
+            seed = uint256(keccak256(abi.encode(seed)));
+            vm.warp(block.timestamp + seed % 90);
+            if (seed % 3 == 0) wethUsdc.sync();
+            else if (seed % 3 == 1) _addLiquidity(wethUsdc, address(weth), 1e15, address(usdc), 2e6);
+            else wethUsdc.sync();
+        }
+        uint256 halvings = (block.timestamp - start) / HALF_LIFE;
+        uint256 bound_ = halvings >= 16 ? 0 : v0 >> halvings;
+        vm.assertLe(wethUsdc.volatility(), bound_ + 1, "decay slowed by touches");
+    }
+
     function test_accumulators_giveTimeWeightedPrice() public {
         (uint128 c0Start,) = wethUsdc.currentCumulativePrices();
         vm.warp(block.timestamp + 100);

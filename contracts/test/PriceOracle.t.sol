@@ -14,6 +14,25 @@ contract PriceOracleTest is Fixture {
         vm.assertEq(oracle.getPrice(address(weth)), 2000e18, "read");
     }
 
+    function test_update_oncePerBlock() public {
+        vm.warp(block.timestamp + 12);
+        vm.startPrank(updater);
+        vm.assertTrue(oracle.updatePrice(address(weth), 2_300e18), "first write of the block");
+        vm.assertFalse(oracle.isUpdateDue(address(weth), 2_600e18), "not due again in this block");
+        vm.assertFalse(oracle.updatePrice(address(weth), 2_600e18), "second write refused");
+        vm.stopPrank();
+        vm.assertEq(oracle.getPrice(address(weth)), 2_300e18, "one bounded move a block");
+        vm.warp(block.timestamp + 12);
+        vm.prank(updater);
+        vm.assertTrue(oracle.updatePrice(address(weth), 2_600e18), "next block");
+    }
+
+    function test_renounceOwnership_disabled() public {
+        vm.expectRevert(PriceOracle.RenounceDisabled.selector);
+        vm.prank(admin);
+        oracle.renounceOwnership();
+    }
+
     function test_update_returnsEarlyWhenNotDue() public {
         vm.prank(updater);
         bool updated = oracle.updatePrice(address(weth), 2005e18); // 25 bps < 50 bps deviation
@@ -24,6 +43,7 @@ contract PriceOracleTest is Fixture {
     }
 
     function test_update_onDeviation() public {
+        vm.warp(block.timestamp + 12);
         vm.assertTrue(oracle.isUpdateDue(address(weth), 2010e18), "50 bps is due");
         vm.prank(updater);
         vm.assertTrue(oracle.updatePrice(address(weth), 2010e18), "written");
@@ -38,6 +58,7 @@ contract PriceOracleTest is Fixture {
     }
 
     function test_update_boundedChange() public {
+        vm.warp(block.timestamp + 12);
         vm.expectRevert(
             abi.encodeWithSelector(PriceOracle.PriceChangeTooLarge.selector, address(weth), 2000e18, 2500e18, 2000)
         );
@@ -64,6 +85,7 @@ contract PriceOracleTest is Fixture {
         uint256[] memory prices = new uint256[](2);
         (assets[0], assets[1]) = (address(weth), address(usdc));
         (prices[0], prices[1]) = (2100e18, 1e18);
+        vm.warp(block.timestamp + 12);
         vm.prank(updater);
         vm.assertEq(oracle.updatePrices(assets, prices), 1, "only the moved asset");
     }
@@ -104,6 +126,7 @@ contract PriceOracleTest is Fixture {
     /// @notice Fuzz: an accepted update never moves the price more than the bound.
     function testFuzz_changeBound(uint256 price) public {
         price = bound(price, 1, 10_000e18);
+        vm.warp(block.timestamp + 12);
         vm.prank(updater);
         try oracle.updatePrice(address(weth), price) returns (bool updated) {
             uint256 stored = oracle.getPrice(address(weth));

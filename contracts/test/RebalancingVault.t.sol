@@ -51,10 +51,11 @@ contract RebalancingVaultTest is Fixture {
         vault.rebalance(id, _trade(address(weth), 0.65e18));
 
         _setPrice(address(weth), 2_700e18);
-        _swap(wethUsdc, bob, address(usdc), 350_000e6);
-        // 27k vs 20k: sell 1.3 WETH.
+        _swap(wethUsdc, bob, address(usdc), 25_000e6); // the pool at ~2,700 too
+        vm.warp(block.timestamp + 600); // and calm again: its fee back at base
+        // 27k vs 20k: sell 1.29 WETH (3,483 of the 3,500 USD over target).
         vm.prank(bob);
-        vault.rebalance(id, _trade(address(weth), 1.3e18));
+        vault.rebalance(id, _trade(address(weth), 1.29e18));
         vm.assertLt(vault.drift(id), 500, "back within threshold");
         vm.assertGt(usdc.balanceOf(bob), 0, "keeper rewarded");
     }
@@ -77,6 +78,42 @@ contract RebalancingVaultTest is Fixture {
 
         vm.expectRevert(abi.encodeWithSelector(RebalancingVault.NotInBasket.selector, id, address(dai)));
         vault.rebalance(id, _trade(address(dai), 1e18));
+    }
+
+    function test_rebalance_onlyTowardTargets() public {
+        _setPrice(address(weth), 2_300e18);
+        _setPrice(address(weth), 2_700e18);
+        _swap(wethUsdc, bob, address(usdc), 325_000e6); // pool at ~2,700
+        vm.warp(block.timestamp + 600);
+        // WETH is over its target (27k vs 23.5k), USDC under.
+        vm.expectRevert(abi.encodeWithSelector(RebalancingVault.NotOverweight.selector, address(usdc)));
+        vault.rebalance(id, _trade(address(usdc), 1_000e6));
+        // At most the 3,500 USD that WETH is over its target may be sold.
+        vm.expectRevert(
+            abi.encodeWithSelector(RebalancingVault.TradeTooLarge.selector, address(weth), 2 * 2_700e18, 3_500e18)
+        );
+        vault.rebalance(id, _trade(address(weth), 2e18));
+        // Round trips are impossible: the second leg sells an underweight token.
+        RebalancingVault.Trade[] memory t = new RebalancingVault.Trade[](2);
+        t[0] = RebalancingVault.Trade(address(wethUsdc), address(weth), 1e18);
+        t[1] = RebalancingVault.Trade(address(wethUsdc), address(usdc), 2_000e6);
+        vm.expectRevert(abi.encodeWithSelector(RebalancingVault.NotOverweight.selector, address(usdc)));
+        vault.rebalance(id, t);
+    }
+
+    function test_rebalance_rewardFollowsDriftRemoved() public {
+        _setPrice(address(weth), 2_300e18);
+        _setPrice(address(weth), 2_700e18);
+        _swap(wethUsdc, bob, address(usdc), 325_000e6);
+        vm.warp(block.timestamp + 600);
+        // Two trades or one: the same value moved earns the same reward.
+        RebalancingVault.Trade[] memory t = new RebalancingVault.Trade[](2);
+        t[0] = RebalancingVault.Trade(address(wethUsdc), address(weth), 0.645e18);
+        t[1] = RebalancingVault.Trade(address(wethUsdc), address(weth), 0.645e18);
+        vm.prank(bob);
+        uint256 reward = vault.rebalance(id, t);
+        // 10 bps of the ~3,470 USD bought.
+        vm.assertApproxEqRel(reward, 3.47e18, 0.01e18, "reward on value moved toward target");
     }
 
     function test_ownerOnly_and_withdraw() public {

@@ -16,7 +16,7 @@ contract BulkPlacer {
 
     /// @dev OrderBook.placeOrder(PlaceParams); BulkPlacer.t.sol checks it against the book's.
     bytes4 public constant PLACE_ORDER =
-        bytes4(keccak256("placeOrder((uint16,uint8,uint96,uint96,uint32,uint8,uint128,uint32,uint32,uint16))"));
+        bytes4(keccak256("placeOrder((uint16,uint8,uint96,uint96,uint32,uint8,uint128,uint32,uint32,uint16,uint16))"));
 
     address public immutable BOOK;
     address public immutable OPERATOR;
@@ -48,6 +48,11 @@ contract BulkPlacer {
             bytes memory ret = Address.functionCall(BOOK, placeOrderCall);
             if (i == 0) first = abi.decode(ret, (uint256));
         }
+    }
+
+    /// @notice Sends this contract's whole balance of `token` (refunds of cancelled orders) to `to`.
+    function sweep(IERC20 token, address to) external onlyOperator {
+        token.safeTransfer(to, token.balanceOf(address(this)));
     }
 
     /// @notice Cancels orders this contract placed (the refunds come back here).

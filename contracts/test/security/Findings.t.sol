@@ -323,14 +323,15 @@ contract DustDebtTest is MarketFixture {
     /// leaving dust cannot keep bad debt on the books.
     function test_dustCollateralDoesNotHideBadDebt() public {
         _openPosition(14_000e6);
-        _moveWethTo(1_200e18); // 12k of collateral against 14k of debt: underwater
-        // Repay so that all but 1 wei of collateral is seized.
-        uint256 repay = uint256(12_000e6) * 10_000 / 10_500; // value of the collateral less the bonus
+        _moveWethTo(700e18); // 7k of collateral against 14k of debt: deep underwater
+        // Repay what buys all but a few hundred million wei of the collateral: less than the
+        // smallest repayment (1 USDC unit) would buy.
+        uint256 repay = uint256(7_000e6) * 10_000 / 10_500;
         vm.prank(bob);
-        try market.liquidate(alice, repay - 1, bob) {} catch {}
+        try market.liquidate(alice, repay, bob) {} catch {}
         (uint256 coll, uint256 debt) = market.positionOf(alice);
         if (coll != 0 && debt != 0) {
-            // A second liquidation must be able to write the rest off.
+            // What is left must still be liquidatable, so the rest can be written off.
             vm.prank(bob);
             try market.liquidate(alice, type(uint256).max, bob) {} catch {}
             (coll, debt) = market.positionOf(alice);
