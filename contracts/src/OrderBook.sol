@@ -156,6 +156,7 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
 
     IPriceOracle public immutable oracle;
 
+    /// @custom:security write-protection="onlyOwner()"
     address public guardian;
     uint256 public nextOrderId = 1;
     uint16 public marketCount;
@@ -423,7 +424,7 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
     function _executeGroup(FillGroup calldata grp, address feeRecipient, address keeper) private returns (uint256) {
         Market memory m = _markets[grp.market];
         if (m.tokenIn == address(0)) revert UnknownMarket(grp.market);
-        Prices memory px;
+        Prices memory px = Prices(false, false, 0, 0);
         (Pending[] memory pend, uint256 sumIn) = _admitAll(grp, m, px);
         if (sumIn == 0) return 0;
 
@@ -460,7 +461,7 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
         bool capped = grp.amounts.length != 0;
         if (capped && grp.amounts.length != n) revert LengthMismatch();
         pend = new Pending[](n);
-        uint256 lastId;
+        uint256 lastId = 0;
         for (uint256 i; i < n; ++i) {
             uint256 id = grp.orderIds[i];
             pend[i].id = id;
@@ -548,25 +549,23 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
         private
         returns (uint256 dropped)
     {
-        uint256 fair; // oracle value of sumIn in tokenOut, computed when an order needs it
+        uint256 fair = 0; // oracle value of sumIn in tokenOut, computed when an order needs it
         for (uint256 i; i < pend.length; ++i) {
             Pending memory p = pend[i];
             if (!p.included) continue;
-            SkipReason reason;
+            SkipReason reason = SkipReason.LimitNotMet;
             bool fit = _meetsLimit(p, (quoted * p.fillIn) / sumIn);
-            if (!fit) {
-                reason = SkipReason.LimitNotMet;
-            } else if (p.toleranceBps < BPS) {
-                if (fair == 0) {
-                    _readPrices(px, m);
-                    if (px.fresh) fair = _fairOut(m, px, sumIn);
-                }
-                if (fair == 0) {
+            if (fit && p.toleranceBps < BPS) {
+                _readPrices(px, m);
+                if (!px.fresh) {
                     fit = false;
                     reason = SkipReason.OracleUnavailable;
-                } else if (quoted * BPS < fair * (BPS - p.toleranceBps)) {
-                    fit = false;
-                    reason = SkipReason.UnfairPrice;
+                } else {
+                    if (fair == 0) fair = _fairOut(m, px, sumIn);
+                    if (quoted * BPS < fair * (BPS - p.toleranceBps)) {
+                        fit = false;
+                        reason = SkipReason.UnfairPrice;
+                    }
                 }
             }
             if (!fit) {
@@ -615,21 +614,23 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
         address feeRecipient,
         address keeper
     ) private returns (uint256 filled) {
-        uint256 lastIncluded;
+        uint256 lastIncluded = 0;
         for (uint256 i = pend.length; i != 0; --i) {
             if (pend[i - 1].included) {
                 lastIncluded = i - 1;
                 break;
             }
         }
-        uint256 paid;
-        uint256 fees;
+        uint256 paid = 0;
+        uint256 fees = 0;
         for (uint256 i; i <= lastIncluded; ++i) {
             Pending memory p = pend[i];
             if (!p.included) continue;
             // The last order takes the rounding remainder so no output is stranded here.
             uint256 out = i == lastIncluded ? received - paid : (received * p.fillIn) / sumIn;
             paid += out;
+            // The fee is the order's share of its own pro-rata output.
+            // slither-disable-next-line divide-before-multiply
             uint256 fee = (out * p.feeBps) / BPS;
             uint256 net = out - fee;
             // Cannot fire: every order passed its limit on the final quote and received >= quoted.
@@ -736,6 +737,8 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
     }
 
     function _requirePriced(address token) private view {
+        // Listed at all is what gates a market (a stale price comes back on the next update).
+        // slither-disable-next-line unused-return
         (uint256 price,) = oracle.tryGetPrice(token);
         if (price == 0) revert MarketNotPriced(token);
     }

@@ -9,6 +9,7 @@ import {Ownable2Step} from "@openzeppelin/contracts/access/Ownable2Step.sol";
 /// power over users' funds: every router measures what it receives and enforces the
 /// user's own bound, so a bad pool can only make a trade fail.
 abstract contract PoolWhitelist is Ownable2Step {
+    /// @custom:security write-protection="onlyOwner()"
     mapping(address pool => bool) public isPool;
 
     event PoolSet(address indexed pool, bool allowed);

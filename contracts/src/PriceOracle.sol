@@ -21,6 +21,7 @@ contract PriceOracle is IPriceOracle, Ownable2Step {
     uint32 public immutable stalenessGrace;
 
     mapping(address asset => uint256 packed) private _feeds;
+    /// @custom:security write-protection="onlyOwner()"
     mapping(address updater => bool) public isUpdater;
 
     event AssetConfigured(address indexed asset, uint16 deviationBps, uint16 maxChangeBps, uint32 heartbeat);
@@ -94,6 +95,8 @@ contract PriceOracle is IPriceOracle, Ownable2Step {
     function getPrice(address asset) external view returns (uint256 price) {
         uint256 f = _feeds[asset];
         price = uint128(f);
+        // Strict equality on a stored feed word: only an updater's write changes it.
+        // slither-disable-next-line incorrect-equality
         if (price == 0) revert PriceNotSet(asset);
         uint256 updatedAt = uint32(f >> 128);
         if (block.timestamp > updatedAt + uint32(f >> 224) + stalenessGrace) revert StalePrice(asset, updatedAt);
@@ -140,8 +143,12 @@ contract PriceOracle is IPriceOracle, Ownable2Step {
 
     function _due(uint256 f, uint256 price) private view returns (bool) {
         uint256 current = uint128(f);
+        // Strict equality on a stored feed word: only an updater's write changes it.
+        // slither-disable-next-line incorrect-equality
         if (current == 0) return true;
         // One write per block: a second one in the same block would stack the change bound.
+        // Strict equality on the block's time: one write per block is the rule.
+        // slither-disable-next-line incorrect-equality
         if (uint32(f >> 128) == uint32(block.timestamp)) return false;
         if (block.timestamp >= uint32(f >> 128) + uint256(uint32(f >> 224))) return true;
         uint256 diff = price > current ? price - current : current - price;
@@ -150,6 +157,8 @@ contract PriceOracle is IPriceOracle, Ownable2Step {
 
     function _update(address asset, uint256 price) private returns (bool) {
         uint256 f = _feeds[asset];
+        // Strict equality on a stored feed word: only an updater's write changes it.
+        // slither-disable-next-line incorrect-equality
         if (f == 0) revert AssetNotConfigured(asset);
         if (price == 0) revert ZeroPrice();
         if (!_due(f, price)) return false;

@@ -217,6 +217,9 @@ contract RebalancingVault is PoolWhitelist, ReentrancyGuardTransient {
         (address tokenOut, uint256 j, uint256 quoted) = _debit(id, b, bk, t);
         uint256 received = _swap(ILiquidityPool(t.pool), t.tokenIn, t.amountIn, tokenOut, quoted);
         emit Traded(id, t.pool, t.tokenIn, tokenOut, t.amountIn, received);
+        // Credited after the swap because only then is it known; every function that moves a
+        // basket's balances holds the same reentrancy lock.
+        // slither-disable-next-line reentrancy-no-eth
         return _credit(id, b, bk, tokenOut, j, received);
     }
 
@@ -285,6 +288,8 @@ contract RebalancingVault is PoolWhitelist, ReentrancyGuardTransient {
             values[i] = _valueAt(b.tokens[i], balanceOf[id][b.tokens[i]], prices[i]);
             total += values[i];
         }
+        // Strict equality on basket balances, the vault's own accounting: no transfer can move them.
+        // slither-disable-next-line incorrect-equality
         if (total == 0) return 0;
         for (uint256 i; i < n; ++i) {
             uint256 w = (values[i] * BPS) / total;
