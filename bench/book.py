@@ -34,11 +34,11 @@ def resting_terms(market: int) -> list[tuple[int, ...]]:
     """PlaceParams of each kind that no price of a bench run reaches."""
     far = int(time.time()) + 10 * 86_400
     return [
-        (market, 0, 10**15, 20 * 10**6, 0, 10, 0, 0, 0, 0),  # limit: 0.001 WETH for 20 USDC
-        (market, 1, 10**15, 1, 0, 10, RATE // 10, 0, 0, 0),  # stop-loss below a 90% fall
-        (market, 2, 10**15, 1, 0, 10, RATE * 10, 0, 0, 0),  # take-profit above a tenfold rise
-        (market, 3, 4 * 10**15, 1, 0, 10, 0, far, 60, 4),  # TWAP starting in ten days
-        (market, 4, 4 * 10**15, 80 * 10**6, 0, 10, 10**15, 0, 0, 0),  # iceberg at 10x the price
+        (market, 0, 10**15, 20 * 10**6, 0, 10, 0, 0, 0, 0, 0),  # limit: 0.001 WETH for 20 USDC
+        (market, 1, 10**15, 1, 0, 10, RATE // 10, 0, 0, 0, 0),  # stop-loss below a 90% fall
+        (market, 2, 10**15, 1, 0, 10, RATE * 10, 0, 0, 0, 0),  # take-profit above a tenfold rise
+        (market, 3, 4 * 10**15, 1, 0, 10, 0, far, 60, 4, 0),  # TWAP starting in ten days
+        (market, 4, 4 * 10**15, 80 * 10**6, 0, 10, 10**15, 0, 0, 0, 0),  # iceberg at 10x the price
     ]
 
 
@@ -134,7 +134,7 @@ class Book:
 #: topic0 of OrderPlaced (its last field is PlaceParams)
 _PLACED = Web3.keccak(
     text="OrderPlaced(uint256,address,uint16,"
-    "(uint16,uint8,uint96,uint96,uint32,uint8,uint128,uint32,uint32,uint16))"
+    "(uint16,uint8,uint96,uint96,uint32,uint8,uint128,uint32,uint32,uint16,uint16))"
 )
 
 

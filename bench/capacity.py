@@ -36,7 +36,7 @@ def drain(orders: int, max_orders: int, block_time: float) -> dict[str, Any]:
         market = book.dep.markets["WETH/USDC"]
         # 0.001 WETH for at least 1 micro-USDC, 30 bps to the keeper: executable whatever the
         # pools' price after thousands of fills.
-        terms = (market, 0, 10**15, 1, 0, 30, 0, 0, 0, 0)
+        terms = (market, 0, 10**15, 1, 0, 30, 0, 0, 0, 0, 0)
         for i in range(0, orders, 1000):
             book.place(terms, min(1000, orders - i))
         book.set_gas_limit(BLOCK_GAS)

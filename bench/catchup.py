@@ -70,7 +70,7 @@ def _place_executable(w3: Web3, book: Book) -> int:
     ob = bind(w3, "OrderBook", book.dep.order_book)
     nonce = w3.eth.get_transaction_count(trader.address)
     next_id = int(ob.functions.nextOrderId().call())
-    terms = (book.dep.markets["WETH/USDC"], 0, 10**17, 100 * 10**6, 0, 30, 0, 0, 0, 0)
+    terms = (book.dep.markets["WETH/USDC"], 0, 10**17, 100 * 10**6, 0, 30, 0, 0, 0, 0, 0)
     calls = [
         (weth.address, weth.functions.mint(trader.address, 10**20)),
         (weth.address, weth.functions.approve(ob.address, 2**256 - 1)),

@@ -114,6 +114,7 @@ class Bench:
             extra.get("start", 0),
             extra.get("interval", 0),
             extra.get("slices", 0),
+            0,  # the market's fairness tolerance
         )
         receipt = trader.call(self.book, "placeOrder", params)
         return int(self.book.events.OrderPlaced().process_receipt(receipt, errors=DISCARD)[0]["args"]["id"])
@@ -175,6 +176,7 @@ def run() -> dict[str, Any]:
 
         pool_s = b.fresh_pool("stop")
         stop = b.place(traders[2], STOP_LOSS, 10**18, 1700 * 10**6, trigger=1950 * 10**18)
+        b.next_block()  # the oracle takes one write per asset per block (per second)
         b.admin.call(b.oracle, "updatePrice", b.weth.address, 1940 * 10**18)
         rows.append(Row("stop-loss fill (arms on the oracle and fills)", b.fill_gas(pool_s, [stop])))
 
@@ -201,11 +203,13 @@ def run() -> dict[str, Any]:
 def _lending_rows(w3: Web3, b: Bench, dep: Deployment) -> list[Row]:
     market = bind(w3, "LendingMarket", dep.lending_market)
     borrower = Sender(w3, DEFAULT_KEYS[4])
+    b.next_block()  # the oracle takes one write per asset per block (per second)
     b.admin.call(b.oracle, "updatePrice", b.weth.address, 2000 * 10**18)
     b.admin.call(b.weth, "mint", borrower.account.address, 20 * 10**18)
     borrower.call(b.weth, "approve", market.address, 2**256 - 1)
     borrower.call(market, "depositCollateral", 20 * 10**18)
     borrower.call(market, "borrow", 29_000 * 10**6)
+    b.next_block()
     b.admin.call(b.oracle, "updatePrice", b.weth.address, 1780 * 10**18)
     b.admin.call(b.usdc, "mint", b.admin.account.address, 100_000 * 10**6)
     b.admin.call(b.usdc, "approve", market.address, 2**256 - 1)
@@ -231,6 +235,7 @@ def _vault_row(w3: Web3, b: Bench, dep: Deployment) -> Row:
     owner = Sender(w3, DEFAULT_KEYS[3])
     pool = b.fresh_pool("vault")
     b.admin.call(vault, "setPool", pool.address, True)
+    b.next_block()  # the oracle takes one write per asset per block (per second)
     b.admin.call(b.oracle, "updatePrice", b.weth.address, 2000 * 10**18)
     b.admin.call(b.weth, "mint", owner.account.address, 10 * 10**18)
     b.admin.call(b.usdc, "mint", owner.account.address, 12_000 * 10**6)

@@ -233,9 +233,9 @@ class Chain:
         the price stays where it is over the run."""
         book = bind(self.rw3, "OrderBook", self.dep.order_book)
         if block % 2 == 0:
-            terms = (self.dep.markets["WETH/USDC"], 0, 2 * 10**17, 200 * 10**6, 0, 30, 0, 0, 0, 0)
+            terms = (self.dep.markets["WETH/USDC"], 0, 2 * 10**17, 200 * 10**6, 0, 30, 0, 0, 0, 0, 0)
         else:
-            terms = (self.dep.markets["USDC/WETH"], 0, 400 * 10**6, 10**17, 0, 30, 0, 0, 0, 0)
+            terms = (self.dep.markets["USDC/WETH"], 0, 400 * 10**6, 10**17, 0, 30, 0, 0, 0, 0, 0)
         data = book.functions.placeOrder(terms)._encode_transaction_data()
         for i in range(k):
             trader = self.traders[i % len(self.traders)]

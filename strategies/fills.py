@@ -1,6 +1,7 @@
 """Planning OrderBook fills off-chain with the contract's own rules, so what a strategy sends
 is what the contract will accept: per market, the largest set of orders one shared swap fills
-at every order's limit, then the ones left out on the state the earlier swaps leave behind."""
+at every order's limit and within every order's fairness tolerance of the oracle's rate, then
+the ones left out on the state the earlier swaps leave behind."""
 
 from __future__ import annotations
 
@@ -14,12 +15,33 @@ from keepers.tx.actions import Action, Call
 from strategies.common import calldata, checksum, usd_to_wei
 
 BPS = 10_000
+#: OrderBook.DEFAULT_TOLERANCE_BPS: a market's tolerance until its owner sets another.
+DEFAULT_TOLERANCE_BPS = 300
 GAS_BASE, GAS_PER_ORDER, GAS_PER_GROUP = 130_000, 40_000, 70_000
+#: OrderBook.PAYOUT_GAS plus its margin: the book reverts a batch (OutOfGas) that reaches a
+#: trader's payout with less left, so the limit keeps that much on top (it is not spent).
+PAYOUT_HEADROOM = 110_000
 
 
 def meets_limit(order: Order, fill_in: int, out: int) -> bool:
     net = out - out * order.keeper_fee_bps // BPS
     return net * order.amount_in >= fill_in * order.min_amount_out
+
+
+def tolerance_of(snap: MarketSnapshot, order: Order) -> int:
+    """The order's fairness tolerance in bps: its own, else its market's (the contract's rule)."""
+    return order.tolerance_bps or snap.tolerance.get(order.market, DEFAULT_TOLERANCE_BPS)
+
+
+def is_fair(snap: MarketSnapshot, market: int, total_in: int, out: int, tolerances: Sequence[int]) -> bool:
+    """Whether a group's quote `out` for `total_in` is within every tolerance of the oracle's
+    rate, as the OrderBook checks it (orders whose tolerance is 10,000 need no oracle)."""
+    strict = min(tolerances, default=BPS)
+    if strict >= BPS:
+        return True
+    token_in, token_out = snap.markets[market]
+    fair = snap.fair_out(token_in, token_out, total_in)
+    return fair is not None and out * BPS >= fair * (BPS - strict)
 
 
 @dataclass(frozen=True)
@@ -42,7 +64,7 @@ def _need(order: Order) -> Fraction:
 
 def plan_group(snap: MarketSnapshot, market: int, items: Sequence[tuple[Order, int]]) -> PlannedGroup | None:
     """The largest set of `items` (order, input amount) one shared swap fills at every order's
-    limit, as one group, or None.
+    limit and within every order's tolerance of the oracle, as one group, or None.
 
     Orders are taken easiest first: each joins if the group's best route still pays every
     member at its limit with it. A batch that drops orders only when the whole aggregate misses
@@ -59,7 +81,11 @@ def plan_group(snap: MarketSnapshot, market: int, items: Sequence[tuple[Order, i
         trial = [*chosen, item]
         total = sum(a for _, a in trial)
         route = snap.best_route(token_in, token_out, total)
-        if route is not None and all(meets_limit(o, a, route.amount_out * a // total) for o, a in trial):
+        if (
+            route is not None
+            and all(meets_limit(o, a, route.amount_out * a // total) for o, a in trial)
+            and is_fair(snap, market, total, route.amount_out, [tolerance_of(snap, o) for o, _ in trial])
+        ):
             chosen, best = trial, (route, total)
     if best is None:
         return None
@@ -119,7 +145,7 @@ def batch_action(
         return None
     fee_usd = sum(snap.value_usd(g.token_out, g.keeper_fee_out) for g in groups)
     orders = sum(len(g.order_ids) for g in groups)
-    gas = GAS_BASE + GAS_PER_ORDER * orders + GAS_PER_GROUP * (len(groups) - 1)
+    gas = GAS_BASE + GAS_PER_ORDER * orders + GAS_PER_GROUP * (len(groups) - 1) + PAYOUT_HEADROOM
     data = calldata(
         "OrderBook", "executeBatchAtLeast", [g.as_abi() for g in groups], checksum(fee_recipient), 1
     )

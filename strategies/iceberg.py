@@ -1,5 +1,6 @@
-"""iceberg: the largest clip of each iceberg order that still meets its limit at the current
-price impact, so no clip moves the pool past the order's own limit."""
+"""iceberg: the largest clip of each iceberg order that still meets its limit (and its fairness
+tolerance of the oracle) at the current price impact, so no clip moves the pool past the
+order's own bounds. The contract takes at most one clip of an order per block."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from keepers.engine.market import MarketSnapshot
 from keepers.engine.strategy import BlockContext, Strategy
 from keepers.store.tables import Order
 from keepers.tx.actions import Action
-from strategies.fills import batch_action, meets_limit, plan_groups
+from strategies.fills import batch_action, is_fair, meets_limit, plan_groups, tolerance_of
 
 
 class IcebergParams(BaseModel):
@@ -23,14 +24,20 @@ class IcebergParams(BaseModel):
 
 
 def clip_size(snap: MarketSnapshot, order: Order) -> int:
-    """Largest amount <= min(clip, remaining) whose exact quote meets the limit (binary search:
-    output per input falls as the amount grows, so the feasible amounts are a prefix)."""
+    """Largest amount <= min(clip, remaining) whose exact quote meets the limit and the
+    tolerance (binary search: output per input falls as the amount grows, so the feasible
+    amounts are a prefix)."""
     token_in, token_out = snap.markets[order.market]
     hi = min(order.trigger_or_clip, order.remaining)
+    tolerance = [tolerance_of(snap, order)]
 
     def ok(amount: int) -> bool:
         route = snap.best_route(token_in, token_out, amount)
-        return route is not None and meets_limit(order, amount, route.amount_out)
+        return (
+            route is not None
+            and meets_limit(order, amount, route.amount_out)
+            and is_fair(snap, order.market, amount, route.amount_out, tolerance)
+        )
 
     if hi <= 0:
         return 0

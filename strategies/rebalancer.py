@@ -35,32 +35,52 @@ def plan_trades(
     max_slippage_bps: int,
     max_trades: int,
 ) -> list[tuple[str, str, int]]:
-    """(pool, tokenIn, amountIn) moving value from overweight to underweight tokens."""
+    """(pool, tokenIn, amountIn) moving value from overweight to underweight tokens, by the
+    vault's own rules: a token over its target is only sold and one under it only bought; what
+    is sold stays within the seller's distance to target and what arrives within the buyer's
+    (both valued at the oracle as the contract values them); each trade at no worse than the
+    oracle value less the basket's slippage bound. Each trade is quoted on the pools as the
+    trades before it leave them."""
     values = [snap.value_usd(t, b) for t, b in zip(tokens, balances, strict=True)]
     total = sum(values)
     if total == 0:
         return []
-    gap = {t: v - total * w // BPS for t, v, w in zip(tokens, values, weights, strict=True)}
+    targets = [total * w // BPS for w in weights]
+    seller = {t: v > target for t, v, target in zip(tokens, values, targets, strict=True)}
+    room = {t: abs(v - target) for t, v, target in zip(tokens, values, targets, strict=True)}
     trades: list[tuple[str, str, int]] = []
+    state = snap
     for _ in range(max_trades):
-        over = max(gap, key=lambda t: gap[t])
-        under = min(gap, key=lambda t: gap[t])
-        value = min(gap[over], -gap[under])
-        if value <= 0:
+        sellers = [t for t in tokens if seller[t] and room[t] > 0]
+        buyers = [t for t in tokens if not seller[t] and room[t] > 0]
+        if not sellers or not buyers:
             break
-        pools = [p for p in snap.pools if p.has(over) and p.has(under)]
-        price, _fresh = snap.prices[over]
-        amount = value * 10 ** snap.decimals[over] // price
+        over = max(sellers, key=lambda t: room[t])
+        under = max(buyers, key=lambda t: room[t])
+        pools = [p for p in state.pools if p.has(over) and p.has(under)]
+        price, _fresh = state.prices[over]
+        amount = min(room[over], room[under]) * 10 ** state.decimals[over] // price if price else 0
         best = max(pools, key=lambda p: p.quote(over, amount), default=None)
         if best is None or amount == 0:
-            gap[over] = gap[under] = 0
+            room[over] = room[under] = 0
             continue
-        received = snap.value_usd(under, best.quote(over, amount))
-        if received * BPS < value * (BPS - max_slippage_bps):
+        bought = snap.value_usd(under, best.quote(over, amount))
+        for _ in range(8):
+            if bought <= room[under] or amount == 0:
+                break
+            # The pool pays above the oracle: sell less, so what arrives fits the buyer's room
+            # (output is concave in input, so scaling down once can still overshoot a little).
+            amount = amount * room[under] // bought - 1
+            bought = snap.value_usd(under, best.quote(over, max(amount, 0)))
+        if bought > room[under]:
+            break
+        sold = snap.value_usd(over, amount)
+        if amount == 0 or bought * BPS < sold * (BPS - max_slippage_bps):
             break  # the pool is too far from the oracle: the contract would refuse it
         trades.append((best.address, over, amount))
-        gap[over] -= value
-        gap[under] += value
+        state = state.after_swap((best.address,), over, amount)
+        room[over] -= sold
+        room[under] -= bought
     return trades
 
 

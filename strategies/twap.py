@@ -1,9 +1,9 @@
 """twap: every due slice of every TWAP order in one transaction per block.
 
-A slice is due when the next block's timestamp reaches the order's nextSliceAt. The schedule is
+A slice is due when the next block's timestamp reaches the order's notBefore. The schedule is
 the chain's clock (block timestamps), read from the contract, not a wall-clock scheduler: a
 wall-clock timer fires early or late relative to blocks, the contract would skip an early slice
-(SliceNotDue) and the gas would be wasted.
+(NotDue) and the gas would be wasted.
 """
 
 from __future__ import annotations
@@ -29,23 +29,23 @@ class TwapParams(BaseModel):
     block_time: int = 1
 
 
-def slice_size(order: Order, remaining: int) -> int:
-    """The contract's slice: amountIn / slices, the last slice takes the remainder."""
-    size = order.amount_in // order.slices
-    return size if remaining >= 2 * size else remaining
+def slice_size(remaining: int, slices_left: int) -> int:
+    """The contract's slice: what is left over the slices left (the last takes all), so the
+    order runs exactly its slice count."""
+    return remaining // slices_left if slices_left > 1 else remaining
 
 
 class OnSchedule(Strategy):
     kind = "twap"
     Params = TwapParams
 
-    async def _next_slice_at(self, ctx: BlockContext, order_id: int) -> tuple[int, int]:
+    async def _schedule(self, ctx: BlockContext, order_id: int) -> tuple[int, int, int]:
         assert ctx.reader is not None
         book: Any = ctx.reader.eth.contract(
             address=checksum(ctx.contracts["order_book"]), abi=load_artifact("OrderBook").abi
         )
         o = await book.functions.getOrder(order_id).call(block_identifier=ctx.number)
-        return int(o[1]), int(o[9])  # remaining, nextSliceAt
+        return int(o[1]), int(o[9]), int(o[11])  # remaining, notBefore, slices left
 
     async def on_block(self, ctx: BlockContext) -> Sequence[Action]:
         assert isinstance(self.params, TwapParams)
@@ -54,9 +54,9 @@ class OnSchedule(Strategy):
             return []
         due: dict[int, list[tuple[Order, int]]] = defaultdict(list)
         for order in ctx.candidates:
-            remaining, next_at = await self._next_slice_at(ctx, order.order_id)
+            remaining, next_at, left = await self._schedule(ctx, order.order_id)
             if remaining and next_at <= ctx.timestamp + self.params.block_time:
-                due[order.market].append((order, slice_size(order, remaining)))
+                due[order.market].append((order, slice_size(remaining, left)))
         groups = plan_groups(snap, due)
         # TWAP amounts are fixed by the contract; send none so it applies its own slice.
         groups = [g.__class__(**{**g.__dict__, "amounts": ()}) for g in groups]

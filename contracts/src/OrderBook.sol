@@ -148,7 +148,7 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
     uint16 public constant MAX_TWAP_SLICES = 1_000;
     /// @notice Gas a trader's payout may use; a token or owner that needs more (or reverts)
     /// gets its output credited to `claimable` instead of stopping the batch.
-    uint256 public constant PAYOUT_GAS = 150_000;
+    uint256 public constant PAYOUT_GAS = 100_000;
     uint256 private constant BPS = 10_000;
     uint256 private constant MAX_DECIMALS = 36;
     uint8 private constant KIND_MASK = 0x07;
@@ -212,6 +212,7 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
     error SwapShortfall(uint256 quoted, uint256 received);
     error LimitViolated(uint256 id);
     error TooFewFilled(uint256 filled, uint256 minFilled);
+    error OutOfGas();
 
     /// @param owner_ Admin (meant to be a multisig): lists pools and markets, sets tolerances
     /// and the guardian, unpauses.
@@ -405,6 +406,7 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
 
     function _executeBatch(FillGroup[] calldata groups, address feeRecipient) private returns (uint256 filled) {
         for (uint256 g; g < groups.length; ++g) {
+            uint256 gasBefore = gasleft();
             try this.fillGroup(groups[g], feeRecipient, msg.sender) returns (uint256 n) {
                 filled += n;
             } catch {
@@ -416,6 +418,11 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
                         reason := mload(0)
                     }
                 }
+                // A group that ran out of gas (here or in a call it made, each frame keeping
+                // 1/64 back) failed for want of gas the sender did not give, not for anything
+                // in it: the batch reverts, so eth_estimateGas finds what the whole batch needs
+                // instead of the least gas at which a group fails quietly.
+                if (reason == OutOfGas.selector || gasleft() <= gasBefore / 16) revert OutOfGas();
                 emit GroupFailed(g, reason);
             }
         }
@@ -716,6 +723,9 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
     /// @dev Pays `owner`, or credits `claimable` when the transfer fails, returns false, or
     /// needs more than PAYOUT_GAS: an owner who cannot receive blocks only their own payout.
     function _pay(address token, address owner_, uint256 amount) private {
+        // Short of the payout's gas the batch reverts: a sender cannot starve payouts into
+        // deferred ones.
+        if (gasleft() < PAYOUT_GAS + 10_000) revert OutOfGas();
         bool ok;
         assembly ("memory-safe") {
             let ptr := mload(0x40)

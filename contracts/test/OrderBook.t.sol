@@ -714,3 +714,29 @@ contract OrderBookIsolationTest is BookFixture {
         book.renounceOwnership();
     }
 }
+
+contract OrderBookGasLimitTest is BookFixture {
+    /// @notice A batch given too little gas reverts as a whole instead of rolling a group back
+    /// quietly: gas estimation must find what the batch needs.
+    function test_starvedBatchRevertsInsteadOfFailingAGroup() public {
+        uint256 id = _limit(alice, 1e18, 1_900e6);
+        OrderBook.FillGroup[] memory g = _group(sellWeth, address(wethUsdc), _ids(id));
+        bytes memory call_ = abi.encodeCall(book.executeBatch, (g, keeper));
+        bool namedSeen;
+        // At every gas limit the batch either fills or reverts whole: never lands with its
+        // group quietly rolled back.
+        for (uint256 gas_ = 60_000; gas_ < 300_000; gas_ += 4_000) {
+            vm.prank(keeper);
+            (bool ok, bytes memory ret) = address(book).call{gas: gas_}(call_);
+            if (!ok) {
+                vm.assertEq(book.getOrder(id).remaining, 1e18, "untouched by a reverted batch");
+                if (ret.length >= 4 && bytes4(ret) == OrderBook.OutOfGas.selector) namedSeen = true;
+                continue;
+            }
+            vm.assertEq(book.getOrder(id).owner, address(0), "a batch that lands has filled its group");
+            vm.assertTrue(namedSeen, "the OutOfGas revert was seen below the working gas");
+            return;
+        }
+        vm.assertTrue(false, "never filled");
+    }
+}

@@ -38,6 +38,23 @@ class PricePath:
         return self.usd
 
 
+def arbitrage_input(r0: int, r1: int, target: float, fee_pips: int, max_share: float = 1.0) -> tuple[bool, int] | None:
+    """The swap that brings a constant-product pool with reserves (r0, r1) to `target` (raw
+    token1 per raw token0): (token0 in?, amount in), at most `max_share` of the input reserve;
+    None when the pool is within a basis point or so of it already."""
+    k = r0 * r1
+    new0 = math.isqrt(int(k / target)) if target > 0 else r0
+    fee = 1 - fee_pips / 1e6
+    if new0 < r0:  # token0 is cheap here: buy it with token1
+        zero_in, reserve_in, amount = False, r1, int((k / new0 - r1) / fee)
+    else:
+        zero_in, reserve_in, amount = True, r0, int((new0 - r0) / fee)
+    amount = min(amount, int(reserve_in * max_share))
+    if amount <= reserve_in // 100_000:
+        return None
+    return zero_in, amount
+
+
 class MarketDriver:
     def __init__(
         self, w3: Web3, dep: Deployment, sender: PublicSender, arbitrageur: LocalAccount, seed: int
@@ -80,18 +97,12 @@ class MarketDriver:
         d0, d1 = self.dep.decimals[s0], self.dep.decimals[s1]
         # Target raw price: token1 raw per token0 raw.
         target = usd[s0] / usd[s1] * 10 ** (d1 - d0)
-        k = r0 * r1
-        new0 = math.isqrt(int(k / target)) if target > 0 else r0
-        fee = 1 - float(pool.functions.currentFee().call()) / 1e6
-        if new0 < r0:  # token0 is cheap here: buy it with token1
-            token_in, reserve_in, amount = t1, r1, int((k / new0 - r1) / fee)
-        else:
-            token_in, reserve_in, amount = t0, r0, int((new0 - r0) / fee)
-        amount = min(amount, int(reserve_in * MAX_SWAP_SHARE))
-        if amount <= reserve_in // 100_000:
-            return  # within a basis point or so: leave it
+        swap = arbitrage_input(r0, r1, target, int(pool.functions.currentFee().call()), MAX_SWAP_SHARE)
+        if swap is None:
+            return
+        zero_for_one, amount = swap
+        token_in = t0 if zero_for_one else t1
         out, _ = pool.functions.getAmountOut(amount, Web3.to_checksum_address(token_in)).call()
-        zero_for_one = token_in.lower() == t0.lower()
         token = self.tokens[self.symbol_of[token_in.lower()]]
         self.sender.send(self.arb, token, "transfer", pool.address, amount, gas=100_000)
         outs = (0, out) if zero_for_one else (out, 0)

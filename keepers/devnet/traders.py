@@ -140,6 +140,7 @@ class TraderSim:
             start,
             interval,
             slices,
+            0,  # the market's fairness tolerance
         )
         self.sender.send(trader, self.book, "placeOrder", params, gas=400_000)
         self.stats.placed[kind] += 1

@@ -56,6 +56,8 @@ class MarketSnapshot:
     decimals: dict[str, int] = field(default_factory=dict)
     #: market id -> (tokenIn, tokenOut), lowercase
     markets: dict[int, tuple[str, str]] = field(default_factory=dict)
+    #: market id -> the market's fairness tolerance (bps below the oracle's rate)
+    tolerance: dict[int, int] = field(default_factory=dict)
 
     def routes(self, token_in: str, token_out: str) -> list[tuple[PoolState, ...]]:
         """Every direct and two-hop path from token_in to token_out."""
@@ -112,6 +114,16 @@ class MarketSnapshot:
             return None
         return p_in * 10**18 // p_out
 
+    def fair_out(self, token_in: str, token_out: str, amount: int) -> int | None:
+        """What `amount` of token_in is worth in token_out at the oracle (raw units), exactly as
+        the OrderBook computes it; None when either price is missing or stale."""
+        p_in, fresh_in = self.prices.get(token_in, (0, False))
+        p_out, fresh_out = self.prices.get(token_out, (0, False))
+        if not (fresh_in and fresh_out and p_in and p_out):
+            return None
+        d_in, d_out = self.decimals.get(token_in, 18), self.decimals.get(token_out, 18)
+        return amount * (p_in * 10**d_out) // (p_out * 10**d_in)
+
     def value_usd(self, token: str, amount: int) -> int:
         """USD value with 18 decimals (0 if the oracle has no fresh price)."""
         price, fresh = self.prices.get(token, (0, False))
@@ -134,6 +146,8 @@ class SnapshotReader:
         self._tokens: dict[str, tuple[str, str]] = {}
         self._decimals: dict[str, int] = {}
         self._markets: dict[int, tuple[str, str]] = {}
+        self._tolerance: dict[int, int] = {}
+        self._market_calls = 0  # markets whose getMarket is in the per-block batch
         self._per_block: list[RawCall] | None = None
         self._priced: list[str] = []
 
@@ -175,6 +189,9 @@ class SnapshotReader:
                 ]
             if self.book is not None:
                 calls.append(RawCall.of(self.book, "marketCount"))
+                # Each market's terms every block: the owner may change a tolerance.
+                calls += [RawCall.of(self.book, "getMarket", m) for m in sorted(self._markets)]
+                self._market_calls = len(self._markets)
             self._per_block = calls
         return self._per_block
 
@@ -190,12 +207,19 @@ class SnapshotReader:
             snap.pools.append(PoolState(addr.lower(), t0, t1, int(r0), int(r1), int(fee)))
         rest = results[2 * len(self.pool_addrs) :]
         snap.prices = {t: (int(p), bool(fresh)) for t, (p, fresh) in zip(self._priced, rest, strict=False)}
-        count = [int(rest[-1][0])] if self.book is not None else [0]
         snap.decimals = dict(self._decimals)
         if self.book is not None:
-            for market in range(1, count[0] + 1):
+            tail = rest[len(self._priced) :]
+            count = int(tail[0][0])
+            for (m,), market in zip(tail[1:], sorted(self._markets), strict=True):
+                self._tolerance[market] = int(m[2])
+            for market in range(1, count + 1):
                 if market not in self._markets:
-                    m = await self.book.functions.getMarket(market).call()
+                    m = await self.book.functions.getMarket(market).call(block_identifier=block)
                     self._markets[market] = (str(m[0]).lower(), str(m[1]).lower())
+                    self._tolerance[market] = int(m[2])
+            if len(self._markets) != self._market_calls:
+                self._per_block = None  # new markets: their terms join the next block's batch
             snap.markets = dict(self._markets)
+            snap.tolerance = dict(self._tolerance)
         return snap

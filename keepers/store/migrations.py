@@ -59,11 +59,19 @@ def _order_delta_index(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _order_tolerance(conn: Connection) -> None:
+    """Each order's fairness tolerance (the OrderBook bounds every fill by the oracle's rate)."""
+    columns = {c["name"] for c in inspect(conn).get_columns("order")}
+    if "tolerance_bps" not in columns:
+        conn.execute(text('ALTER TABLE "order" ADD COLUMN tolerance_bps INTEGER NOT NULL DEFAULT 0'))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "action ledger, order reorg marker", _ledger_and_reorg_marker),
     Migration(3, "leader leases, fence token per transaction, 64-bit order times", _leases),
     Migration(4, "index of orders by chain and last updated block", _order_delta_index),
+    Migration(5, "order fairness tolerance", _order_tolerance),
 )
 
 

@@ -181,6 +181,7 @@ class Fold:
                     "start": int(p["start"]),
                     "interval": int(p["interval"]),
                     "slices": int(p["slices"]),
+                    "tolerance_bps": int(p["toleranceBps"]),
                     "status": "open",
                     "placed_block": ev.block_number,
                     "executable_block": None,

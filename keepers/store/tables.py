@@ -71,6 +71,8 @@ class Order(SQLModel, table=True):
     start: int = Field(default=0, sa_column=Column(BigInteger(), nullable=False))
     interval: int = 0
     slices: int = 0
+    #: The order's fairness tolerance (bps below the oracle's rate); 0 = the market's.
+    tolerance_bps: int = 0
     status: str = Field(index=True)  # open, armed, partially_filled, filled, cancelled, expired
     placed_block: int
     #: First block a keeper found the order executable (or the oracle armed it).

@@ -37,6 +37,7 @@ from web3.types import TxReceipt
 from keepers.chain.http import SessionHTTPProvider
 from keepers.devnet.anvil import Anvil, anvil_key, free_port
 from keepers.devnet.deploy import Deployment, bind, deploy_platform
+from keepers.devnet.market import arbitrage_input
 from keepers.engine.candidates import candidates_for
 from keepers.engine.loop import KeeperLoop
 from keepers.engine.market import SnapshotReader
@@ -226,10 +227,11 @@ class Devnet:
         interval: int = 0,
         slices: int = 0,
         expiry: int = 0,
+        tolerance_bps: int = 0,
     ) -> int:
         params = (
             self.deployment.markets[market], ORDER_KINDS[kind], amount_in, min_out, expiry, fee_bps,
-            trigger or clip, start, interval, slices,
+            trigger or clip, start, interval, slices, tolerance_bps,
         )  # fmt: skip
         receipt = self.send(self.traders[trader], self.book, "placeOrder", params)
         assert receipt is not None
@@ -257,6 +259,32 @@ class Devnet:
         self.send(acct, token, "transfer", p.address, amount, mine=False)
         zero_for_one = int(token_out, 16) < int(token.address, 16)
         self.send(acct, p, "swap", out if zero_for_one else 0, 0 if zero_for_one else out, acct.address, b"")
+
+    def move_market(self, symbol: str, usd: float) -> None:
+        """The market moves: every pool of `symbol` is arbitraged to `usd` (against its other
+        token's oracle price) and the oracle follows, as on a live chain. Fills are bounded by
+        the oracle's rate (each market's tolerance), so moving the oracle alone leaves the
+        pools far from it and nothing fair to fill."""
+        oracle_usd = {
+            s: self.oracle.functions.latestRound(a).call()[1] / 10**18 for s, a in self.deployment.tokens.items()
+        }
+        oracle_usd[symbol] = usd
+        for p in self.deployment.pools:
+            if symbol not in (p["base"], p["quote"]):
+                continue
+            pool = bind(self.w3, "LiquidityPool", p["address"])
+            t0 = str(pool.functions.token0().call()).lower()
+            s0, s1 = (p["base"], p["quote"]) if self.token(p["base"]).address.lower() == t0 else (p["quote"], p["base"])
+            d0, d1 = self.deployment.decimals[s0], self.deployment.decimals[s1]
+            r0, r1, _ = pool.functions.getReserves().call()
+            target = oracle_usd[s0] / oracle_usd[s1] * 10 ** (d1 - d0)
+            swap = arbitrage_input(r0, r1, target, int(pool.functions.currentFee().call()))
+            if swap is not None:
+                zero_in, amount = swap
+                token_in = s0 if zero_in else s1
+                self.send(self.deployer, self.token(token_in), "mint", self.traders[4].address, amount)
+                self.swap(p["address"], token_in, amount)
+        self.set_price(symbol, usd)
 
     def set_price(self, symbol: str, usd: float) -> None:
         """Moves the oracle to `usd` in steps within its per-update bound, one block each."""

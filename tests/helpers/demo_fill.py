@@ -36,14 +36,19 @@ def place_and_fill(w3: Web3, dep: Deployment, trader_key: str, keeper_key: str) 
     amount_in = units(Decimal(1), 18)
     trader.call(weth, "mint", trader.account.address, amount_in)
     trader.call(weth, "approve", book.address, amount_in)
-    params = (market, LIMIT, amount_in, units(Decimal(1900), 6), 0, 10, 0, 0, 0, 0)
+    params = (market, LIMIT, amount_in, units(Decimal(1900), 6), 0, 10, 0, 0, 0, 0, 0)
     placed = trader.call(book, "placeOrder", params)
     order_id = book.events.OrderPlaced().process_receipt(placed, errors=DISCARD)[0]["args"]["id"]
 
     pool = next(p["address"] for p in dep.pools if (p["base"], p["quote"]) == ("WETH", "USDC"))
     group: tuple[int, list[str], list[int], list[int]] = (market, [pool], [order_id], [])
     receipt = keeper.call(book, "executeBatch", [group], keeper.account.address)
-    fill = book.events.OrderFilled().process_receipt(receipt, errors=DISCARD)[0]["args"]
+    filled = book.events.OrderFilled().process_receipt(receipt, errors=DISCARD)
+    if not filled:
+        skipped = [e["args"] for e in book.events.OrderSkipped().process_receipt(receipt, errors=DISCARD)]
+        failed = [e["args"] for e in book.events.GroupFailed().process_receipt(receipt, errors=DISCARD)]
+        raise AssertionError(f"order {order_id} not filled: skipped {skipped}, groups failed {failed}")
+    fill = filled[0]["args"]
     return DemoFill(
         order_id=order_id,
         amount_in=fill["amountIn"],

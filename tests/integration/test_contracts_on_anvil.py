@@ -38,7 +38,7 @@ def test_limit_order_fills_at_or_above_its_limit(w3: Web3, deployment: Deploymen
 def test_bad_order_is_rejected_with_a_named_error(w3: Web3, deployment: Deployment):
     trader = Sender(w3, DEFAULT_KEYS[3])
     book = bind(w3, "OrderBook", deployment.order_book)
-    params = (deployment.markets["WETH/USDC"], 0, 10**18, 1, 0, 101, 0, 0, 0, 0)
+    params = (deployment.markets["WETH/USDC"], 0, 10**18, 1, 0, 101, 0, 0, 0, 0, 0)
     with pytest.raises(DeployError, match=r"OrderBook\.KeeperFeeTooHigh\(feeBps=101, maxBps=100\)"):
         trader.call(book, "placeOrder", params)
 
@@ -54,7 +54,7 @@ def test_stop_loss_waits_for_the_oracle_then_fills(w3: Web3, deployment: Deploym
     trader.call(weth, "mint", trader.account.address, 10**18)
     trader.call(weth, "approve", book.address, 10**18)
     market = deployment.markets["WETH/USDC"]
-    params = (market, STOP_LOSS, 10**18, 1700 * 10**6, 0, 10, 1800 * 10**18, 0, 0, 0)
+    params = (market, STOP_LOSS, 10**18, 1700 * 10**6, 0, 10, 1800 * 10**18, 0, 0, 0, 0)
     placed = trader.call(book, "placeOrder", params)
     order_id = book.events.OrderPlaced().process_receipt(placed, errors=DISCARD)[0]["args"]["id"]
     group = (market, [_weth_usdc_pool(deployment)], [order_id], [])
@@ -63,6 +63,7 @@ def test_stop_loss_waits_for_the_oracle_then_fills(w3: Web3, deployment: Deploym
     skipped = book.events.OrderSkipped().process_receipt(first, errors=DISCARD)
     assert [(e["args"]["id"], e["args"]["reason"]) for e in skipped] == [(order_id, NOT_TRIGGERED)]
 
+    w3.provider.make_request("evm_increaseTime", [1])  # type: ignore[arg-type]  # one oracle write a block
     admin.call(oracle, "updatePrice", deployment.tokens["WETH"], 1790 * 10**18)
     second = keeper.call(book, "executeBatch", [group], keeper.account.address)
     armed = book.events.OrderArmed().process_receipt(second, errors=DISCARD)

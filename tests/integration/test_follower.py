@@ -62,7 +62,7 @@ def _follower(url: str, dep: Deployment, db: str, **kw: Any) -> ChainFollower:
 
 def _place_tx(w3: Web3, dep: Deployment, amount: int, nonce: int | None = None) -> bytes:
     book = bind(w3, "OrderBook", dep.order_book)
-    params = (dep.markets["WETH/USDC"], LIMIT, amount, 1, 0, 10, 0, 0, 0, 0)
+    params = (dep.markets["WETH/USDC"], LIMIT, amount, 1, 0, 10, 0, 0, 0, 0, 0)
     tx = book.functions.placeOrder(params).build_transaction(
         {
             "from": TRADER.address,

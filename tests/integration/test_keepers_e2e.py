@@ -86,7 +86,7 @@ def test_take_profit_and_cancelled_orders(keepers_devnet: Devnet):
     cancelled = d.place("WETH/USDC", "limit", E18, 1 * USDC, trader=1)
     d.send(d.traders[1], d.book, "cancelOrder", cancelled)
     with d.keeper("limit-stop", "best-execution") as k:
-        d.set_price("WETH", 2_110)
+        d.move_market("WETH", 2_110)  # pools and oracle: a fill must be fair as well as crossed
         crossed = d.head
         k.wait_for_bundle(crossed + 1)
         d.mine(3)

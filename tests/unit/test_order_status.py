@@ -26,7 +26,7 @@ def _ev(block: int, name: str, args: dict[str, Any], log_index: int = 0) -> Even
 def _placed(order_id: int, block: int) -> Event:
     params = {
         "kind": 0, "amountIn": 10**18, "minAmountOut": 1_900 * 10**6, "expiry": 0, "keeperFeeBps": 10,
-        "triggerOrClip": 0, "start": 0, "interval": 0, "slices": 0,
+        "triggerOrClip": 0, "start": 0, "interval": 0, "slices": 0, "toleranceBps": 0,
     }  # fmt: skip
     return _ev(block, "OrderPlaced", {"id": order_id, "owner": OWNER, "market": 1, "params": params})
 

@@ -40,7 +40,25 @@ def snapshots(draw: st.DrawFn) -> MarketSnapshot:
     if draw(st.booleans()):  # a two-hop route through DAI
         pools.append(PoolState("0xp2", WETH, DAI, draw(reserve), draw(reserve), draw(fee_pips)))
         pools.append(PoolState("0xp3", DAI, USDC, draw(reserve), draw(reserve), draw(fee_pips)))
-    return MarketSnapshot(block=1, pools=pools, markets={MARKET: (WETH, USDC)})
+    # The oracle, somewhere near or far from the pools (fills must stay within tolerance of
+    # it), and the market's tolerance: anything from tight to limit-only.
+    weth_usd = draw(st.integers(min_value=10**17, max_value=10**22))
+    prices = {WETH: (weth_usd, True), USDC: (10**18, True), DAI: (10**18, True)}
+    tolerance = draw(st.sampled_from([1, 50, 300, 2_000, 10_000]))
+    return MarketSnapshot(
+        block=1, pools=pools, markets={MARKET: (WETH, USDC)}, prices=prices,
+        decimals={WETH: 18, USDC: 18, DAI: 18}, tolerance={MARKET: tolerance},
+    )  # fmt: skip
+
+
+def _contract_is_fair(snap: MarketSnapshot, order: Order, total_in: int, quoted: int) -> bool:
+    """OrderBook._dropUnfit's tolerance rule, on the group's quote."""
+    tol = order.tolerance_bps or snap.tolerance[order.market]
+    if tol >= BPS:
+        return True
+    (p_in, _), (p_out, _) = snap.prices[WETH], snap.prices[USDC]
+    fair = total_in * p_in // p_out  # both 18 decimals here
+    return quoted * BPS >= fair * (BPS - tol)
 
 
 def _contract_distribution(received: int, fills: list[int]) -> list[int]:
@@ -63,6 +81,7 @@ orders = st.lists(
         st.integers(min_value=10**15, max_value=10**21),  # amount in
         st.integers(min_value=1, max_value=4_000),  # limit price (USDC-ish units per unit)
         st.integers(min_value=0, max_value=100),  # keeper fee bps (the contract caps at 100)
+        st.sampled_from([0, 0, 100, 1_000, 10_000]),  # the order's own tolerance (0: the market's)
     ),
     min_size=1,
     max_size=12,
@@ -72,9 +91,11 @@ orders = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(snapshots(), orders)
 def test_a_planned_batch_never_fills_an_order_below_its_limit(
-    snap: MarketSnapshot, raw: list[tuple[int, int, int]]
+    snap: MarketSnapshot, raw: list[tuple[int, int, int, int]]
 ):
-    book = [_order(i + 1, a, a * p // 1_000, fee) for i, (a, p, fee) in enumerate(raw)]
+    book = [_order(i + 1, a, a * p // 1_000, fee) for i, (a, p, fee, _) in enumerate(raw)]
+    for o, (*_, tol) in zip(book, raw, strict=True):
+        o.tolerance_bps = tol
     groups = plan_groups(snap, {MARKET: [(o, o.remaining) for o in book]})
     by_id = {o.order_id: o for o in book}
     state = snap  # the pools as each group finds them: after the groups before it
@@ -90,6 +111,7 @@ def test_a_planned_batch_never_fills_an_order_below_its_limit(
         shares = _contract_distribution(received, list(group.amounts))
         for oid, amt, out in zip(group.order_ids, group.amounts, shares, strict=True):
             assert _contract_meets_limit(by_id[oid], amt, out), f"order {oid} would revert LimitViolated"
+            assert _contract_is_fair(snap, by_id[oid], sum(group.amounts), received), f"order {oid}: UnfairPrice"
         fees = sum(
             out * by_id[oid].keeper_fee_bps // BPS for oid, out in zip(group.order_ids, shares, strict=True)
         )
@@ -114,31 +136,31 @@ def test_an_iceberg_clip_never_exceeds_its_size_or_its_limit(
         route = snap.best_route(WETH, USDC, size)
         assert route is not None
         assert _contract_meets_limit(order, size, route.amount_out)
+        assert _contract_is_fair(snap, order, size, route.amount_out)
     if size < min(clip, amount):
         bigger = snap.best_route(WETH, USDC, size + 1)
-        assert bigger is None or not _contract_meets_limit(order, size + 1, bigger.amount_out), "largest clip"
+        assert (
+            bigger is None
+            or not _contract_meets_limit(order, size + 1, bigger.amount_out)
+            or not _contract_is_fair(snap, order, size + 1, bigger.amount_out)
+        ), "largest clip"
 
 
-@given(st.integers(min_value=2, max_value=500), st.integers(min_value=1, max_value=2**96))
-def test_twap_slices_add_up_to_the_order_and_match_the_contract(slices: int, amount: int):
+@given(st.integers(min_value=2, max_value=1_000), st.integers(min_value=1, max_value=2**96))
+def test_twap_runs_exactly_its_slices_and_matches_the_contract(slices: int, amount: int):
     if amount // slices == 0:
         return  # the contract refuses such an order (InvalidTwap)
-    order = _order(1, amount, 1, 0, kind=3)
-    order.slices = slices
-    remaining, taken = amount, []
+    remaining, left, taken = amount, slices, []
     while remaining:
-        s = slice_size(order, remaining)
-        # OrderBook: slice = amountIn / slices; the last (remaining < 2 * slice) takes the rest.
-        size = amount // slices
-        assert s == (size if remaining >= 2 * size else remaining)
+        s = slice_size(remaining, left)
+        # OrderBook: slice = remaining / slices left; the last takes what is left.
+        assert s == (remaining // left if left > 1 else remaining)
         taken.append(s)
         remaining -= s
+        left -= 1
     assert sum(taken) == amount
-    assert all(t >= amount // slices for t in taken), "no dust slice"
-    assert max(taken) < 2 * (amount // slices)
-    # amountIn / (amountIn / slices) slices: the configured count, or more when the division
-    # remainder is at least a slice (tiny orders; the contract's own arithmetic).
-    assert len(taken) == amount // (amount // slices) >= slices
+    assert len(taken) == slices, "exactly the slice count"
+    assert max(taken) - min(taken) <= 1, "slices even to one unit"
 
 
 entries = st.lists(

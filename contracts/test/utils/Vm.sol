@@ -4,7 +4,15 @@ pragma solidity 0.8.37;
 /// @notice The forge cheatcodes this project's tests use (forge-std is not used: its npm
 /// copy is outdated). Signatures follow forge's own Vm interface.
 interface Vm {
+    struct Log {
+        bytes32[] topics;
+        bytes data;
+        address emitter;
+    }
+
     function prank(address sender) external;
+    function recordLogs() external;
+    function getRecordedLogs() external returns (Log[] memory logs);
     function startPrank(address sender) external;
     function stopPrank() external;
     function warp(uint256 timestamp) external;
