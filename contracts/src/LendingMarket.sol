@@ -106,10 +106,10 @@ contract LendingMarket is ReentrancyGuardTransient {
         if (amount == 0) revert ZeroAmount();
         accrue();
         uint256 assets = cash + totalBorrows;
-        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // Strict equality on own accounting (not a balance): no transfer can move it.
         // slither-disable-next-line incorrect-equality
         shares = totalShares == 0 || assets == 0 ? amount : (amount * totalShares) / assets;
-        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // Strict equality on own accounting (not a balance): no transfer can move it.
         // slither-disable-next-line incorrect-equality
         if (shares == 0) revert ZeroAmount();
         totalShares += shares;
@@ -175,7 +175,7 @@ contract LendingMarket is ReentrancyGuardTransient {
     function repay(address borrower, uint256 amount) external nonReentrant returns (uint256 paid) {
         accrue();
         uint256 debt = debtOf(borrower);
-        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // Strict equality on own accounting (not a balance): no transfer can move it.
         // slither-disable-next-line incorrect-equality
         if (debt == 0) revert NoDebt();
         paid = amount > debt ? debt : amount;
@@ -205,10 +205,10 @@ contract LendingMarket is ReentrancyGuardTransient {
 
         // A debt too small for the close factor to leave anything may be repaid whole.
         uint256 cap = (debt * closeFactorBps) / BPS;
-        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // Strict equality on own accounting (not a balance): no transfer can move it.
         // slither-disable-next-line incorrect-equality
         repaid = Math.min(repayAmount, cap == 0 ? debt : cap);
-        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // Strict equality on own accounting (not a balance): no transfer can move it.
         // slither-disable-next-line incorrect-equality
         if (repaid == 0) revert ZeroAmount();
         (uint256 pColl, uint256 pDebt) = _prices();
@@ -227,22 +227,14 @@ contract LendingMarket is ReentrancyGuardTransient {
             // What would be left is dust: it goes with this liquidation.
             seized = collateral;
         }
-        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // Strict equality on own accounting (not a balance): no transfer can move it.
         // slither-disable-next-line incorrect-equality
         if (seized == 0) revert ZeroAmount();
         pos.collateral = uint128(collateral - seized);
         if (repaid != 0) _reduceDebt(borrower, repaid, debt);
-        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // Strict equality on own accounting (not a balance): no transfer can move it.
         // slither-disable-next-line incorrect-equality
-        if (collateral == seized) {
-            uint256 left = debtOf(borrower);
-            if (left != 0) {
-                pos.debtScaled = 0;
-                totalBorrows = totalBorrows > left ? totalBorrows - left : 0;
-                badDebt += left;
-                emit BadDebtWrittenOff(borrower, left);
-            }
-        }
+        if (collateral == seized) _writeOff(borrower);
         debtToken.safeTransferFrom(msg.sender, address(this), repaid);
         collateralToken.safeTransfer(receiver, seized);
         emit Liquidated(borrower, msg.sender, repaid, seized, health);
@@ -253,12 +245,12 @@ contract LendingMarket is ReentrancyGuardTransient {
     /// @notice Accrues interest to now (anyone may call; every state change does).
     function accrue() public {
         uint256 elapsed = block.timestamp - lastAccrual;
-        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // Strict equality on own accounting (not a balance): no transfer can move it.
         // slither-disable-next-line incorrect-equality
         if (elapsed == 0) return;
         lastAccrual = block.timestamp;
         uint256 borrows = totalBorrows;
-        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // Strict equality on own accounting (not a balance): no transfer can move it.
         // slither-disable-next-line incorrect-equality
         if (borrows == 0) return;
         uint256 factor = _rate(borrows) * elapsed;
@@ -284,7 +276,7 @@ contract LendingMarket is ReentrancyGuardTransient {
     /// @notice Liquidation-threshold collateral value over debt value (WAD); max when there is no debt.
     function healthFactor(address borrower) public view returns (uint256) {
         uint256 debt = debtOf(borrower);
-        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // Strict equality on own accounting (not a balance): no transfer can move it.
         // slither-disable-next-line incorrect-equality
         if (debt == 0) return type(uint256).max;
         (uint256 pColl, uint256 pDebt) = _prices();
@@ -297,7 +289,7 @@ contract LendingMarket is ReentrancyGuardTransient {
 
     function _rate(uint256 borrows) private view returns (uint256) {
         uint256 assets = cash + borrows;
-        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // Strict equality on own accounting (not a balance): no transfer can move it.
         // slither-disable-next-line incorrect-equality
         uint256 utilization = assets == 0 ? 0 : Math.mulDiv(borrows, WAD, assets);
         return baseRatePerSecond + Math.mulDiv(slopePerSecond, utilization, WAD);
@@ -313,9 +305,21 @@ contract LendingMarket is ReentrancyGuardTransient {
         return Math.mulDiv(base, BPS + liquidationBonusBps, BPS);
     }
 
+    /// @dev The debt of a position left without collateral is bad debt: lenders bear it.
+    function _writeOff(address borrower) private {
+        uint256 left = debtOf(borrower);
+        // Strict equality on own accounting (not a balance): no transfer can move it.
+        // slither-disable-next-line incorrect-equality
+        if (left == 0) return;
+        _positions[borrower].debtScaled = 0;
+        totalBorrows = totalBorrows > left ? totalBorrows - left : 0;
+        badDebt += left;
+        emit BadDebtWrittenOff(borrower, left);
+    }
+
     function _reduceDebt(address borrower, uint256 amount, uint256 debt) private {
         Position storage pos = _positions[borrower];
-        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // Strict equality on own accounting (not a balance): no transfer can move it.
         // slither-disable-next-line incorrect-equality
         if (amount == debt) {
             pos.debtScaled = 0;
@@ -329,7 +333,7 @@ contract LendingMarket is ReentrancyGuardTransient {
 
     function _checkBorrowLimit(address borrower) private view {
         uint256 debt = debtOf(borrower);
-        // Strict equality on the market's own accounting (it keeps `cash` rather than reading balances): no transfer can move it.
+        // Strict equality on own accounting (not a balance): no transfer can move it.
         // slither-disable-next-line incorrect-equality
         if (debt == 0) return;
         (uint256 pColl, uint256 pDebt) = _prices();

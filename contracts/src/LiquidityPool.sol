@@ -173,7 +173,7 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
         uint256 amount0 = balance0 - r0;
         uint256 amount1 = balance1 - r1;
         uint256 supply = totalSupply();
-        // Strict equality on share supply, the pool's own accounting (MINIMUM_LIQUIDITY is locked at the first mint).
+        // Strict equality on share supply (own accounting; MINIMUM_LIQUIDITY locked at first mint).
         // slither-disable-next-line incorrect-equality
         if (supply == 0) {
             liquidity = Math.sqrt(amount0 * amount1) - MINIMUM_LIQUIDITY;
@@ -182,7 +182,7 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
         } else {
             liquidity = Math.min((amount0 * supply) / r0, (amount1 * supply) / r1);
         }
-        // Strict equality on shares minted from what was sent (V2's check): a donation only adds to them.
+        // Strict equality on shares minted (V2's check): a donation only adds to them.
         // slither-disable-next-line incorrect-equality
         if (liquidity == 0) revert InsufficientLiquidityMinted();
         _mint(to, liquidity);
@@ -201,7 +201,7 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
         uint256 supply = totalSupply();
         amount0 = (liquidity * balance0) / supply;
         amount1 = (liquidity * balance1) / supply;
-        // Strict equality on the payout (V2's check): a donation only makes it larger, never zero.
+        // Strict equality on the payout (V2's check): a donation only adds to it.
         // slither-disable-next-line incorrect-equality
         if (amount0 == 0 || amount1 == 0) revert InsufficientLiquidityBurned();
         _burn(address(this), liquidity);
@@ -248,7 +248,7 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
             amount0In = balance0 > r0 - amount0Out ? balance0 - (r0 - amount0Out) : 0;
             amount1In = balance1 > r1 - amount1Out ? balance1 - (r1 - amount1Out) : 0;
         }
-        // Strict equality on the input (V2's check): a donation only makes it larger, never zero.
+        // Strict equality on the input (V2's check): a donation only adds to it.
         // slither-disable-next-line incorrect-equality
         if (amount0In == 0 && amount1In == 0) revert InsufficientInputAmount();
 
@@ -309,7 +309,7 @@ contract LiquidityPool is ILiquidityPool, ERC20, ReentrancyGuardTransient {
         uint256 before = r1 * b0;
         uint256 afterMove = b1 * r0;
         uint256 sum = before + afterMove;
-        // Strict equality on reserves: zero only before the first mint, when there is no price to move.
+        // Strict equality on reserves: zero only before the first mint (no price yet).
         // slither-disable-next-line incorrect-equality
         if (before == 0 || afterMove == 0) return 0;
         uint256 diff = afterMove > before ? afterMove - before : before - afterMove;

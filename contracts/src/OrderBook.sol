@@ -412,6 +412,7 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
             } catch {
                 // Only the selector is copied: a revert of any size costs the same here.
                 bytes4 reason;
+                // solhint-disable-next-line no-inline-assembly
                 assembly ("memory-safe") {
                     if gt(returndatasize(), 3) {
                         returndatacopy(0, 0, 4)
@@ -727,6 +728,9 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
         // deferred ones.
         if (gasleft() < PAYOUT_GAS + 10_000) revert OutOfGas();
         bool ok;
+        // A bounded-gas call that reads at most one word back (a returndata bomb costs the
+        // token, not us) and never reverts: Solidity's call would copy all of it.
+        // solhint-disable-next-line no-inline-assembly
         assembly ("memory-safe") {
             let ptr := mload(0x40)
             mstore(ptr, 0xa9059cbb00000000000000000000000000000000000000000000000000000000) // transfer(address,uint256)
@@ -762,27 +766,23 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
         }
     }
 
-    function _place(address owner_, PlaceParams calldata p, bool revealed) private returns (uint256 id) {
-        Market memory m = _markets[p.market];
-        if (m.tokenIn == address(0)) revert UnknownMarket(p.market);
+    /// @dev Every parameter is bounded here, so nothing an order holds can fail a later batch.
+    function _validate(PlaceParams calldata p) private view returns (uint32 expiry) {
         if (p.amountIn == 0) revert ZeroAmount();
         if (p.minAmountOut == 0) revert ZeroMinAmountOut();
         if (p.keeperFeeBps > MAX_KEEPER_FEE_BPS) revert KeeperFeeTooHigh(p.keeperFeeBps, MAX_KEEPER_FEE_BPS);
         if (p.toleranceBps > BPS) revert InvalidTolerance(p.toleranceBps);
-        uint32 expiry = p.expiry == 0 ? type(uint32).max : p.expiry;
+        expiry = p.expiry == 0 ? type(uint32).max : p.expiry;
         if (expiry <= block.timestamp) revert ExpiryInPast(expiry);
         OrderType kind = p.kind;
-        bool stop = kind == OrderType.StopLoss || kind == OrderType.TakeProfit;
-        bool twap = kind == OrderType.Twap;
-        // Every parameter is bounded here, so nothing an order holds can fail a later batch.
-        if (stop) {
+        if (kind == OrderType.StopLoss || kind == OrderType.TakeProfit) {
             if (p.triggerOrClip == 0) revert InvalidTrigger();
         } else if (kind == OrderType.Iceberg) {
             if (p.triggerOrClip == 0 || p.triggerOrClip >= p.amountIn) revert InvalidClip();
         } else if (p.triggerOrClip != 0) {
             revert UnusedParam();
         }
-        if (twap) {
+        if (kind == OrderType.Twap) {
             if (
                 p.slices < 2 || p.slices > MAX_TWAP_SLICES || p.amountIn / p.slices == 0 || p.interval == 0
                     || p.interval > MAX_TWAP_INTERVAL || p.start > block.timestamp + MAX_TWAP_START_DELAY
@@ -790,8 +790,15 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
         } else if (p.slices != 0 || p.interval != 0 || p.start != 0) {
             revert UnusedParam();
         }
+    }
 
-        id = nextOrderId++;
+    function _place(address owner_, PlaceParams calldata p, bool revealed) private returns (uint256 id) {
+        Market memory m = _markets[p.market];
+        if (m.tokenIn == address(0)) revert UnknownMarket(p.market);
+        uint32 expiry = _validate(p);
+        OrderType kind = p.kind;
+        id = nextOrderId;
+        ++nextOrderId;
         Stored storage o = _orders[id];
         o.owner = owner_;
         o.remaining = p.amountIn;
@@ -805,7 +812,7 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
             if (kind == OrderType.Limit) bits |= EXTENDED;
             o.triggerOrClip = p.triggerOrClip;
             uint32 notBefore = revealed ? uint32(block.timestamp) + 1 : 0;
-            if (twap) {
+            if (kind == OrderType.Twap) {
                 notBefore = p.start > notBefore ? p.start : notBefore;
                 o.interval = p.interval;
                 o.slices = p.slices;

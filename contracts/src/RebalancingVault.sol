@@ -288,7 +288,7 @@ contract RebalancingVault is PoolWhitelist, ReentrancyGuardTransient {
             values[i] = _valueAt(b.tokens[i], balanceOf[id][b.tokens[i]], prices[i]);
             total += values[i];
         }
-        // Strict equality on basket balances, the vault's own accounting: no transfer can move them.
+        // Strict equality on basket balances (own accounting): no transfer can move them.
         // slither-disable-next-line incorrect-equality
         if (total == 0) return 0;
         for (uint256 i; i < n; ++i) {

@@ -16,6 +16,7 @@ contract BulkPlacer {
 
     /// @dev OrderBook.placeOrder(PlaceParams); BulkPlacer.t.sol checks it against the book's.
     bytes4 public constant PLACE_ORDER =
+        // solhint-disable-next-line gas-small-strings
         bytes4(keccak256("placeOrder((uint16,uint8,uint96,uint96,uint32,uint8,uint128,uint32,uint32,uint16,uint16))"));
 
     address public immutable BOOK;
@@ -58,6 +59,7 @@ contract BulkPlacer {
     /// @notice Cancels orders this contract placed (the refunds come back here).
     function cancel(uint256[] calldata ids) external onlyOperator {
         for (uint256 i; i < ids.length; ++i) {
+            // solhint-disable-next-line avoid-low-level-calls
             (bool ok, bytes memory reason) = BOOK.call(abi.encodeWithSignature("cancelOrder(uint256)", ids[i]));
             if (!ok) revert CancelFailed(ids[i], reason);
         }
