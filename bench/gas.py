@@ -162,6 +162,16 @@ def run() -> dict[str, Any]:
         single = b.fill_gas(pool1, [one])
         rows.append(Row("limit fill, single order", single, note=f"{single - swap_ref:,} above the swap"))
 
+        # The same fill in a market without the oracle bound (tolerance 10,000): the difference
+        # is the fairness check, reading two oracle prices that no earlier call warmed.
+        b.admin.call(b.book, "setMarketTolerance", b.market, 10_000)
+        pool_lo = b.fresh_pool("limit-only")
+        lo = b.place(traders[0], LIMIT, 10**18, 1900 * 10**6)
+        limit_only = b.fill_gas(pool_lo, [lo])
+        b.admin.call(b.book, "setMarketTolerance", b.market, 300)
+        note = f"fairness check: {single - limit_only:,} (cold oracle account and two price slots)"
+        rows.append(Row("limit fill, single order, market without oracle bound", limit_only, note=note))
+
         pool10 = b.fresh_pool("batch")
         ids = [b.place(traders[i % 4], LIMIT, 10**18, 1900 * 10**6) for i in range(10)]
         batch = b.fill_gas(pool10, ids)

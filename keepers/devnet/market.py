@@ -38,7 +38,9 @@ class PricePath:
         return self.usd
 
 
-def arbitrage_input(r0: int, r1: int, target: float, fee_pips: int, max_share: float = 1.0) -> tuple[bool, int] | None:
+def arbitrage_input(
+    r0: int, r1: int, target: float, fee_pips: int, max_share: float = 1.0
+) -> tuple[bool, int] | None:
     """The swap that brings a constant-product pool with reserves (r0, r1) to `target` (raw
     token1 per raw token0): (token0 in?, amount in), at most `max_share` of the input reserve;
     None when the pool is within a basis point or so of it already."""

@@ -122,7 +122,7 @@ class MarketSnapshot:
         if not (fresh_in and fresh_out and p_in and p_out):
             return None
         d_in, d_out = self.decimals.get(token_in, 18), self.decimals.get(token_out, 18)
-        return amount * (p_in * 10**d_out) // (p_out * 10**d_in)
+        return int(amount * (p_in * 10**d_out) // (p_out * 10**d_in))
 
     def value_usd(self, token: str, amount: int) -> int:
         """USD value with 18 decimals (0 if the oracle has no fresh price)."""

@@ -266,7 +266,8 @@ class Devnet:
         the oracle's rate (each market's tolerance), so moving the oracle alone leaves the
         pools far from it and nothing fair to fill."""
         oracle_usd = {
-            s: self.oracle.functions.latestRound(a).call()[1] / 10**18 for s, a in self.deployment.tokens.items()
+            s: self.oracle.functions.latestRound(a).call()[1] / 10**18
+            for s, a in self.deployment.tokens.items()
         }
         oracle_usd[symbol] = usd
         for p in self.deployment.pools:
@@ -274,7 +275,11 @@ class Devnet:
                 continue
             pool = bind(self.w3, "LiquidityPool", p["address"])
             t0 = str(pool.functions.token0().call()).lower()
-            s0, s1 = (p["base"], p["quote"]) if self.token(p["base"]).address.lower() == t0 else (p["quote"], p["base"])
+            s0, s1 = (
+                (p["base"], p["quote"])
+                if self.token(p["base"]).address.lower() == t0
+                else (p["quote"], p["base"])
+            )
             d0, d1 = self.deployment.decimals[s0], self.deployment.decimals[s1]
             r0, r1, _ = pool.functions.getReserves().call()
             target = oracle_usd[s0] / oracle_usd[s1] * 10 ** (d1 - d0)

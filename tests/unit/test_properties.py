@@ -111,7 +111,9 @@ def test_a_planned_batch_never_fills_an_order_below_its_limit(
         shares = _contract_distribution(received, list(group.amounts))
         for oid, amt, out in zip(group.order_ids, group.amounts, shares, strict=True):
             assert _contract_meets_limit(by_id[oid], amt, out), f"order {oid} would revert LimitViolated"
-            assert _contract_is_fair(snap, by_id[oid], sum(group.amounts), received), f"order {oid}: UnfairPrice"
+            assert _contract_is_fair(snap, by_id[oid], sum(group.amounts), received), (
+                f"order {oid}: UnfairPrice"
+            )
         fees = sum(
             out * by_id[oid].keeper_fee_bps // BPS for oid, out in zip(group.order_ids, shares, strict=True)
         )

@@ -496,7 +496,6 @@ contract OrderBookInvariantTest is Fixture {
     }
 
     /// forge-config: default.invariant.depth = 256
-    /// forge-config: deep.invariant.depth = 2560
     /// @notice No token is created or lost: the book holds exactly the unfilled escrow of each
     /// token plus what it holds for owners who could not receive their output.
     function invariant_escrowEqualsOpenRemainingPlusClaimable() public view {
@@ -511,7 +510,6 @@ contract OrderBookInvariantTest is Fixture {
     }
 
     /// forge-config: default.invariant.depth = 256
-    /// forge-config: deep.invariant.depth = 2560
     /// @notice Every fill meets its order's limit and its fairness tolerance of the oracle,
     /// whoever sends it (a keeper sandwiching its own fill included).
     function invariant_fillsMeetLimitAndTolerance() public view {
@@ -520,14 +518,12 @@ contract OrderBookInvariantTest is Fixture {
     }
 
     /// forge-config: default.invariant.depth = 256
-    /// forge-config: deep.invariant.depth = 2560
     /// @notice No order, owner or token makes a batch or a group fail: no group is rolled back.
     function invariant_noGroupFails() public view {
         vm.assertEq(handler.groupFailures(), 0, "a group failed (or a paused book filled)");
     }
 
     /// forge-config: default.invariant.depth = 256
-    /// forge-config: deep.invariant.depth = 2560
     /// @notice Closed orders never fill; a TWAP runs exactly its slices; an iceberg gives one
     /// clip a block; a revealed order fills from the next block.
     function invariant_perKindRules() public view {
