@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 from bench.common import RESULTS, machine, write_results
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
-from keepers.tx.nonces import NonceManager
+from keepers.tx.records import TxRecords
 
 SIGNER = "0x00000000000000000000000000000000000000aa"
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -54,11 +54,11 @@ def _run(url: str, processes: int, per_process: int) -> dict[str, Any]:
         reports.append(json.loads(out))
     # From the first worker's first allocation to the last one's end: process start-up excluded.
     elapsed = max(r["end"] for r in reports) - min(r["start"] for r in reports)
-    nm = NonceManager(make_engine(url), 1, SIGNER)
+    nm = TxRecords(make_engine(url), 1, SIGNER)
     live = nm.live_nonces()
     duplicates = len(live) - len(set(live))
     for gap in nm.gaps():
-        nm.claim_gap(gap, f"gap-{gap}")
+        nm.claim_gap(gap, f"gap-{gap}", (0, 0), 0)
     live = nm.live_nonces()
     return {
         "processes": processes,

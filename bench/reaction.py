@@ -11,9 +11,9 @@ Stages, as the keeper runs them:
   market    the market snapshot read (pools, oracle)
   index     the trigger index brought up to date and asked what this block's prices cross
   strategy  the built-in `best-execution` strategy plans its batches
-  estimate  eth_estimateGas of the batch
+  settle    the transaction manager's confirmer step at the head (receipts of what is in flight)
+  nonce     nonce allocation and the records and ledger rows, in the store (one transaction)
   simulate  eth_callBundle at the relay
-  nonce     nonce allocation in the store (one transaction)
   send      eth_sendBundle until the relay accepted it
   other     the rest: signing, bookkeeping, scheduling between the stages
 """
@@ -56,11 +56,12 @@ from keepers.store.migrations import migrate
 from keepers.tx.actions import Action
 from keepers.tx.fees import FeeEstimator
 from keepers.tx.flashbots import FlashbotsClient
-from keepers.tx.nonces import NonceManager
+from keepers.tx.manager import Outcome, TxManager
+from keepers.tx.records import Intent, TxRecords
+from keepers.tx.routes import BundleRoute
 from keepers.tx.signer import TxSigner
-from keepers.tx.submit import BundleSubmitter
 
-STAGES = ("follow", "market", "index", "strategy", "estimate", "simulate", "nonce", "send", "other")
+STAGES = ("follow", "settle", "market", "index", "strategy", "nonce", "simulate", "send", "other")
 FLOOR_P99_MS = 40.0  # at 100k open orders with 50 crossing
 KEEPER_KEY = 9
 TRADER_KEYS = (1, 2, 3)
@@ -136,36 +137,40 @@ class TimedStrategy:
         return out
 
 
-class TimedSubmitter(BundleSubmitter):
-    async def _estimate(self, action: Action) -> tuple[Action, str | None]:
-        t = time.perf_counter()
-        out = await super()._estimate(action)
-        self.clock.mark("estimate", t)
-        return out
+class TimedRecords(TxRecords):
+    clock: Clock
 
-    async def _allocate(self, action: Action, route: str, deadline_block: int | None = None) -> Any:
+    def allocate(self, intents: Sequence[Intent], ledger: Sequence[Any] = ()) -> Any:
         t = time.perf_counter()
-        out = await super()._allocate(action, route, deadline_block)
+        out = super().allocate(intents, ledger)
         self.clock.mark("nonce", t)
         return out
 
-    async def _simulate(self, signed: Any, block: int, timestamp: int) -> Any:
+
+class TimedRoute(BundleRoute):
+    clock: Clock
+
+    async def simulate(self, raws: Sequence[bytes], target: int, timestamp: int) -> Any:
         t = time.perf_counter()
-        out = await super()._simulate(signed, block, timestamp)
+        out = await super().simulate(raws, target, timestamp)
         self.clock.mark("simulate", t)
         return out
 
-    clock: Clock
-
-
-class TimedClient(FlashbotsClient):
-    clock: Clock
-
-    async def send_bundle(self, txs: Sequence[bytes], block_number: int, **kw: Any) -> Any:
+    async def send(self, raws: Sequence[bytes], target: int, replacement_uuid: str) -> Any:
         t = time.perf_counter()
-        out = await super().send_bundle(txs, block_number, **kw)
+        out = await super().send(raws, target, replacement_uuid)
         self.clock.mark("send", t)
         self.clock.finish()
+        return out
+
+
+class TimedTxManager(TxManager):
+    clock: Clock
+
+    async def settle(self, head: int) -> list[Outcome]:
+        t = time.perf_counter()
+        out = await super().settle(head)
+        self.clock.mark("settle", t)
         return out
 
 
@@ -285,14 +290,14 @@ def keeper_reaction(chain: Chain, k: int, blocks: int, database: str) -> dict[st
             RpcPool([relay_url], rate_limits=[10_000.0], chain="bench")
         )  # as the runtime builds it
         async with aiohttp.ClientSession() as session:
-            client = TimedClient([relay_url], Account.create(), session)
-            client.clock = clock
-            submitter = TimedSubmitter(
-                client=client, block_time=1.0, w3=w3, nonces=NonceManager(engine, 31337, account.address),
-                signer=TxSigner(account, 31337), fees=FeeEstimator(w3, max_fee_gwei=500), chain="bench",
-                poll_interval=0.01,
+            route = TimedRoute(FlashbotsClient([relay_url], Account.create(), session))
+            records = TimedRecords(engine, 31337, account.address)
+            route.clock = records.clock = clock
+            txm = TimedTxManager(
+                w3=w3, records=records, signer=TxSigner(account, 31337),
+                fees=FeeEstimator(w3, max_fee_gwei=500), route=route, chain="bench", block_time=1.0,
             )  # fmt: skip
-            submitter.clock = clock
+            txm.clock = clock
             follower = ChainFollower(
                 w3, engine, 31337, event_decoder(addrs), name="limit-stop", page_size=5000
             )
@@ -305,7 +310,7 @@ def keeper_reaction(chain: Chain, k: int, blocks: int, database: str) -> dict[st
             reader = SnapshotReader(w3, list(addrs.pools), addrs.oracle, addrs.order_book)
             loop = KeeperLoop(
                 kind="limit-stop", chain="bench", chain_id=31337, strategy=TimedStrategy(strategy, clock),  # type: ignore[arg-type]
-                strategy_name="best-execution", follower=follower, submitter=submitter,
+                strategy_name="best-execution", follower=follower, txm=txm,
                 candidates=TimedCandidates(candidates_for(engine, 31337, "limit-stop"), clock),
                 snapshots=TimedSnapshots(reader, clock),  # type: ignore[arg-type]
                 keeper_address=account.address, contracts=addrs.as_dict(), strategy_timeout=10.0,

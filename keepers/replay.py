@@ -36,7 +36,7 @@ from keepers.runtime import ContractAddresses, event_decoder
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
 from keepers.tx.actions import Action
-from keepers.tx.submit import explain_revert
+from keepers.tx.manager import explain_revert
 
 #: The replaying keeper: a funded dev account of the loaded state (it never signs anything real).
 REPLAY_KEEPER_INDEX = 9

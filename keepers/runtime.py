@@ -40,9 +40,10 @@ from keepers.store.ledger import Ledger
 from keepers.store.migrations import migrate
 from keepers.tx.fees import FeeEstimator
 from keepers.tx.flashbots import FlashbotsClient
-from keepers.tx.nonces import NonceManager
+from keepers.tx.manager import TxManager
+from keepers.tx.records import TxRecords
+from keepers.tx.routes import BundleRoute, MempoolRoute, Route
 from keepers.tx.signer import TxSigner
-from keepers.tx.submit import BundleSubmitter, MempoolSubmitter, Submitter
 
 log = structlog.get_logger("runtime")
 
@@ -105,6 +106,8 @@ async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> 
             f"keeper {name!r} is not in the config (configured: {', '.join(settings.keepers) or 'none'})"
         )
     ks = settings.keepers[name]
+    if not ks.enabled:
+        raise ValueError(f"keepers.{name}.enabled = false: this keeper is switched off in the config")
     kind = settings.kind_of(name)
     chain = settings.chains[ks.chain]
     engine = make_engine(settings.database_url)
@@ -143,10 +146,8 @@ async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> 
             leases, scope, lease_seconds=hs.lease_seconds, renew_seconds=hs.renew_seconds,
             chain=ks.chain, keeper=name,
         )  # fmt: skip
-    nonces = NonceManager(engine, chain_id, account.address, fences=elector)
-    fees = FeeEstimator(w3, chain.max_fee_gwei)
-    common: dict[str, Any] = {"w3": w3, "nonces": nonces, "signer": signer, "fees": fees, "chain": ks.chain}
-    submitter: Submitter
+    route: Route
+    max_target_blocks = 3
     if chain.submission is SubmissionMode.FLASHBOTS:
         assert chain.flashbots is not None
         session = await stack.enter_async_context(aiohttp.ClientSession())
@@ -154,18 +155,27 @@ async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> 
         if reputation.address == account.address:
             raise ValueError(f"chains.{ks.chain}.flashbots.reputation_key must not be the funds key")
         client = FlashbotsClient([str(u) for u in chain.flashbots.relays], reputation, session)
-        submitter = BundleSubmitter(
-            client=client,
-            block_time=chain.block_time,
-            builders=chain.flashbots.builders,
-            builder_tip=addrs.builder_tip,
-            **common,
-        )
+        route = BundleRoute(client, builders=chain.flashbots.builders)
+        max_target_blocks = chain.flashbots.target_blocks
     elif chain.submission is SubmissionMode.PRIVATE:
         assert chain.private_rpc is not None
-        submitter = MempoolSubmitter(send_w3=AsyncWeb3(RpcPool([chain.private_rpc])), private=True, **common)
+        route = MempoolRoute(AsyncWeb3(RpcPool([chain.private_rpc])), private=True)
     else:
-        submitter = MempoolSubmitter(**common)
+        route = MempoolRoute(w3)
+    txm = TxManager(
+        w3=w3,
+        records=TxRecords(engine, chain_id, account.address, fences=elector),
+        signer=signer,
+        fees=FeeEstimator(w3, chain.max_fee_gwei),
+        route=route,
+        chain=ks.chain,
+        confirmations=chain.confirmations,
+        max_target_blocks=max_target_blocks,
+        block_time=chain.block_time,
+        builder_tip=addrs.builder_tip,
+        keeper=kind,
+        strategy=ks.strategy,
+    )
 
     loop = KeeperLoop(
         kind=kind,
@@ -174,7 +184,7 @@ async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> 
         strategy=strategy,
         strategy_name=ks.strategy,
         follower=follower,
-        submitter=submitter,
+        txm=txm,
         candidates=candidates_for(engine, chain_id, kind),
         snapshots=SnapshotReader(w3, list(addrs.pools), addrs.oracle, addrs.order_book),
         keeper_address=account.address,

@@ -17,10 +17,9 @@ from strategies.common import calldata, checksum, usd_to_wei
 BPS = 10_000
 #: OrderBook.DEFAULT_TOLERANCE_BPS: a market's tolerance until its owner sets another.
 DEFAULT_TOLERANCE_BPS = 300
-GAS_BASE, GAS_PER_ORDER, GAS_PER_GROUP = 130_000, 40_000, 70_000
-#: OrderBook.PAYOUT_GAS plus its margin: the book reverts a batch (OutOfGas) that reaches a
-#: trader's payout with less left, so the limit keeps that much on top (it is not spent).
-PAYOUT_HEADROOM = 110_000
+#: Gas of a batch: measured (bench/gas.py) with room for cold pools and two-hop routes; a
+#: figure short of what the batch needs is doubled by the transaction manager's simulation.
+GAS_BASE, GAS_PER_ORDER, GAS_PER_GROUP = 150_000, 40_000, 110_000
 
 
 def meets_limit(order: Order, fill_in: int, out: int) -> bool:
@@ -145,7 +144,7 @@ def batch_action(
         return None
     fee_usd = sum(snap.value_usd(g.token_out, g.keeper_fee_out) for g in groups)
     orders = sum(len(g.order_ids) for g in groups)
-    gas = GAS_BASE + GAS_PER_ORDER * orders + GAS_PER_GROUP * (len(groups) - 1) + PAYOUT_HEADROOM
+    gas = GAS_BASE + GAS_PER_ORDER * orders + GAS_PER_GROUP * (len(groups) - 1)
     data = calldata(
         "OrderBook", "executeBatchAtLeast", [g.as_abi() for g in groups], checksum(fee_recipient), 1
     )

@@ -724,9 +724,7 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
     /// @dev Pays `owner`, or credits `claimable` when the transfer fails, returns false, or
     /// needs more than PAYOUT_GAS: an owner who cannot receive blocks only their own payout.
     function _pay(address token, address owner_, uint256 amount) private {
-        // Short of the payout's gas the batch reverts: a sender cannot starve payouts into
-        // deferred ones.
-        if (gasleft() < PAYOUT_GAS + 10_000) revert OutOfGas();
+        uint256 before = gasleft();
         bool ok;
         // A bounded-gas call that reads at most one word back (a returndata bomb costs the
         // token, not us) and never reverts: Solidity's call would copy all of it.
@@ -745,6 +743,10 @@ contract OrderBook is PoolWhitelist, Pausable, ReentrancyGuardTransient {
             }
         }
         if (!ok) {
+            // A transfer that failed with less than PAYOUT_GAS to run on may have failed for want
+            // of gas the sender did not give, not for the owner: the batch reverts, so no sender
+            // can starve payouts into deferred ones.
+            if (before - before / 64 < PAYOUT_GAS) revert OutOfGas();
             claimable[owner_][token] += amount;
             emit PayoutDeferred(owner_, token, amount);
         }

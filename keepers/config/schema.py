@@ -29,8 +29,10 @@ class FlashbotsSettings(Strict):
     relays: list[AnyUrl] = Field(min_length=1)
     #: Signs the X-Flashbots-Signature header; must not be the funds key.
     reputation_key: SecretRef
-    #: A bundle is sent for the target block and this many after it.
+    #: Most blocks an action's bundle is sent for, one block at a time (the next only after
+    #: the last was built without it); a strategy's own deadline can only be shorter.
     target_blocks: int = Field(default=3, ge=1, le=25)
+    #: Builders a relay should share each bundle with (eth_sendBundle's `builders`).
     builders: list[str] = Field(default_factory=list)
 
 
@@ -85,7 +87,7 @@ class ChainSettings(Strict):
     submission: SubmissionMode
     flashbots: FlashbotsSettings | None = None
     private_rpc: str | None = None
-    #: Blocks after which a confirmed transaction is final.
+    #: Blocks after which a confirmed transaction is final (its record reaches `finalized`).
     confirmations: int = Field(default=12, ge=0)
     #: Hard cap on maxFeePerGas, whatever the market or the action's value says.
     max_fee_gwei: float = Field(default=500.0, gt=0)
@@ -112,6 +114,7 @@ class KeeperSettings(Strict):
     chain: str
     strategy: str
     kind: str | None = None
+    #: false: `keepers run` refuses to start it (and the chart renders no Deployment for it).
     enabled: bool = True
     params: dict[str, Any] = Field(default_factory=dict)
     #: Seconds a strategy may take per block before it is cut off and counted as failed.

@@ -44,7 +44,7 @@ from keepers.devnet.public import PublicSender, account, chain_id_cached
 from keepers.devnet.traders import TraderSim
 from keepers.devnet.view import ChainView, LiveView, plain_line, submission_totals, summary_table
 from keepers.store.engine import make_engine
-from keepers.tx.nonces import NonceManager
+from keepers.tx.records import TxRecords
 
 log = structlog.get_logger("devnet")
 
@@ -268,7 +268,7 @@ def _settle(monitors: list[FillMonitor], block_time: float) -> None:
 def _nonce_gaps(database: Path, run: ChainRun) -> dict[str, list[int]]:
     engine = make_engine(f"sqlite:///{database}")
     return {
-        run.plan.keeper_name(kind): NonceManager(engine, run.dep.chain_id, keeper_address(kind)).gaps()
+        run.plan.keeper_name(kind): TxRecords(engine, run.dep.chain_id, keeper_address(kind)).gaps()
         for kind in KEEPER_KINDS
     }
 

@@ -21,8 +21,9 @@ import signal
 import struct
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, replace
-from typing import Any
+from dataclasses import MISSING, asdict, fields, is_dataclass, replace
+from types import UnionType
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import anyio
 import structlog
@@ -30,7 +31,7 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from keepers.engine.strategy import BlockContext, Strategy
-from keepers.tx.actions import Action, Call
+from keepers.tx.actions import Action
 
 log = structlog.get_logger("isolation")
 
@@ -38,6 +39,7 @@ HEADER = struct.Struct(">I")
 SPEC_ENV = "KEEPERS_WORKER_SPEC"
 #: The biggest answer a worker may send (a garbage flood is cut off, not buffered).
 MAX_FRAME = 16 * 2**20
+_T = TypeVar("_T")
 
 
 class WorkerFailed(RuntimeError):
@@ -59,24 +61,57 @@ def decode_actions(body: bytes) -> list[Action] | object:
     if "error" in msg:
         raise WorkerFailed(f"strategy raised in its worker: {str(msg['error'])[:500]}")
     try:
-        return [
-            Action(
-                idempotency_key=str(a["idempotency_key"]),
-                calls=tuple(
-                    Call(str(c["to"]), str(c["data"]), int(c["value"]), int(c["gas_limit"]))
-                    for c in a["calls"]
-                ),
-                expected_value_wei=int(a["expected_value_wei"]),
-                deadline_blocks=int(a["deadline_blocks"]),
-                public_good=bool(a["public_good"]),
-                coinbase_payment_wei=int(a["coinbase_payment_wei"]),
-                labels={str(k): str(v) for k, v in dict(a["labels"]).items()},
-                order_ids=tuple(int(i) for i in a["order_ids"]),
-            )
-            for a in msg["actions"]
-        ]
+        return [_from_json(Action, a) for a in msg["actions"]]
     except (KeyError, TypeError, ValueError):
         return msg
+
+
+def _from_json(cls: type[_T], data: object) -> _T:
+    """An instance of dataclass `cls` from its `asdict` JSON, field by field from the class's
+    own type hints: a field added to Action travels without touching this codec, and a value
+    of the wrong type is refused (ValueError), never coerced."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__}: expected an object")
+    hints = get_type_hints(cls)
+    values = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name in data:
+            values[f.name] = _value(hints[f.name], data[f.name])
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise KeyError(f.name)
+    return cls(**values)
+
+
+def _value(hint: Any, value: object) -> Any:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (UnionType, Union):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _value(inner, value)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise TypeError("expected a list")
+        return tuple(_value(args[0], v) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError("expected an object")
+        return {_value(args[0], k): _value(args[1], v) for k, v in value.items()}
+    if isinstance(hint, type) and is_dataclass(hint):
+        return _from_json(hint, value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError("expected a boolean")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("expected an integer")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        return value
+    raise TypeError(f"no codec for {hint!r}")
 
 
 class IsolatedStrategy(Strategy):

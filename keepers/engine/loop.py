@@ -1,15 +1,17 @@
-"""The keeper loop: one process per keeper kind. On every synced head it gathers candidates,
-asks the strategy (guarded), drops actions not worth sending, and submits the rest concurrently.
-Stopping (SIGTERM) closes intake and lets in-flight submissions finish, up to the drain timeout.
+"""The keeper loop: one process per keeper kind. On every synced head it settles what the
+transaction manager has in flight, gathers candidates, asks the strategy (guarded), drops
+actions not worth sending, and hands the rest to the transaction manager, which sends them
+together. Stopping (SIGTERM) closes intake and keeps settling until nothing is in flight, up
+to the drain timeout.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import anyio
 import structlog
-from web3.exceptions import TransactionNotFound
 
 from keepers.chain.follower import ChainFollower, SyncResult
 from keepers.engine.candidates import CandidateSource, no_candidates, shard_key
@@ -21,9 +23,9 @@ from keepers.ha.lease import NotLeader
 from keepers.ha.shards import ShardSet
 from keepers.obs import metrics
 from keepers.store.ledger import Ledger
-from keepers.store.tables import ActionLedger, Order
+from keepers.store.tables import Order
 from keepers.tx.actions import Action
-from keepers.tx.submit import Outcome, Status, Submitter
+from keepers.tx.manager import Outcome, Status, TxManager
 
 log = structlog.get_logger("keeper")
 
@@ -34,7 +36,9 @@ class KeeperState:
 
     last_block: int = -1
     blocks: int = 0
+    #: Actions sent and not ended yet.
     in_flight: int = 0
+    #: How actions ended (and those refused before sending), newest last.
     outcomes: list[Outcome] = field(default_factory=list)
     draining: bool = False
 
@@ -49,7 +53,7 @@ class KeeperLoop:
         strategy: Strategy,
         strategy_name: str,
         follower: ChainFollower,
-        submitter: Submitter,
+        txm: TxManager,
         candidates: CandidateSource = no_candidates,
         snapshots: SnapshotReader | None = None,
         keeper_address: str = "",
@@ -68,7 +72,7 @@ class KeeperLoop:
         self.strategy = strategy
         self.strategy_name = strategy_name
         self.follower = follower
-        self.submitter = submitter
+        self.txm = txm
         self.candidates = candidates
         self.snapshots = snapshots
         self.keeper_address = keeper_address
@@ -83,30 +87,35 @@ class KeeperLoop:
         self.leader = leader
         #: Or, with shards, each replica decides and submits for the shards it holds only.
         self.shards = shards
-        self._shard_of: dict[int, int] = {}  # order id -> shard key, from the block's candidates
         self._maintaining = False
+        self._warmed = False
         self.state = KeeperState()
-        self._submissions: anyio.abc.TaskGroup | None = None
-        self._in_flight_scopes: set[anyio.CancelScope] = set()
+        self._tasks: anyio.abc.TaskGroup | None = None
 
     async def run(self, *, ws_url: str | None = None, poll_interval: float = 1.0) -> None:
-        """Runs until cancelled; on cancellation, drains in-flight submissions first."""
-        async with anyio.create_task_group() as submissions:
-            self._submissions = submissions
+        """Runs until cancelled; on cancellation, keeps settling what is in flight first."""
+        async with anyio.create_task_group() as tasks:
+            self._tasks = tasks
             try:
                 await self.follower.run(self.on_synced, ws_url=ws_url, poll_interval=poll_interval)
             finally:
-                # Submissions run shielded (a stop must not cut a bundle off between send and
-                # bookkeeping); wait for them, and only past the drain timeout cancel the rest.
                 self.state.draining = True
                 with anyio.CancelScope(shield=True), anyio.move_on_after(self.drain_timeout):
-                    while self.state.in_flight:
-                        await anyio.sleep(0.05)
+                    await self._drain(poll_interval)
                 if self.state.in_flight:
                     log.warning("drain timed out", in_flight=self.state.in_flight, kind=self.kind)
-                for scope in list(self._in_flight_scopes):
-                    scope.cancel()
-                submissions.cancel_scope.cancel()
+                tasks.cancel_scope.cancel()
+
+    async def _drain(self, poll_interval: float) -> None:
+        """Settles on every new head until nothing this process sent is in flight."""
+        seen = self.state.last_block
+        while self.txm.pending_actions:
+            head = int(await self.follower.w3.eth.block_number)
+            if head > seen:
+                seen = head
+                self._record(await self.txm.settle(head))
+            await anyio.sleep(poll_interval)
+        self.state.in_flight = self.txm.pending_actions
 
     @property
     def leads(self) -> bool:
@@ -119,9 +128,14 @@ class KeeperLoop:
             return
         self.state.last_block = result.head
         self.state.blocks += 1
+        try:
+            # The confirmer first: what the last blocks decided frees nonces for this one.
+            self._record(await self.txm.settle(result.head))
+        except Exception as exc:  # noqa: BLE001 - settling retries at the next head
+            log.warning("settling failed", block=result.head, error=repr(exc))
         if (self.state.blocks - 1) % self.maintenance_every == 0 and not self._maintaining:
-            assert self._submissions is not None
-            self._submissions.start_soon(self._maintain)
+            assert self._tasks is not None
+            self._tasks.start_soon(self._maintain, result.head)
         if not self.leads:
             return  # a standby: synced, nothing to decide
         try:
@@ -132,9 +146,10 @@ class KeeperLoop:
             metrics.BLOCK_ERRORS.labels(self.chain, self.kind).inc()
             log.error("block skipped: could not read the market", block=result.head, error=repr(exc))
             return
+        shard_of: dict[int, int] = {}
         if self.shards is not None:
             candidates = [c for c in candidates if self.shards.owns(shard_key(c))]
-            self._shard_of = {c.order_id: shard_key(c) for c in candidates if isinstance(c, Order)}
+            shard_of = {c.order_id: shard_key(c) for c in candidates if isinstance(c, Order)}
         metrics.CANDIDATES.labels(self.chain, self.kind).set(len(candidates))
         ctx = BlockContext(
             chain=self.chain,
@@ -142,11 +157,15 @@ class KeeperLoop:
             number=result.head,
             timestamp=int(block["timestamp"]),
             candidates=candidates,
+            prices={t: p for t, (p, fresh) in snapshot.prices.items() if fresh} if snapshot else {},
             contracts=self.contracts,
             market=snapshot,
             reader=self.follower.w3,
             keeper_address=self.keeper_address,
         )
+        if not self._warmed:
+            self._warmed = True
+            await self._warm(ctx)
         actions = await guarded_on_block(
             self.strategy, ctx, keeper=self.kind, name=self.strategy_name, timeout=self.strategy_timeout
         )
@@ -156,16 +175,17 @@ class KeeperLoop:
             candidates=[getattr(c, "order_id", None) for c in candidates][:50],
             actions=[a.idempotency_key for a in actions],
         )
+        worth = []
         for action in actions:
             if action.expected_value_wei <= 0 and not action.public_good:
                 metrics.ACTIONS.labels(self.chain, "unprofitable").inc()
                 log.info("action dropped: not worth sending", key=action.idempotency_key)
                 continue
-            assert self._submissions is not None
-            self._submissions.start_soon(self._submit, action, result.head)
+            worth.append(action)
+        await self._submit(worth, result.head, ctx.timestamp, shard_of)
         # Bookkeeping after the submissions are on their way, never before them.
         if self.ledger is not None:
-            executable = [i for a in actions for i in a.order_ids]
+            executable = [i for a in worth for i in a.order_ids]
             if executable:
                 try:
                     await anyio.to_thread.run_sync(
@@ -174,97 +194,59 @@ class KeeperLoop:
                 except Exception as exc:  # noqa: BLE001 - bookkeeping must not cost a fill
                     log.warning("could not record executable orders", error=repr(exc))
 
-    async def _maintain(self) -> None:
-        """Reconcile nonces with the chain (first block, then every few), fill gaps, observe."""
+    async def _warm(self, ctx: BlockContext) -> None:
+        """The strategy's sync_state, once, before its first block (a failure is logged: the
+        strategy then starts cold)."""
+        try:
+            with anyio.fail_after(self.strategy_timeout * 5):
+                await self.strategy.sync_state(ctx)
+        except Exception as exc:  # noqa: BLE001 - a plugin's warm-up must not stop the keeper
+            metrics.STRATEGY_ERRORS.labels(self.kind, self.strategy_name, "sync_state").inc()
+            log.warning("strategy sync_state failed", error=repr(exc))
+
+    async def _submit(
+        self, actions: Sequence[Action], head: int, timestamp: int, shard_of: dict[int, int]
+    ) -> None:
+        """This block's actions (and what the last block carried), sent together."""
+        try:
+            if self.shards is not None:
+                keys = sorted({shard_of[i] for a in actions for i in a.order_ids if i in shard_of})
+                with self.shards.acting_for(keys):
+                    outcomes = await self.txm.submit(actions, head, timestamp)
+            else:
+                outcomes = await self.txm.submit(actions, head, timestamp)
+        except NotLeader as exc:
+            metrics.FENCED.labels(self.chain, self.kind).inc()
+            log.warning("submission fenced: the lease was lost", block=head, error=str(exc))
+            return
+        except Exception as exc:
+            log.exception("submission failed", block=head, error=repr(exc))
+            return
+        self._record(outcomes)
+
+    def _record(self, outcomes: Sequence[Outcome]) -> None:
+        """Ended (and refused) actions into the state and the economics metrics."""
+        labels = (self.chain, self.kind, self.strategy_name)
+        for o in outcomes:
+            if o.status is Status.SENT:
+                continue
+            self.state.outcomes.append(o)
+            if o.status is Status.INCLUDED:
+                metrics.EARNED_WEI.labels(*labels).inc(o.earned_wei)
+                metrics.SPENT_WEI.labels(*labels).inc(o.gas_cost_wei + o.coinbase_paid_wei)
+            log.info(
+                "action", key=o.action_key, orders=list(o.order_ids) or None, status=o.status,
+                block=o.block, reason=o.reason,
+            )  # fmt: skip
+        del self.state.outcomes[: -self.keep_outcomes]
+        self.state.in_flight = self.txm.pending_actions
+
+    async def _maintain(self, head: int) -> None:
+        """Reconcile nonces with the chain, fill gaps, observe (first block, then every few)."""
         self._maintaining = True
         try:
-            report = await self.submitter.reconcile()
-            if report.gaps and self.leads:
-                filled = await self.submitter.fill_gaps()
-                log.info("nonce gaps filled", gaps=report.gaps, sent=filled)
-            await self.submitter.observe()
+            await self.txm.maintain(head)
         except Exception as exc:  # noqa: BLE001 - maintenance retries next round
             log.warning("maintenance failed", error=repr(exc))
         finally:
             self._maintaining = False
-
-    async def _submit(self, action: Action, decided_block: int) -> None:
-        self.state.in_flight += 1
-        # Shielded: a stop must not cut a bundle off between send and bookkeeping. run() cancels
-        # this scope only once the drain timeout has passed.
-        with anyio.CancelScope(shield=True) as scope:
-            self._in_flight_scopes.add(scope)
-            try:
-                if self.shards is not None:
-                    keys = [self._shard_of[i] for i in action.order_ids if i in self._shard_of]
-                    with self.shards.acting_for(keys):
-                        outcome = await self.submitter.submit(action)
-                else:
-                    outcome = await self.submitter.submit(action)
-            except NotLeader as exc:
-                metrics.FENCED.labels(self.chain, self.kind).inc()
-                log.warning(
-                    "submission fenced: the lease was lost", key=action.idempotency_key, error=str(exc)
-                )
-                return
-            except Exception as exc:
-                log.exception("submission failed", key=action.idempotency_key, error=repr(exc))
-                return
-            finally:
-                self._in_flight_scopes.discard(scope)
-                self.state.in_flight -= 1
-        if scope.cancel_called:
-            log.warning("submission cut off after the drain timeout", key=action.idempotency_key)
-            return
-        self.state.outcomes.append(outcome)
-        del self.state.outcomes[: -self.keep_outcomes]
-        await self._account(action, decided_block, outcome)
-        log.info(
-            "action",
-            key=action.idempotency_key,
-            orders=list(action.order_ids) or None,
-            status=outcome.status,
-            block=outcome.block,
-            reason=outcome.reason,
-        )
-
-    async def _account(self, action: Action, decided_block: int, outcome: Outcome) -> None:
-        """Books what the action earned and cost (ledger and metrics)."""
-        gas_used = gas_cost = 0
-        included = outcome.status is Status.INCLUDED
-        if included:
-            for h in outcome.tx_hashes:
-                try:
-                    receipt = await self.follower.w3.eth.get_transaction_receipt(h)  # type: ignore[arg-type]
-                except TransactionNotFound:
-                    continue  # a replaced attempt never landed
-                if int(receipt["blockNumber"]) != outcome.block:
-                    continue
-                gas_used += int(receipt["gasUsed"])
-                gas_cost += int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
-        earned = action.expected_value_wei if included else 0
-        coinbase = outcome.coinbase_paid_wei
-        labels = (self.chain, self.kind, self.strategy_name)
-        metrics.EARNED_WEI.labels(*labels).inc(earned)
-        metrics.SPENT_WEI.labels(*labels).inc(gas_cost + coinbase)
-        if self.ledger is None:
-            return
-        entry = ActionLedger(
-            chain_id=self.chain_id,
-            keeper=self.kind,
-            strategy=self.strategy_name,
-            idempotency_key=action.idempotency_key,
-            decided_block=decided_block,
-            status=str(outcome.status),
-            included_block=outcome.block,
-            tx_hashes=list(outcome.tx_hashes),
-            order_ids=list(action.order_ids),
-            earned_wei=earned,
-            gas_used=gas_used,
-            gas_cost_wei=gas_cost,
-            coinbase_wei=coinbase,
-        )
-        try:
-            await anyio.to_thread.run_sync(self.ledger.record, entry)
-        except Exception as exc:  # noqa: BLE001 - bookkeeping must not stop the keeper
-            log.warning("could not record the action in the ledger", error=repr(exc))

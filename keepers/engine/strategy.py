@@ -37,7 +37,7 @@ class BlockContext:
     timestamp: int
     #: Kind-specific candidates (open orders, unhealthy positions, drifted vaults, ...).
     candidates: Sequence[Any] = ()
-    #: Oracle prices, USD per whole token with 18 decimals, by token address (lowercase).
+    #: Fresh oracle prices, USD per whole token with 18 decimals, by token address (lowercase).
     prices: dict[str, int] = field(default_factory=dict)
     #: Contract addresses on this chain by name.
     contracts: dict[str, str] = field(default_factory=dict)

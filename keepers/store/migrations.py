@@ -66,12 +66,23 @@ def _order_tolerance(conn: Connection) -> None:
         conn.execute(text('ALTER TABLE "order" ADD COLUMN tolerance_bps INTEGER NOT NULL DEFAULT 0'))
 
 
+def _tx_fees(conn: Connection) -> None:
+    """Each transaction record keeps the fees it is signed with (re-signed identically after a
+    crash); the record state in_flight is gone (sent records are unconfirmed)."""
+    columns = {c["name"] for c in inspect(conn).get_columns("txrecord")}
+    for name in ("max_fee_per_gas", "max_priority_fee_per_gas"):
+        if name not in columns:
+            conn.execute(text(f"ALTER TABLE txrecord ADD COLUMN {name} BIGINT NOT NULL DEFAULT 0"))
+    conn.execute(text("UPDATE txrecord SET state = 'unconfirmed' WHERE state = 'in_flight'"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "action ledger, order reorg marker", _ledger_and_reorg_marker),
     Migration(3, "leader leases, fence token per transaction, 64-bit order times", _leases),
     Migration(4, "index of orders by chain and last updated block", _order_delta_index),
     Migration(5, "order fairness tolerance", _order_tolerance),
+    Migration(6, "transaction fees on the record; no in_flight state", _tx_fees),
 )
 
 

@@ -169,6 +169,14 @@ class TxRecord(SQLModel, table=True):
     data: str = "0x"
     value: int = _u256()
     gas_limit: int = 0
+    #: The fees it is signed with (a fee bump updates them): the same signed transaction, byte
+    #: for byte, can be derived again, so a crash between send and record loses nothing.
+    max_fee_per_gas: int = Field(
+        default=0, sa_column=Column(BigInteger(), nullable=False, server_default="0")
+    )
+    max_priority_fee_per_gas: int = Field(
+        default=0, sa_column=Column(BigInteger(), nullable=False, server_default="0")
+    )
     tx_hash: str | None = None
     bundle_hash: str | None = None
     target_block: int | None = None

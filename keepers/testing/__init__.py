@@ -50,9 +50,10 @@ from keepers.store.ledger import Ledger
 from keepers.store.migrations import migrate
 from keepers.tx.fees import FeeEstimator
 from keepers.tx.flashbots import FlashbotsClient
-from keepers.tx.nonces import NonceManager
+from keepers.tx.manager import TxManager
+from keepers.tx.records import TxRecords
+from keepers.tx.routes import BundleRoute
 from keepers.tx.signer import TxSigner
-from keepers.tx.submit import BundleSubmitter
 
 ORDER_KINDS = {"limit": 0, "stop-loss": 1, "take-profit": 2, "twap": 3, "iceberg": 4}
 KEEPER_KEY_INDEX = 9
@@ -345,16 +346,17 @@ class Devnet:
                     strategy=built,
                     strategy_name=strategy,
                     follower=ChainFollower(w3, engine, 31337, event_decoder(addrs), name=kind),
-                    submitter=BundleSubmitter(
-                        client=FlashbotsClient([relay_url], Account.create(), session),
-                        block_time=1.0,
+                    txm=TxManager(
                         w3=w3,
-                        nonces=NonceManager(engine, 31337, account.address),
+                        records=TxRecords(engine, 31337, account.address),
                         signer=TxSigner(account, 31337),
                         fees=FeeEstimator(w3, max_fee_gwei=500),
+                        route=BundleRoute(FlashbotsClient([relay_url], Account.create(), session)),
                         chain="devnet",
-                        poll_interval=0.02,
+                        block_time=1.0,
                         builder_tip=addrs.builder_tip,
+                        keeper=kind,
+                        strategy=strategy,
                     ),
                     candidates=candidates_for(engine, 31337, kind),
                     snapshots=SnapshotReader(w3, list(addrs.pools), addrs.oracle, addrs.order_book),

@@ -1,13 +1,19 @@
 """The transaction state machine, in one place (after Chainlink's transaction manager).
 
-    unstarted ──> in_flight ──> unconfirmed ──> confirmed ──> finalized
-        │             │  ^           │              │
-        │             │  └───────────┘ (re-sent)    └──> unconfirmed (reorged out)
-        └─────────────┴──────────────┴──> dropped (will not land; the nonce is freed)
+    unstarted ──> unconfirmed ──> confirmed ──> finalized
+        │   │          │  ^           │
+        │   │          │  └───────────┘ (reorged out)
+        │   └──────────┼──> confirmed (found mined: sent before a crash, recorded after)
+        └──────────────┴──> dropped (will not land; the nonce is freed)
 
-unstarted: nonce allocated, not yet signed. in_flight: being signed and sent (a restart must
-send it again). unconfirmed: accepted by a relay or node, waiting for a receipt. confirmed:
-receipt seen. finalized: confirmed and deep enough that no reorg undoes it.
+unstarted: nonce allocated and the record written (fees included, so the signed transaction
+and its hash can be derived again after a crash); unconfirmed: sent at least once, waiting for
+a receipt; confirmed: mined in a canonical block; finalized: confirmed `confirmations` blocks
+deep; dropped: it will not land (a missed bundle, a refused simulation, a public transaction
+superseded by a no-op), and its nonce is free again unless a replacement holds it.
+
+Every transition is one compare-and-set statement (`UPDATE ... WHERE state IN FROM[target]`):
+a transition already made is a no-op, never an error, whoever repeats it.
 """
 
 from __future__ import annotations
@@ -17,36 +23,24 @@ from enum import StrEnum
 
 class TxState(StrEnum):
     UNSTARTED = "unstarted"
-    IN_FLIGHT = "in_flight"
     UNCONFIRMED = "unconfirmed"
     CONFIRMED = "confirmed"
     FINALIZED = "finalized"
     DROPPED = "dropped"
 
 
-ALLOWED: dict[TxState, frozenset[TxState]] = {
-    TxState.UNSTARTED: frozenset({TxState.IN_FLIGHT, TxState.DROPPED}),
-    TxState.IN_FLIGHT: frozenset({TxState.UNCONFIRMED, TxState.CONFIRMED, TxState.DROPPED}),
-    TxState.UNCONFIRMED: frozenset({TxState.IN_FLIGHT, TxState.CONFIRMED, TxState.DROPPED}),
-    TxState.CONFIRMED: frozenset({TxState.FINALIZED, TxState.UNCONFIRMED}),
-    TxState.FINALIZED: frozenset(),
-    TxState.DROPPED: frozenset(),
+#: The states a transition into each state may start from.
+FROM: dict[TxState, frozenset[TxState]] = {
+    TxState.UNSTARTED: frozenset(),
+    TxState.UNCONFIRMED: frozenset({TxState.UNSTARTED, TxState.UNCONFIRMED, TxState.CONFIRMED}),
+    TxState.CONFIRMED: frozenset({TxState.UNSTARTED, TxState.UNCONFIRMED}),
+    TxState.FINALIZED: frozenset({TxState.CONFIRMED}),
+    TxState.DROPPED: frozenset({TxState.UNSTARTED, TxState.UNCONFIRMED}),
 }
 
 #: States that hold their nonce.
 LIVE = frozenset(s for s in TxState if s is not TxState.DROPPED)
-#: States that may still need sending or watching.
-PENDING = frozenset({TxState.UNSTARTED, TxState.IN_FLIGHT, TxState.UNCONFIRMED})
-
-
-class InvalidTransition(ValueError):
-    """A state change the machine does not allow."""
-
-    def __init__(self, tx_id: int, current: TxState, target: TxState) -> None:
-        super().__init__(f"tx {tx_id}: {current} -> {target} is not allowed")
-        self.tx_id, self.current, self.target = tx_id, current, target
-
-
-def check_transition(tx_id: int, current: TxState, target: TxState) -> None:
-    if target not in ALLOWED[current]:
-        raise InvalidTransition(tx_id, current, target)
+#: States still waiting on the chain.
+PENDING = frozenset({TxState.UNSTARTED, TxState.UNCONFIRMED})
+#: States whose transaction is on chain (and may yet be reorged out, until finalized).
+MINED = frozenset({TxState.CONFIRMED, TxState.FINALIZED})

@@ -11,28 +11,26 @@ import sys
 import time
 
 from keepers.store.engine import make_engine
-from keepers.tx.nonces import Intent, NonceManager
+from keepers.tx.records import Intent, Move, TxRecords
 from keepers.tx.states import TxState
 
 
 def main() -> None:
     url, chain, signer, worker, count, seed = sys.argv[1:7]
     rng = random.Random(int(seed))
-    nm = NonceManager(make_engine(url), int(chain), signer)
+    nm = TxRecords(make_engine(url), int(chain), signer)
     mine: list[int] = []
     released = 0
     nm.next_nonce()  # connect and warm up before the clock starts
     started = time.time()
     for i in range(int(count)):
-        rec = nm.allocate(Intent(f"{worker}-{i}", to=None))
+        (rec,) = nm.allocate([Intent(f"{worker}-{i}", to=None)])
         assert rec.id is not None
         mine.append(rec.id)
         if rng.random() < 0.05:
             victim = rng.choice(mine)
-            got = nm.get(victim)
-            if got is not None and got.state == TxState.UNSTARTED:
-                nm.release(victim, "bundle missed its blocks")
-                released += 1
+            # A compare-and-set drop: a victim dropped already (or by another worker) moves nothing.
+            released += len(nm.apply([Move(victim, TxState.DROPPED, "bundle missed its blocks")]))
     print(
         json.dumps(
             {

@@ -4,10 +4,7 @@ relay, and a real store; and `keepers run` as a real process (readiness, metrics
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +22,6 @@ from keepers.chain.events import EventDecoder
 from keepers.chain.follower import ChainFollower
 from keepers.chain.http import SessionHTTPProvider
 from keepers.devnet.anvil import DEFAULT_KEYS, Anvil, free_port
-from keepers.devnet.deploy import deploy_platform, write_deployment
 from keepers.engine.isolation import IsolatedStrategy
 from keepers.engine.loop import KeeperLoop
 from keepers.engine.plugins import PluginError, build_strategy, list_plugins
@@ -34,14 +30,13 @@ from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
 from keepers.tx.fees import FeeEstimator
 from keepers.tx.flashbots import FlashbotsClient
-from keepers.tx.nonces import NonceManager
+from keepers.tx.manager import Status, TxManager
+from keepers.tx.records import TxRecords
+from keepers.tx.routes import BundleRoute
 from keepers.tx.signer import TxSigner
-from keepers.tx.submit import BundleSubmitter, Status
+from tests.helpers.keeper_process import KEEPER, PLUGINS, keeper_config, relayed_chain, start_keeper
 
 pytestmark = pytest.mark.integration
-
-PLUGINS = Path(__file__).resolve().parent.parent / "fixtures" / "plugins"
-KEEPER = Account.from_key(DEFAULT_KEYS[4])
 
 
 @pytest.fixture
@@ -51,13 +46,8 @@ def plugins(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def chain(tmp_path) -> Iterator[tuple[Anvil, RelayThread]]:
-    """The platform deployed on auto-mine, then anvil in manual mode behind the relay."""
-    with Anvil(extra_args=("--order", "fifo")) as a:
-        w3 = Web3(Web3.HTTPProvider(a.url))
-        write_deployment(deploy_platform(w3, DEFAULT_KEYS[0]), tmp_path / "deployment.json")
-        w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
-        with RelayThread(a.url, free_port(), 0.3) as r:
-            yield a, r
+    with relayed_chain(tmp_path) as pair:
+        yield pair
 
 
 def _errors(kind: str, strategy: str) -> float:
@@ -107,15 +97,14 @@ def _run_loop(
 
     async def main() -> None:
         async with aiohttp.ClientSession() as session:
-            submitter = BundleSubmitter(
-                client=FlashbotsClient([relay.url], Account.create(), session),
-                block_time=0.3,
+            txm = TxManager(
                 w3=w3,
-                nonces=NonceManager(engine, 31337, KEEPER.address),
+                records=TxRecords(engine, 31337, KEEPER.address),
                 signer=TxSigner(KEEPER, 31337),
                 fees=FeeEstimator(w3, max_fee_gwei=100),
+                route=BundleRoute(FlashbotsClient([relay.url], Account.create(), session)),
                 chain="test",
-                poll_interval=0.05,
+                block_time=0.3,
             )
             loop = KeeperLoop(
                 kind="limit-stop",
@@ -124,7 +113,7 @@ def _run_loop(
                 strategy=isolated or build_strategy(strategy_name, "limit-stop", {}),
                 strategy_name=strategy_name,
                 follower=ChainFollower(w3, engine, 31337, EventDecoder([])),
-                submitter=submitter,
+                txm=txm,
                 strategy_timeout=timeout,
                 drain_timeout=10,
             )
@@ -164,52 +153,10 @@ def test_misbehaving_strategy_is_contained_and_counted(chain, tmp_path, strategy
     assert loop.state.outcomes == []
 
 
-def _config(tmp_path: Path, relay_url: str, health_port: int) -> Path:
-    cfg = tmp_path / "keepers.toml"
-    cfg.write_text(
-        f"""
-database_url = "sqlite:///{tmp_path / "run.sqlite"}"
-health_port = {health_port}
-drain_timeout = 10
-signer = {{ env = "TEST_SIGNER" }}
-
-[chains.local]
-chain_id = 31337
-rpc = [{{ url = "{relay_url}" }}]
-block_time = 0.3
-submission = "flashbots"
-confirmations = 0
-contracts = {{ deployment_file = "{tmp_path / "deployment.json"}" }}
-
-[chains.local.flashbots]
-relays = ["{relay_url}"]
-reputation_key = {{ env = "TEST_REPUTATION" }}
-
-[keepers.limit-stop]
-chain = "local"
-strategy = "test-transfer"
-"""
-    )
-    return cfg
-
-
 def test_keepers_run_is_ready_serves_metrics_and_stops_cleanly_on_sigterm(chain, tmp_path):
     anvil, relay = chain
     port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")]),
-        "TEST_SIGNER": DEFAULT_KEYS[4],
-        "TEST_REPUTATION": Account.create().key.hex(),
-    }
-    cfg = _config(tmp_path, relay.url, port)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "keepers.cli", "run", "limit-stop", "--config", str(cfg)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_keeper(keeper_config(tmp_path, relay.url, port))
     w3 = Web3(Web3.HTTPProvider(anvil.url))
     try:
         deadline = time.monotonic() + 60

@@ -13,7 +13,7 @@ from keepers.ha.lease import LeaseStore, NotLeader
 from keepers.ha.shards import ShardSet
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
-from keepers.tx.nonces import Intent, NonceManager
+from keepers.tx.records import Intent, TxRecords
 
 pytestmark = pytest.mark.integration
 
@@ -50,19 +50,19 @@ def test_one_holder_at_a_time_and_a_new_token_on_takeover(db_url: str):
     assert again.token == 3
 
 
-def test_a_paused_leader_is_fenced_out_of_the_nonce_manager(db_url: str):
+def test_a_paused_leader_is_fenced_out_of_nonce_allocation(db_url: str):
     leases = _store(db_url)
     a = LeaderElector(leases, "1/limit-stop", lease_seconds=1.0, renew_seconds=0.2, holder="a")
     b = LeaderElector(leases, "1/limit-stop", lease_seconds=1.0, renew_seconds=0.2, holder="b")
-    nonces_a = NonceManager(leases.engine, 1, SIGNER, fences=a)
-    nonces_b = NonceManager(leases.engine, 1, SIGNER, fences=b)
+    nonces_a = TxRecords(leases.engine, 1, SIGNER, fences=a)
+    nonces_b = TxRecords(leases.engine, 1, SIGNER, fences=b)
 
     assert anyio.run(a.step)
     assert not anyio.run(b.step)
-    rec = nonces_a.allocate(Intent("a-1", to=None))
+    rec = nonces_a.allocate([Intent("a-1", to=None)])[0]
     assert rec.fence_token == 1
     with pytest.raises(NotLeader):
-        nonces_b.allocate(Intent("b-1", to=None))
+        nonces_b.allocate([Intent("b-1", to=None)])[0]
 
     fence_before_pause = a.fence()
     time.sleep(0.85)  # a is paused: no renewal
@@ -71,10 +71,10 @@ def test_a_paused_leader_is_fenced_out_of_the_nonce_manager(db_url: str):
     assert anyio.run(b.step), "b takes the lapsed lease"
     # a resumes with what it held before the pause: the database refuses it.
     with pytest.raises(NotLeader):
-        NonceManager(leases.engine, 1, SIGNER, fences=_Stale(fence_before_pause)).allocate(
-            Intent("a-2", to=None)
-        )
-    rec_b = nonces_b.allocate(Intent("b-2", to=None))
+        TxRecords(leases.engine, 1, SIGNER, fences=_Stale(fence_before_pause)).allocate(
+            [Intent("a-2", to=None)]
+        )[0]
+    rec_b = nonces_b.allocate([Intent("b-2", to=None)])[0]
     assert rec_b.fence_token == 2
     assert rec_b.nonce == rec.nonce + 1, "one nonce sequence across the handover, no gap"
     assert not anyio.run(a.step), "and a's next renewal finds b in charge"
@@ -122,10 +122,10 @@ def test_shards_spread_over_live_members_never_doubled_and_move_on_join_and_deat
     assert a.held | b.held | d.held == frozenset(range(16))
 
     # The fence: an action on a shard this replica does not hold gets no nonce.
-    nonces = NonceManager(leases.engine, 1, SIGNER, fences=a)
+    nonces = TxRecords(leases.engine, 1, SIGNER, fences=a)
     theirs = next(iter(b.held))
     with a.acting_for([theirs]), pytest.raises(NotLeader):
-        nonces.allocate(Intent("a-theirs", to=None))
+        nonces.allocate([Intent("a-theirs", to=None)])[0]
     ours = next(iter(a.held))
     with a.acting_for([ours]):
-        assert nonces.allocate(Intent("a-ours", to=None)).nonce == 0
+        assert nonces.allocate([Intent("a-ours", to=None)])[0].nonce == 0

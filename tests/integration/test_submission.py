@@ -1,4 +1,6 @@
-"""Submission routes against a real anvil: bundles through the local relay, and the public mempool."""
+"""The transaction manager against a real anvil: bundles through the local relay (one per signer
+per block, carried into the next block until their deadline), and the public mempool (fee bumps,
+gap fills, no-op replacement at the deadline)."""
 
 from __future__ import annotations
 
@@ -21,10 +23,11 @@ from keepers.store.tables import TxAttempt
 from keepers.tx.actions import Action, Call
 from keepers.tx.fees import FeeEstimator, Fees
 from keepers.tx.flashbots import FlashbotsClient
-from keepers.tx.nonces import NonceManager
+from keepers.tx.manager import Outcome, Status, TxManager
+from keepers.tx.records import Intent, Move, TxRecords
+from keepers.tx.routes import BundleRoute, MempoolRoute
 from keepers.tx.signer import TxSigner
 from keepers.tx.states import TxState
-from keepers.tx.submit import BundleSubmitter, MempoolSubmitter, Status
 
 pytestmark = pytest.mark.integration
 
@@ -49,10 +52,10 @@ def relay(chain: Anvil) -> Iterator[RelayThread]:
 
 
 @pytest.fixture
-def nonces(tmp_path) -> NonceManager:
+def records(tmp_path) -> TxRecords:
     engine = make_engine(f"sqlite:///{tmp_path / 'k.sqlite'}")
     migrate(engine)
-    return NonceManager(engine, 31337, KEEPER.address)
+    return TxRecords(engine, 31337, KEEPER.address)
 
 
 def _block_filler(nonce: int) -> bytes:
@@ -77,123 +80,141 @@ async def _rpc(session: aiohttp.ClientSession, url: str, method: str, *params: A
         return (await r.json())["result"]
 
 
-async def _with_bundle_submitter(
-    relay: RelayThread,
-    nonces: NonceManager,
-    body: Callable[[BundleSubmitter, aiohttp.ClientSession], Awaitable[None]],
-) -> None:
+Body = Callable[[TxManager, aiohttp.ClientSession, Web3], Awaitable[None]]
+
+
+async def _with_bundles(relay: RelayThread, records: TxRecords, body: Body) -> None:
     w3 = AsyncWeb3(SessionHTTPProvider(relay.url))
     async with aiohttp.ClientSession() as session:
-        sub = BundleSubmitter(
-            client=FlashbotsClient([relay.url], Account.create(), session),
+        txm = TxManager(
+            w3=w3, records=records, signer=TxSigner(KEEPER, 31337), fees=FeeEstimator(w3, max_fee_gwei=100),
+            route=BundleRoute(FlashbotsClient([relay.url], Account.create(), session)), chain="test",
             block_time=1.0,
-            w3=w3,
-            nonces=nonces,
-            signer=TxSigner(KEEPER, 31337),
-            fees=FeeEstimator(w3, max_fee_gwei=100),
-            chain="test",
-            poll_interval=0.02,
-        )
-        await body(sub, session)
+        )  # fmt: skip
+        await body(txm, session, Web3(Web3.HTTPProvider(relay.url)))
 
 
-async def _wait_pending(session: aiohttp.ClientSession, url: str, block: int) -> None:
-    with anyio.fail_after(10):
-        while True:
-            pending = await _rpc(session, url, "relay_pendingBundles")
-            if any(int(p["blockNumber"], 16) == block for p in pending):
-                return
-            await anyio.sleep(0.02)
+async def _build(session: aiohttp.ClientSession, url: str) -> None:
+    await _rpc(session, url, "relay_buildBlock")
 
 
-def test_bundle_crowded_out_is_retargeted_and_lands(relay: RelayThread, nonces: NonceManager):
+async def _pending_for(session: aiohttp.ClientSession, url: str, block: int) -> int:
+    pending = await _rpc(session, url, "relay_pendingBundles")
+    return sum(int(p["blockNumber"], 16) == block for p in pending)
+
+
+async def _step(txm: TxManager, sync: Web3, actions: list[Action] | None = None) -> list[Outcome]:
+    """One keeper block: settle at the head, then submit (what the loop does)."""
+    head = sync.eth.block_number
+    ended = await txm.settle(head)
+    ts = int(sync.eth.get_block(head)["timestamp"])
+    return ended + await txm.submit(actions or [], head, ts)
+
+
+def _ended(outcomes: list[Outcome], key: str) -> Outcome:
+    (o,) = [o for o in outcomes if o.action_key == key and o.status is not Status.SENT]
+    return o
+
+
+def test_bundle_crowded_out_is_carried_into_the_next_block_and_lands(relay: RelayThread, records: TxRecords):
+    seen: list[Outcome] = []
+
+    async def body(txm: TxManager, session: aiohttp.ClientSession, sync: Web3) -> None:
+        head = sync.eth.block_number
+        seen.extend(await _step(txm, sync, [_transfer("fill-1")]))
+        assert await _pending_for(session, relay.url, head + 1) == 1
+        # A better-paying bundle fills block head+1.
+        await txm.route.client.send_bundle([_block_filler(0)], head + 1)  # type: ignore[union-attr]
+        await _build(session, relay.url)
+        seen.extend(await _step(txm, sync))
+        assert await _pending_for(session, relay.url, head + 2) == 1, "carried into the next block"
+        await _build(session, relay.url)
+        seen.extend(await _step(txm, sync))
+
+    anyio.run(_with_bundles, relay, records, body)
     w3 = Web3(Web3.HTTPProvider(relay.url))
-    head = w3.eth.block_number
-    competitor = _block_filler(0)
-    result: dict[str, Any] = {}
-
-    async def body(sub: BundleSubmitter, session: aiohttp.ClientSession) -> None:
-        async def run() -> None:
-            result["outcome"] = await sub.submit(_transfer("fill-1"))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            await _wait_pending(session, relay.url, head + 1)
-            # A better-paying bundle fills block head+1.
-            await sub.client.send_bundle([competitor], head + 1)
-            await _rpc(session, relay.url, "relay_buildBlock")
-            await _wait_pending(session, relay.url, head + 2)
-            await _rpc(session, relay.url, "relay_buildBlock")
-
-    anyio.run(_with_bundle_submitter, relay, nonces, body)
-    outcome = result["outcome"]
+    outcome = _ended(seen, "fill-1")
     assert outcome.status is Status.INCLUDED, outcome
-    assert outcome.targets == [head + 1, head + 2]
-    assert outcome.block == head + 2
+    assert outcome.block == w3.eth.block_number
     assert w3.eth.get_transaction_count(KEEPER.address) == 1
-    assert nonces.live_nonces() == [0]
-    assert nonces.gaps() == []
+    assert records.live_nonces() == [0]
+    assert records.gaps() == []
 
 
-def test_bundle_that_misses_every_block_frees_its_nonce(relay: RelayThread, nonces: NonceManager):
+def test_bundle_that_misses_every_block_frees_its_nonce(relay: RelayThread, records: TxRecords):
+    seen: list[Outcome] = []
+
+    async def body(txm: TxManager, session: aiohttp.ClientSession, sync: Web3) -> None:
+        head = sync.eth.block_number
+        seen.extend(await _step(txm, sync, [_transfer("fill-a")]))
+        for i, target in enumerate(range(head + 1, head + 4)):
+            # Each block is filled by someone paying more.
+            await txm.route.client.send_bundle([_block_filler(i)], target)  # type: ignore[union-attr]
+            await _build(session, relay.url)
+            seen.extend(await _step(txm, sync, [_transfer("fill-b")] if target == head + 3 else None))
+        await _build(session, relay.url)
+        seen.extend(await _step(txm, sync))
+
+    anyio.run(_with_bundles, relay, records, body)
     w3 = Web3(Web3.HTTPProvider(relay.url))
-    head = w3.eth.block_number
-    result: dict[str, Any] = {}
-
-    async def body(sub: BundleSubmitter, session: aiohttp.ClientSession) -> None:
-        async def run() -> None:
-            result["missed"] = await sub.submit(_transfer("fill-a"))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            for target in range(head + 1, head + 4):
-                await _wait_pending(session, relay.url, target)
-                # Each block is filled by someone paying more.
-                await sub.client.send_bundle([_block_filler(target - head - 1)], target)
-                await _rpc(session, relay.url, "relay_buildBlock")
-        # The next action reuses the freed nonce and lands.
-        async with anyio.create_task_group() as tg:
-
-            async def run2() -> None:
-                result["next"] = await sub.submit(_transfer("fill-b"))
-
-            tg.start_soon(run2)
-            await _wait_pending(session, relay.url, head + 4)
-            await _rpc(session, relay.url, "relay_buildBlock")
-
-    anyio.run(_with_bundle_submitter, relay, nonces, body)
-    assert result["missed"].status is Status.MISSED
-    assert result["missed"].targets == [head + 1, head + 2, head + 3]
-    assert result["next"].status is Status.INCLUDED
+    assert _ended(seen, "fill-a").status is Status.MISSED
+    assert _ended(seen, "fill-b").status is Status.INCLUDED
     assert w3.eth.get_transaction_count(KEEPER.address) == 1, "nonce 0 was used once, by the second action"
-    assert nonces.live_nonces() == [0]
-    assert nonces.gaps() == []
+    assert records.live_nonces() == [0]
+    assert records.gaps() == []
 
 
-def test_failing_simulation_is_rejected_and_frees_the_nonce(relay: RelayThread, nonces: NonceManager):
-    result: dict[str, Any] = {}
+def test_one_signers_actions_of_one_block_land_together(relay: RelayThread, records: TxRecords):
+    seen: list[Outcome] = []
 
-    async def body(sub: BundleSubmitter, session: aiohttp.ClientSession) -> None:
-        # More value than the keeper owns: the simulation cannot include it.
-        result["o"] = await sub.submit(_transfer("too-big", value=10**30))
+    async def body(txm: TxManager, session: aiohttp.ClientSession, sync: Web3) -> None:
+        head = sync.eth.block_number
+        seen.extend(await _step(txm, sync, [_transfer(f"a{i}", value=i + 1) for i in range(3)]))
+        assert await _pending_for(session, relay.url, head + 1) == 1, "one bundle, not three"
+        await _build(session, relay.url)
+        seen.extend(await _step(txm, sync))
 
-    anyio.run(_with_bundle_submitter, relay, nonces, body)
-    assert result["o"].status is Status.REJECTED
-    assert "simulation failed" in result["o"].reason
-    assert nonces.live_nonces() == []
+    anyio.run(_with_bundles, relay, records, body)
+    w3 = Web3(Web3.HTTPProvider(relay.url))
+    assert {_ended(seen, f"a{i}").status for i in range(3)} == {Status.INCLUDED}
+    assert {_ended(seen, f"a{i}").block for i in range(3)} == {w3.eth.block_number}
+    assert w3.eth.get_transaction_count(KEEPER.address) == 3
 
 
-def test_fee_above_the_action_value_is_refused_before_any_nonce(relay: RelayThread, nonces: NonceManager):
-    result: dict[str, Any] = {}
+def test_a_refused_action_is_left_out_and_the_rest_keeps_a_run(relay: RelayThread, records: TxRecords):
+    seen: list[Outcome] = []
 
-    async def body(sub: BundleSubmitter, session: aiohttp.ClientSession) -> None:
+    async def body(txm: TxManager, session: aiohttp.ClientSession, sync: Web3) -> None:
+        # More value than the keeper owns: the simulation cannot include the middle one.
+        actions = [_transfer("ok-1"), _transfer("too-big", value=10**30), _transfer("ok-2")]
+        seen.extend(await _step(txm, sync, actions))
+        await _build(session, relay.url)
+        seen.extend(await _step(txm, sync))
+
+    anyio.run(_with_bundles, relay, records, body)
+    w3 = Web3(Web3.HTTPProvider(relay.url))
+    refused = _ended(seen, "too-big")
+    assert refused.status is Status.REJECTED
+    assert "simulation failed" in refused.reason
+    assert _ended(seen, "ok-1").status is Status.INCLUDED
+    assert _ended(seen, "ok-2").status is Status.INCLUDED
+    assert w3.eth.get_transaction_count(KEEPER.address) == 2
+    assert records.live_nonces() == [0, 1], "renumbered: no hole where the refused one was"
+    assert records.gaps() == []
+
+
+def test_fee_above_the_action_value_is_refused_before_any_nonce(relay: RelayThread, records: TxRecords):
+    seen: list[Outcome] = []
+
+    async def body(txm: TxManager, session: aiohttp.ClientSession, sync: Web3) -> None:
         action = Action("cheap", (Call(to=SINK, gas_limit=21_000),), expected_value_wei=1_000)
-        result["o"] = await sub.submit(action)
+        seen.extend(await _step(txm, sync, [action]))
 
-    anyio.run(_with_bundle_submitter, relay, nonces, body)
-    assert result["o"].status is Status.REJECTED
-    assert "cap" in result["o"].reason
-    assert nonces.next_nonce() == 0
+    anyio.run(_with_bundles, relay, records, body)
+    o = _ended(seen, "cheap")
+    assert o.status is Status.REJECTED
+    assert "cap" in o.reason
+    assert records.next_nonce() == 0
 
 
 class _LowballFirst(FeeEstimator):
@@ -207,65 +228,130 @@ class _LowballFirst(FeeEstimator):
         return Fees(1, 1) if type(self).calls == 1 else real
 
 
+def _public(a: Anvil, records: TxRecords, fees: FeeEstimator | None = None) -> tuple[TxManager, Web3]:
+    w3 = AsyncWeb3(SessionHTTPProvider(a.url))
+    txm = TxManager(
+        w3=w3, records=records, signer=TxSigner(KEEPER, 31337),
+        fees=fees or FeeEstimator(w3, max_fee_gwei=100), route=MempoolRoute(w3), chain="test",
+        block_time=1.0, max_target_blocks=6,
+    )  # fmt: skip
+    return txm, Web3(Web3.HTTPProvider(a.url))
+
+
+async def _run_blocks(
+    txm: TxManager, sync: Web3, first: list[Action], until: Callable[[list[Outcome]], bool]
+) -> list[Outcome]:
+    """The loop's steps on every new head of an auto-mining anvil until `until(outcomes)`."""
+    seen = await _step(txm, sync, first)
+    last = sync.eth.block_number
+    with anyio.fail_after(30):
+        while not until(seen):
+            if sync.eth.block_number > last:
+                last = sync.eth.block_number
+                seen += await _step(txm, sync)
+            await anyio.sleep(0.05)
+    return seen
+
+
 def test_public_route_bumps_fees_until_included(tmp_path):
     with Anvil(block_time=1) as a:
         engine = make_engine(f"sqlite:///{tmp_path / 'p.sqlite'}")
         migrate(engine)
-        nm = NonceManager(engine, 31337, KEEPER.address)
-        w3 = AsyncWeb3(SessionHTTPProvider(a.url))
-        sub = MempoolSubmitter(
-            w3=w3,
-            nonces=nm,
-            signer=TxSigner(KEEPER, 31337),
-            fees=_LowballFirst(w3, max_fee_gwei=100),
-            chain="test",
-            poll_interval=0.05,
+        records = TxRecords(engine, 31337, KEEPER.address)
+        txm, sync = _public(
+            a, records, _LowballFirst(AsyncWeb3(SessionHTTPProvider(a.url)), max_fee_gwei=100)
         )
         action = Action("pub-1", (Call(to=SINK, value=1, gas_limit=21_000),), ETH, deadline_blocks=6)
-        outcome = anyio.run(sub.submit, action)
+        seen: list[Outcome] = []
+
+        async def go() -> None:
+            seen.extend(
+                await _run_blocks(
+                    txm,
+                    sync,
+                    [action],
+                    lambda got: any(o.action_key == "pub-1" and o.status is not Status.SENT for o in got),
+                )
+            )
+
+        anyio.run(go)
+        outcome = _ended(seen, "pub-1")
         assert outcome.status is Status.INCLUDED, outcome
-        assert len(outcome.tx_hashes) >= 2, "at least one replacement was sent"
-        rec = nm.live_nonces()
-        assert rec == [0]
-        sync = Web3(Web3.HTTPProvider(a.url))
+        with Session(engine) as s:
+            assert len(s.exec(select(TxAttempt)).all()) >= 2, "at least one replacement was sent"
+        assert records.live_nonces() == [0]
         assert sync.eth.get_transaction_count(KEEPER.address) == 1
-        states = {nm.get(i).state for i in (1,) if nm.get(i)}  # type: ignore[union-attr]
-        assert states == {TxState.CONFIRMED}
 
 
 def test_a_gap_is_found_and_filled_so_the_stuck_transaction_lands(tmp_path):
     with Anvil() as a:
         engine = make_engine(f"sqlite:///{tmp_path / 'g.sqlite'}")
         migrate(engine)
-        nm = NonceManager(engine, 31337, KEEPER.address)
-        w3 = AsyncWeb3(SessionHTTPProvider(a.url))
-        signer = TxSigner(KEEPER, 31337)
-        fees = FeeEstimator(w3, max_fee_gwei=100)
-        sub = MempoolSubmitter(w3=w3, nonces=nm, signer=signer, fees=fees, chain="test", poll_interval=0.05)
-        from keepers.tx.nonces import Intent
-
-        first = nm.allocate(Intent("a", to=SINK, value=1, gas_limit=21_000))
-        second = nm.allocate(Intent("b", to=SINK, value=2, gas_limit=21_000))
+        records = TxRecords(engine, 31337, KEEPER.address)
+        txm, sync = _public(a, records)
+        fees = anyio.run(txm.fees.estimate)
+        first, second = records.allocate(
+            [
+                Intent(
+                    k, to=SINK, value=v, gas_limit=21_000, route="public", target_block=1,
+                    deadline_block=20, max_fee_per_gas=fees.max_fee_per_gas,
+                    max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+                )
+                for k, v in (("a#0", 1), ("b#0", 2))
+            ]
+        )  # fmt: skip
         assert (first.nonce, second.nonce) == (0, 1)
 
-        async def go() -> tuple[Any, int, Any]:
+        async def go() -> tuple[Any, Any]:
             # Nonce 1 is broadcast; nonce 0's action is abandoned before sending: a gap below it.
-            signed = signer.sign(second, await fees.estimate())
-            await w3.eth.send_raw_transaction(signed.raw)
-            nm.transition(second.id or 0, TxState.IN_FLIGHT, tx_hash=signed.tx_hash)
-            nm.transition(second.id or 0, TxState.UNCONFIRMED)
-            nm.release(first.id or 0, "action abandoned")
-            report = await sub.reconcile()
-            filled = await sub.fill_gaps()
+            signed = txm.signer.sign(second, fees)
+            await txm.w3.eth.send_raw_transaction(signed.raw)
+            records.apply([Move(second.id or 0, TxState.UNCONFIRMED, "sent", {"tx_hash": signed.tx_hash})])
+            records.apply([Move(first.id or 0, TxState.DROPPED, "action abandoned")])
+            report = await txm.maintain(sync.eth.block_number)  # finds the gap and fills it
             await anyio.sleep(0.5)
-            return report, filled, await sub.reconcile()
+            return report, await txm.maintain(sync.eth.block_number)
 
-        report, filled, after = anyio.run(go)
+        report, after = anyio.run(go)
         assert report.gaps == [0]
-        assert filled == 1
-        assert Web3(Web3.HTTPProvider(a.url)).eth.get_transaction_count(KEEPER.address) == 2, "both landed"
+        assert sync.eth.get_transaction_count(KEEPER.address) == 2, "both landed"
         assert second.id in after.confirmed
         assert after.gaps == []
-        with Session(engine) as s:
-            attempts = s.exec(select(TxAttempt)).all()
-        assert len(attempts) == 1, "the gap fill's attempt is recorded"
+
+
+def test_a_public_transaction_past_its_deadline_is_replaced_by_a_no_op(tmp_path):
+    with Anvil(block_time=1) as a:
+        engine = make_engine(f"sqlite:///{tmp_path / 'n.sqlite'}")
+        migrate(engine)
+        records = TxRecords(engine, 31337, KEEPER.address)
+        txm, sync = _public(a, records)
+        txm.route.bump_after_blocks = 100  # type: ignore[union-attr]  # never bump: it stays stuck
+        stuck = Action("stuck", (Call(to=SINK, value=1, gas_limit=21_000),), ETH, deadline_blocks=2)
+        seen: list[Outcome] = []
+
+        class _Stuck(FeeEstimator):
+            async def estimate(self, blocks: int = 10, percentile: float = 50.0) -> Fees:
+                return Fees(1, 1)  # below the base fee: it sits in the pool
+
+        txm.fees = _Stuck(txm.w3, max_fee_gwei=100)
+
+        async def go() -> None:
+            real = FeeEstimator(txm.w3, max_fee_gwei=100)
+            seen.extend(await _step(txm, sync, [stuck]))
+            txm.fees = real  # the no-op is priced by the market
+            seen.extend(
+                await _run_blocks(
+                    txm, sync, [], lambda _: sync.eth.get_transaction_count(KEEPER.address) == 1
+                )
+            )
+
+        anyio.run(go)
+        assert _ended(seen, "stuck").status is Status.MISSED
+        receipts_to = {
+            sync.eth.get_transaction_by_block(sync.eth.block_number - i, 0)["to"]
+            for i in range(sync.eth.block_number)
+            if sync.eth.get_block(sync.eth.block_number - i)["transactions"]
+        }
+        assert receipts_to == {KEEPER.address}, (
+            "the nonce went to a no-op self-transfer, not the late payment"
+        )

@@ -1,4 +1,4 @@
-"""The nonce manager shared by real processes on real SQLite and PostgreSQL."""
+"""Transaction records (nonces and state) shared by real processes on real SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
-from keepers.tx.nonces import Intent, NonceManager
-from keepers.tx.states import InvalidTransition, TxState
+from keepers.store.tables import TxRecord
+from keepers.tx.records import Intent, Move, TxRecords
+from keepers.tx.states import TxState
 
 pytestmark = pytest.mark.integration
 
@@ -29,11 +30,16 @@ def _worker(url: str, worker: str, count: int, seed: int) -> subprocess.Popen[st
     )
 
 
-def _assert_no_duplicate_and_fill_gaps(nm: NonceManager) -> list[int]:
+def _one(nm: TxRecords, key: str) -> TxRecord:
+    (rec,) = nm.allocate([Intent(key, to=None)])
+    return rec
+
+
+def _assert_no_duplicate_and_fill_gaps(nm: TxRecords) -> list[int]:
     live = nm.live_nonces()
     assert len(live) == len(set(live)), "two live transactions on one nonce"
     for gap in nm.gaps():
-        assert nm.claim_gap(gap, f"gap-{gap}") is not None
+        assert nm.claim_gap(gap, f"gap-{gap}", (1, 1), 100) is not None
     live = nm.live_nonces()
     assert nm.gaps() == []
     assert live == list(range(len(live))), "after gap filling the live nonces are contiguous from 0"
@@ -53,7 +59,7 @@ def test_four_processes_share_one_sequence(db_url: str):
     released = sum(s["released"] for s in summaries)
     assert released > 0, "the run exercised releases"
 
-    nm = NonceManager(engine, 1, SIGNER)
+    nm = TxRecords(engine, 1, SIGNER)
     live = _assert_no_duplicate_and_fill_gaps(nm)
     # Released nonces were reused before new ones, so at most the releases at the end are missing.
     assert len(live) >= 2000 - released
@@ -70,41 +76,45 @@ def test_sigkill_mid_allocation_leaves_nothing_inconsistent(db_url: str):
     _out, err = steady.communicate(timeout=300)
     assert steady.returncode == 0, err[-2000:]
 
-    nm = NonceManager(engine, 1, SIGNER)
+    nm = TxRecords(engine, 1, SIGNER)
     started = time.monotonic()
-    rec = nm.allocate(Intent("after-kill", to=None))
+    rec = _one(nm, "after-kill")
     assert time.monotonic() - started < 10, "no lock left behind by the killed process"
     assert rec.nonce >= 0
     _assert_no_duplicate_and_fill_gaps(nm)
 
 
+def _sent(nm: TxRecords, rec: TxRecord, tx_hash: str) -> None:
+    assert rec.id is not None
+    nm.apply([Move(rec.id, TxState.UNCONFIRMED, "sent", {"tx_hash": tx_hash})])
+
+
 def test_reconcile_confirms_drops_and_detects_reorg(db_url: str):
     engine = make_engine(db_url)
     migrate(engine)
-    nm = NonceManager(engine, 1, SIGNER)
-    recs = [nm.allocate(Intent(f"k{i}", to=None)) for i in range(4)]
+    nm = TxRecords(engine, 1, SIGNER)
+    recs = nm.allocate([Intent(f"k{i}", to=None) for i in range(4)])
+    assert [r.nonce for r in recs] == [0, 1, 2, 3], "one batch, consecutive nonces"
     for r in recs:
-        assert r.id is not None
-        nm.transition(r.id, TxState.IN_FLIGHT, tx_hash=f"0xhash{r.nonce}")
-        nm.transition(r.id, TxState.UNCONFIRMED)
+        _sent(nm, r, f"0xhash{r.nonce}")
     mined = {"0xhash0": 10, "0xhash1": 11}  # nonce 2 was used by someone else's tx
-    report = nm.reconcile(3, mined.get)
+    report = nm.reconcile(3, lambda rec: mined.get(rec.tx_hash or ""))
     assert sorted(report.confirmed) == [recs[0].id, recs[1].id]
     assert report.consumed == [recs[2].id]
-    assert nm.get(recs[3].id).state == TxState.UNCONFIRMED  # type: ignore[union-attr]
+    assert nm.get(recs[3].id).state == TxState.UNCONFIRMED  # type: ignore[arg-type,union-attr]
 
     # A reorg takes nonce 1 back off the chain.
-    report = nm.reconcile(1, {"0xhash0": 10}.get)
+    report = nm.reconcile(1, lambda rec: {"0xhash0": 10}.get(rec.tx_hash or ""))
     assert report.reorged == [recs[1].id]
-    assert nm.get(recs[1].id).state == TxState.UNCONFIRMED  # type: ignore[union-attr]
+    assert nm.get(recs[1].id).state == TxState.UNCONFIRMED  # type: ignore[arg-type,union-attr]
 
 
 def test_counter_never_falls_below_the_chain(db_url: str):
     engine = make_engine(db_url)
     migrate(engine)
-    nm = NonceManager(engine, 1, SIGNER)
-    nm.reconcile(42, lambda _h: None)
-    assert nm.allocate(Intent("first", to=None)).nonce == 42
+    nm = TxRecords(engine, 1, SIGNER)
+    nm.reconcile(42, lambda _r: None)
+    assert _one(nm, "first").nonce == 42
 
 
 def test_a_nonce_given_up_on_a_wrong_reading_is_recovered(db_url: str):
@@ -112,29 +122,44 @@ def test_a_nonce_given_up_on_a_wrong_reading_is_recovered(db_url: str):
     says it was not. The nonce must come back rather than stay a gap nobody holds."""
     engine = make_engine(db_url)
     migrate(engine)
-    nm = NonceManager(engine, 1, SIGNER)
-    rec = nm.allocate(Intent("k0", to=None))
-    assert rec.id is not None
-    nm.transition(rec.id, TxState.IN_FLIGHT, tx_hash="0xhash0")
-    report = nm.reconcile(1, lambda _h: None)  # the wrong reading
+    nm = TxRecords(engine, 1, SIGNER)
+    rec = _one(nm, "k0")
+    _sent(nm, rec, "0xhash0")
+    report = nm.reconcile(1, lambda _r: None)  # the wrong reading
     assert report.consumed == [rec.id]
-    assert nm.allocate(Intent("k1", to=None)).nonce == 1
+    assert _one(nm, "k1").nonce == 1
 
-    report = nm.reconcile(0, lambda _h: None)  # the chain as it is
+    report = nm.reconcile(0, lambda _r: None)  # the chain as it is
     assert report.recovered == [0]
     assert report.gaps == [0], "nonce 1 is waiting on it"
-    assert nm.allocate(Intent("k2", to=None)).nonce == 0
-    assert nm.reconcile(0, lambda _h: None).recovered == [], "recovered once, not again"
+    assert _one(nm, "k2").nonce == 0
+    assert nm.reconcile(0, lambda _r: None).recovered == [], "recovered once, not again"
 
 
-def test_state_machine_refuses_illegal_moves(db_url: str):
+def test_transitions_are_compare_and_set(db_url: str):
+    """A move from a state the machine does not allow changes nothing; a repeated move is a
+    no-op, not an error; a drop frees the nonce exactly once."""
     engine = make_engine(db_url)
     migrate(engine)
-    nm = NonceManager(engine, 1, SIGNER)
-    rec = nm.allocate(Intent("x", to=None))
+    nm = TxRecords(engine, 1, SIGNER)
+    rec = _one(nm, "x")
     assert rec.id is not None
-    with pytest.raises(InvalidTransition, match="unstarted -> confirmed"):
-        nm.transition(rec.id, TxState.CONFIRMED)
-    nm.release(rec.id, "missed")
-    with pytest.raises(InvalidTransition):
-        nm.transition(rec.id, TxState.IN_FLIGHT)
+    assert nm.apply([Move(rec.id, TxState.FINALIZED)]) == [], "unstarted -> finalized is refused"
+    assert nm.get(rec.id).state == TxState.UNSTARTED  # type: ignore[union-attr]
+    assert nm.apply([Move(rec.id, TxState.DROPPED, "missed")]) == [rec.id]
+    assert nm.apply([Move(rec.id, TxState.DROPPED, "missed again")]) == [], "repeat: a no-op"
+    assert nm.apply([Move(rec.id, TxState.UNCONFIRMED)]) == [], "dropped is final"
+    assert _one(nm, "y").nonce == 0, "the freed nonce comes back, once"
+    assert _one(nm, "z").nonce == 1
+
+
+def test_a_batch_renumbered_after_a_refusal_keeps_a_run(db_url: str):
+    engine = make_engine(db_url)
+    migrate(engine)
+    nm = TxRecords(engine, 1, SIGNER)
+    a, b, c = nm.allocate([Intent(k, to=None) for k in ("a#0", "b#0", "c#0")])
+    kept = nm.renumber([a.id or 0, c.id or 0], [b.id or 0], "refused by simulation")
+    assert [r.nonce for r in kept] == [0, 1], "c moves down onto b's nonce"
+    assert nm.get(b.id or 0).state == TxState.DROPPED  # type: ignore[union-attr]
+    assert _one(nm, "d").nonce == 2, "the left-over nonce is free again"
+    assert nm.live_nonces() == [0, 1, 2]

@@ -1,0 +1,714 @@
+"""The transaction manager of one (chain, signer): the whole life of our transactions, in one
+module (after Chainlink's txm, for several processes on one key).
+
+Per block the keeper loop calls, in this order and never concurrently:
+
+1. `settle(head)`, the confirmer: receipts (canonical blocks only) confirm what landed; what a
+   reorg took is unconfirmed again; what is deep enough is finalized; a bundle whose block was
+   built without it is dropped (its nonce freed) or, if this process sent it and its deadline
+   allows, carried into this block's bundle; a public transaction is fee-bumped, and at its
+   deadline replaced by a no-op that keeps its nonce; a record left unsent by a crash is
+   dropped once its block has passed. Each action that reached an end is booked in the ledger
+   in the same database transaction.
+2. `submit(actions, head)`: this block's actions go out together, one bundle per signer per
+   block (with the carried ones, in nonce order), so no bundle waits on another for a nonce.
+   Records (with fees, so a transaction can be signed again identically after a crash) and
+   the actions' ledger rows are written in one database transaction; after the send, one
+   more records the attempt. A transaction the relay's simulation refuses is left out and the
+   rest renumbered onto the batch's lowest nonces, so no hole is left in the run.
+
+Every state change is a compare-and-set (keepers.tx.records): a repeated one is a no-op, so
+two processes settling the same record, or a restart redoing a step, cannot break anything.
+On the happy path an action costs three database transactions: allocate, sent, settled.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from functools import cache, partial
+from typing import Any
+
+import anyio
+import structlog
+from eth_utils.crypto import keccak
+from web3 import AsyncWeb3
+from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.types import RPCEndpoint
+
+from keepers.chain.artifacts import PROJECT_CONTRACTS, load_artifact
+from keepers.chain.reverts import RevertDecoder
+from keepers.obs import metrics
+from keepers.store.tables import ActionLedger, TxAttempt, TxRecord
+from keepers.tx.actions import Action, Call
+from keepers.tx.crash import crash_point
+from keepers.tx.fees import FeeEstimator, Fees, FeeTooHigh
+from keepers.tx.flashbots import bundle_hash
+from keepers.tx.records import Intent, LedgerUpdate, Move, ReconcileReport, TxRecords, action_key_of
+from keepers.tx.routes import BundleRoute, MempoolRoute, Route
+from keepers.tx.signer import SignedTx, TxSigner
+from keepers.tx.states import FROM, PENDING, TxState
+
+log = structlog.get_logger("txm")
+
+#: BuilderTip.tip() and the gas its call needs (a value transfer to the coinbase, with margin).
+TIP_SELECTOR = "0x" + keccak(text="tip()")[:4].hex()
+TIP_GAS = 40_000
+#: Simulation rounds per batch: each drops the first action the last one refused (the last
+#: round drops every refused one).
+SIM_ROUNDS = 4
+
+
+@cache
+def _decoder() -> RevertDecoder:
+    return RevertDecoder(load_artifact(n) for n in PROJECT_CONTRACTS)
+
+
+def explain_revert(data: str | None) -> str:
+    """The named custom error for revert data, else the data as given."""
+    if data and data.startswith("0x") and len(data) >= 10:
+        decoded = _decoder().decode(bytes.fromhex(data[2:]))
+        if decoded is not None:
+            return str(decoded)
+    return data or "no revert data"
+
+
+class Status(StrEnum):
+    SENT = "sent"  # on its way; settled in a later block
+    INCLUDED = "included"
+    MISSED = "missed"  # not included by its deadline; nonces freed or reclaimed
+    REJECTED = "rejected"  # refused before sending (simulation failed, fee over the cap)
+
+
+@dataclass
+class Outcome:
+    """Where an action is: sent, or how it ended."""
+
+    action_key: str
+    status: Status
+    block: int | None = None
+    tx_hashes: list[str] = field(default_factory=list)
+    reason: str = ""
+    #: Wei paid to the builder through BuilderTip (0 unless included with a payment).
+    coinbase_paid_wei: int = 0
+    earned_wei: int = 0
+    gas_used: int = 0
+    gas_cost_wei: int = 0
+    #: The OrderBook orders the action fills (known to the process that decided it).
+    order_ids: tuple[int, ...] = ()
+
+
+def _out_of_gas(error: str | None, revert: str) -> bool:
+    """A simulated transaction that failed for want of gas (the EVM's, or OrderBook.OutOfGas)."""
+    return "out of gas" in (error or "").lower() or "OutOfGas" in revert
+
+
+@dataclass
+class _Mined:
+    block: int
+    tx_hash: str
+    gas_used: int
+    gas_cost: int
+
+
+class TxManager:
+    """Sends and tracks the transactions of one (chain, signer)."""
+
+    def __init__(
+        self,
+        *,
+        w3: AsyncWeb3[Any],
+        records: TxRecords,
+        signer: TxSigner,
+        fees: FeeEstimator,
+        route: Route,
+        chain: str,
+        confirmations: int = 0,
+        max_target_blocks: int = 3,
+        block_time: float = 12.0,
+        builder_tip: str | None = None,
+        keeper: str = "",
+        strategy: str = "",
+    ) -> None:
+        self.w3 = w3
+        self.records = records
+        self.signer = signer
+        self.fees = fees
+        self.route = route
+        self.chain = chain
+        self.confirmations = confirmations
+        self.max_target_blocks = max(1, max_target_blocks)
+        self.block_time = block_time
+        self.builder_tip = builder_tip
+        self.keeper = keeper
+        self.strategy = strategy
+        #: Bundle groups this process sent and may carry into its next bundle: their records.
+        self._own: dict[str, list[int]] = {}
+        #: Record ids to carry into this block's bundle (decided by settle, sent by submit).
+        self._carry: list[TxRecord] = []
+        #: What this process knows of its actions (value, builder payment) until they settle.
+        self._actions: dict[str, Action] = {}
+        self._lock = anyio.Lock()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def pending_actions(self) -> int:
+        """Actions this process sent that have not ended yet."""
+        return len(self._actions)
+
+    def _sign(self, rec: TxRecord) -> SignedTx:
+        # The record holds the fees it was (or will be) sent with: the same signature again,
+        # byte for byte, after a crash.
+        return self.signer.sign(rec, Fees(int(rec.max_fee_per_gas), int(rec.max_priority_fee_per_gas)))
+
+    # --------------------------------------------------------------- submit
+
+    async def submit(self, actions: Sequence[Action], head: int, timestamp: int) -> list[Outcome]:
+        """Sends this block's actions of this signer (and what settle carried) together, for
+        the block after the chain's latest (which may be past `head` by now)."""
+        async with self._lock:
+            head, timestamp = await self._latest(head, timestamp)
+            prepared: list[tuple[Action, Fees]] = []
+            outcomes: list[Outcome] = []
+            rejected: list[ActionLedger] = []
+            for action in actions:
+                ready, reason = await self._prepare(action)
+                if ready is None:
+                    outcomes.append(
+                        Outcome(
+                            action.idempotency_key, Status.REJECTED, reason=reason, order_ids=action.order_ids
+                        )
+                    )
+                    rejected.append(self._ledger_row(action, head, "rejected"))
+                    log.info("action rejected", key=action.idempotency_key, reason=reason)
+                    continue
+                prepared.append(ready)
+            if rejected:
+                await anyio.to_thread.run_sync(self.records.record_ledger, rejected)
+                metrics.ACTIONS.labels(self.chain, "rejected").inc(len(rejected))
+            if isinstance(self.route, BundleRoute):
+                outcomes += await self._submit_bundle(prepared, head, timestamp)
+            else:
+                outcomes += await self._submit_mempool(prepared, head)
+            return outcomes
+
+    async def _latest(self, head: int, timestamp: int) -> tuple[int, int]:
+        """The chain's latest block and time, if it moved on since the keeper decided."""
+        resp = await self.w3.provider.make_request(RPCEndpoint("eth_getBlockByNumber"), ["latest", False])
+        block = resp.get("result")
+        if not block:
+            return head, timestamp
+        return max(head, int(block["number"], 16)), max(timestamp, int(block["timestamp"], 16))
+
+    async def _prepare(self, action: Action) -> tuple[tuple[Action, Fees] | None, str]:
+        if isinstance(self.route, MempoolRoute):
+            if len(action.calls) != 1:
+                return None, "the mempool route sends one call per action"
+            # No bundle, so no atomic builder payment: here the priority fee is the whole bid.
+            action = replace(action, coinbase_payment_wei=0)
+            action, refusal = await self._estimate(action)
+            if refusal:
+                return None, refusal
+        payment = action.coinbase_payment_wei
+        if payment > 0:
+            if not self.builder_tip:
+                return None, "a coinbase payment needs contracts.builder_tip"
+            # Last in the action's calls: paid only if everything before it lands.
+            tip = Call(to=self.builder_tip, data=TIP_SELECTOR, value=payment, gas_limit=TIP_GAS)
+            action = replace(action, calls=(*action.calls, tip))
+        try:
+            fees = await self._priced(action, payment)
+        except FeeTooHigh as exc:
+            return None, str(exc)
+        return (action, fees), ""
+
+    async def _estimate(self, action: Action) -> tuple[Action, str | None]:
+        """The action with its call's gas from eth_estimateGas (x1.25, never below the
+        strategy's own figure), or the reason it would revert (public and private routes: a
+        bundle is simulated whole instead)."""
+        calls = []
+        for call in action.calls:
+            tx = {"from": self.signer.address, "to": call.to, "data": call.data, "value": call.value}
+            try:
+                est = int(await self.w3.eth.estimate_gas(tx))  # type: ignore[arg-type]
+            except (Web3RPCError, ContractLogicError, ValueError) as exc:
+                data = getattr(exc, "data", None)
+                return action, f"would revert: {explain_revert(data if isinstance(data, str) else None)}"
+            calls.append(replace(call, gas_limit=max(call.gas_limit, est * 5 // 4)))
+        return replace(action, calls=tuple(calls)), None
+
+    async def _priced(self, action: Action, coinbase_payment: int) -> Fees:
+        """The market's fees, or the strategy's priority-fee bid on top of the same base fee
+        headroom; capped by config and by what the action is worth after its builder payment."""
+        gas = sum(c.gas_limit for c in action.calls)
+        market = await self.fees.estimate()
+        if action.priority_fee_per_gas is not None:
+            base_headroom = market.max_fee_per_gas - market.max_priority_fee_per_gas
+            market = Fees(base_headroom + action.priority_fee_per_gas, action.priority_fee_per_gas)
+        budget = None if action.public_good else action.expected_value_wei - coinbase_payment
+        if budget is not None and budget <= 0:
+            raise FeeTooHigh(f"the builder payment ({coinbase_payment} wei) leaves nothing for gas")
+        return self.fees.capped(market, gas, budget)
+
+    def _ledger_row(self, action: Action, head: int, status: str) -> ActionLedger:
+        return ActionLedger(
+            chain_id=self.records.chain_id, keeper=self.keeper, strategy=self.strategy,
+            idempotency_key=action.idempotency_key, decided_block=head, status=status,
+            order_ids=list(action.order_ids),
+            earned_wei=action.expected_value_wei if status == "pending" else 0, coinbase_wei=0,
+        )  # fmt: skip
+
+    def _intents(self, prepared: Sequence[tuple[Action, Fees]], head: int) -> list[Intent]:
+        intents = []
+        for action, fees in prepared:
+            deadline = head + min(max(action.deadline_blocks, 1), self.max_target_blocks)
+            for i, call in enumerate(action.calls):
+                intents.append(
+                    Intent(
+                        idempotency_key=f"{action.idempotency_key}#{i}", to=call.to, data=call.data,
+                        value=call.value, gas_limit=call.gas_limit, route=self.route.kind,
+                        max_fee_per_gas=fees.max_fee_per_gas,
+                        max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+                        target_block=head + 1, deadline_block=deadline,
+                    )
+                )  # fmt: skip
+        return intents
+
+    async def _allocate(self, prepared: Sequence[tuple[Action, Fees]], head: int) -> list[TxRecord]:
+        intents = self._intents(prepared, head)
+        ledger = [self._ledger_row(a, head, "pending") for a, _ in prepared]
+        records = await anyio.to_thread.run_sync(self.records.allocate, intents, ledger)
+        metrics.NONCE_ALLOCATIONS.labels(self.chain).inc(len(records))
+        crash_point("after-allocate")
+        for action, _ in prepared:
+            self._actions[action.idempotency_key] = action
+        # A key allocated before (a repeated submit) is not sent twice: only what is unsent goes.
+        return [r for r in records if TxState(r.state) is TxState.UNSTARTED]
+
+    async def _submit_bundle(
+        self, prepared: Sequence[tuple[Action, Fees]], head: int, timestamp: int
+    ) -> list[Outcome]:
+        assert isinstance(self.route, BundleRoute)
+        # What settle carried goes again only within its deadline (the head may have moved on).
+        carry = [r for r in self._carry if (r.deadline_block or 0) > head]
+        self._carry = []
+        if not prepared and not carry:
+            return []
+        fresh = await self._allocate(prepared, head) if prepared else []
+        outcomes: list[Outcome] = []
+        target = head + 1
+        batch = sorted(carry + fresh, key=lambda r: r.nonce)
+        signed = [self._sign(r) for r in batch]
+        for _round in range(SIM_ROUNDS):
+            sim = await self.route.simulate(
+                [s.raw for s in signed], target, timestamp + max(1, int(self.block_time))
+            )
+            if sim is None or sim.ok:
+                break
+            by_hash = {r.tx_hash.lower(): r for r in sim.results if r.error}
+            failed_actions: dict[str, str] = {}
+            starved: list[TxRecord] = []
+            for rec, s in zip(batch, signed, strict=True):
+                r = by_hash.get(s.tx_hash.lower())
+                if r is None:
+                    continue
+                why = explain_revert(r.revert)
+                if _out_of_gas(r.error, why) and TxState(rec.state) is TxState.UNSTARTED:
+                    starved.append(rec)  # the strategy's gas figure was short: more, not a refusal
+                    continue
+                failed_actions.setdefault(action_key_of(rec), f"simulation failed: {r.error} ({why})")
+            if starved and not failed_actions:
+                batch = await self._more_gas(batch, starved)
+                signed = [self._sign(r) for r in batch]
+                continue
+            if not failed_actions:
+                break
+            if _round < SIM_ROUNDS - 1:
+                # Only the first refusal is surely its own: the ones after it may follow from it
+                # (a transaction the node refused leaves the next nonce invalid).
+                first = next(iter(failed_actions))
+                failed_actions = {first: failed_actions[first]}
+            batch, signed, refused = await self._leave_out(batch, failed_actions, target)
+            outcomes += refused
+            if not batch:
+                return outcomes
+        crash_point("after-sign")
+        group = bundle_hash([s.raw for s in signed])
+        replacement = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.records.signer}:{target}"))
+        sent = await self.route.send([s.raw for s in signed], target, replacement)
+        crash_point("after-send")
+        metrics.BUNDLES.labels(self.chain, "sent").inc()
+        if not sent.accepted:
+            log.warning("no relay took the bundle", target=target, errors=list(sent.errors))
+        await self._mark_sent(batch, signed, target, group)
+        self._own[group] = [r.id or 0 for r in batch]
+        for key in {action_key_of(r) for r in batch}:
+            action = self._actions.get(key)
+            orders = action.order_ids if action else ()
+            outcomes.append(
+                Outcome(key, Status.SENT, tx_hashes=[s.tx_hash for s in signed], order_ids=orders)
+            )
+        return outcomes
+
+    async def _more_gas(self, batch: list[TxRecord], starved: Sequence[TxRecord]) -> list[TxRecord]:
+        """The batch with twice the gas limit on the records the simulation ran out of gas."""
+        limits = {r.id or 0: r.gas_limit * 2 for r in starved}
+        await anyio.to_thread.run_sync(self.records.set_gas, limits)
+        return [
+            r.model_copy(update={"gas_limit": limits[r.id or 0]}) if (r.id or 0) in limits else r
+            for r in batch
+        ]
+
+    async def _leave_out(
+        self, batch: list[TxRecord], failed: dict[str, str], target: int
+    ) -> tuple[list[TxRecord], list[SignedTx], list[Outcome]]:
+        """The batch without the actions the simulation refused: unsent records of those are
+        dropped and the rest renumbered onto the batch's lowest nonces; carried ones (sent
+        before, whose block has passed) are dropped the same way."""
+        unsent = [r for r in batch if TxState(r.state) is TxState.UNSTARTED]
+        keep = [r for r in unsent if action_key_of(r) not in failed]
+        drop = [r for r in unsent if action_key_of(r) in failed]
+        carried_bad = [r for r in batch if r not in unsent and action_key_of(r) in failed]
+        carried_ok = [r for r in batch if r not in unsent and action_key_of(r) not in failed]
+        updates = [LedgerUpdate(k, "rejected", earned_wei=0) for k in failed]
+        if carried_bad:
+            await anyio.to_thread.run_sync(
+                lambda: self.records.apply(
+                    [
+                        Move(r.id or 0, TxState.DROPPED, "carried bundle refused by simulation")
+                        for r in carried_bad
+                    ]
+                )
+            )
+        kept = (
+            await anyio.to_thread.run_sync(
+                self.records.renumber,
+                [r.id or 0 for r in keep],
+                [r.id or 0 for r in drop],
+                "refused by simulation",
+            )
+            if drop
+            else keep
+        )
+        await anyio.to_thread.run_sync(lambda: self.records.apply([], updates))
+        outcomes = []
+        for key, reason in failed.items():
+            action = self._actions.pop(key, None)
+            orders = action.order_ids if action else ()
+            outcomes.append(Outcome(key, Status.REJECTED, reason=reason, order_ids=orders))
+            log.info("action refused by simulation", key=key, reason=reason, target=target)
+        metrics.ACTIONS.labels(self.chain, "rejected").inc(len(failed))
+        batch = sorted(carried_ok + list(kept), key=lambda r: r.nonce)
+        return batch, [self._sign(r) for r in batch], outcomes
+
+    async def _mark_sent(
+        self, batch: Sequence[TxRecord], signed: Sequence[SignedTx], target: int, group: str | None
+    ) -> None:
+        moves = [
+            Move(
+                r.id or 0,
+                TxState.UNCONFIRMED,
+                "sent",
+                {"tx_hash": s.tx_hash, "target_block": target, "bundle_hash": group},
+            )
+            for r, s in zip(batch, signed, strict=True)
+        ]
+        attempts = [
+            TxAttempt(
+                tx_id=r.id or 0, tx_hash=s.tx_hash, max_fee_per_gas=s.fees.max_fee_per_gas,
+                max_priority_fee_per_gas=s.fees.max_priority_fee_per_gas, target_block=target,
+            )
+            for r, s in zip(batch, signed, strict=True)
+        ]  # fmt: skip
+        await anyio.to_thread.run_sync(lambda: self.records.apply(moves, attempts=attempts))
+
+    async def _submit_mempool(self, prepared: Sequence[tuple[Action, Fees]], head: int) -> list[Outcome]:
+        if not prepared:
+            return []
+        batch = sorted(await self._allocate(prepared, head), key=lambda r: r.nonce)
+        signed = [self._sign(r) for r in batch]
+        crash_point("after-sign")
+        assert isinstance(self.route, MempoolRoute)
+        for s in signed:
+            sent = await self.route.send_raw(s.raw)
+            if not sent.accepted:
+                log.info("node refused a send", tx_hash=s.tx_hash, errors=list(sent.errors))
+        crash_point("after-send")
+        await self._mark_sent(batch, signed, head + 1, None)
+        return [
+            Outcome(action_key_of(r), Status.SENT, tx_hashes=[s.tx_hash])
+            for r, s in zip(batch, signed, strict=True)
+        ]
+
+    # ---------------------------------------------------------------- settle
+
+    async def settle(self, head: int) -> list[Outcome]:
+        """The confirmer's step at a new head; returns the actions that ended."""
+        async with self._lock:
+            records = await anyio.to_thread.run_sync(self.records.open_records)
+            if not records:
+                return []
+            watch = [r for r in records if self._due(r, head)]
+            mined = await self._mined(watch)
+            crash_point("after-receipt")
+            moves: list[Move] = []
+            for rec in records:
+                moves += await self._decide(rec, mined.get(rec.id or 0), head)
+            outcomes, ledger = self._ended(records, moves, mined)
+            live_groups = {r.bundle_hash for r in records if TxState(r.state) in PENDING}
+            self._own = {g: ids for g, ids in self._own.items() if g in live_groups}
+            crash_point("before-commit")
+            await anyio.to_thread.run_sync(lambda: self.records.apply(moves, ledger))
+            for o in outcomes:
+                self._actions.pop(o.action_key, None)
+                metrics.ACTIONS.labels(self.chain, str(o.status)).inc()
+                if o.status is Status.INCLUDED:
+                    metrics.BUNDLES.labels(self.chain, "included").inc()
+                else:
+                    metrics.BUNDLES.labels(self.chain, "missed").inc()
+            return outcomes
+
+    @staticmethod
+    def _due(rec: TxRecord, head: int) -> bool:
+        """Whether the chain may have news of this record at `head`."""
+        state = TxState(rec.state)
+        if state is TxState.CONFIRMED:
+            return True  # a reorg may have taken it
+        return rec.target_block is None or rec.target_block <= head
+
+    async def _mined(self, records: Sequence[TxRecord]) -> dict[int, _Mined]:
+        """The canonical inclusion of each record, by any hash it was sent under (or would have
+        been: an unsent record is signed again, identically)."""
+        hashes: dict[int, list[str]] = {}
+        mempool_ids = [r.id or 0 for r in records if r.route in ("public", "private", "gap-fill")]
+        attempts = (
+            await anyio.to_thread.run_sync(self.records.attempt_hashes, mempool_ids) if mempool_ids else {}
+        )
+        for rec in records:
+            known = [rec.tx_hash] if rec.tx_hash else [self._sign(rec).tx_hash]
+            hashes[rec.id or 0] = list(dict.fromkeys(known + attempts.get(rec.id or 0, [])))
+        receipts: dict[str, dict[str, Any]] = {}
+        limit = anyio.CapacityLimiter(16)
+
+        async def receipt(h: str) -> None:
+            async with limit:
+                try:
+                    r = await self.w3.eth.get_transaction_receipt(h)  # type: ignore[arg-type]
+                except TransactionNotFound:
+                    return
+                receipts[h] = dict(r)
+
+        async with anyio.create_task_group() as tg:
+            for hs in hashes.values():
+                for h in hs:
+                    tg.start_soon(receipt, h)
+        canonical = await self._canonical({int(r["blockNumber"]) for r in receipts.values()})
+        out: dict[int, _Mined] = {}
+        for tx_id, hs in hashes.items():
+            for h in hs:
+                r = receipts.get(h)
+                if r is None:
+                    continue
+                number = int(r["blockNumber"])
+                block_hash = (
+                    r["blockHash"].to_0x_hex()
+                    if hasattr(r["blockHash"], "to_0x_hex")
+                    else str(r["blockHash"])
+                )
+                if canonical.get(number) != block_hash.lower():
+                    continue  # served from a block a reorg took
+                used = int(r["gasUsed"])
+                out[tx_id] = _Mined(number, h, used, used * int(r.get("effectiveGasPrice", 0)))
+        return out
+
+    async def _canonical(self, numbers: set[int]) -> dict[int, str]:
+        """The canonical block hash at each height (a node can still serve a receipt from a
+        block a reorg took; anvil does after evm_revert)."""
+        out: dict[int, str] = {}
+
+        async def one(n: int) -> None:
+            resp = await self.w3.provider.make_request(RPCEndpoint("eth_getBlockByNumber"), [hex(n), False])
+            block = resp.get("result")
+            if block:
+                out[n] = str(block["hash"]).lower()
+
+        async with anyio.create_task_group() as tg:
+            for n in numbers:
+                tg.start_soon(one, n)
+        return out
+
+    async def _decide(self, rec: TxRecord, mined: _Mined | None, head: int) -> list[Move]:
+        tx_id, state = rec.id or 0, TxState(rec.state)
+        if mined is not None:
+            if state is TxState.CONFIRMED:
+                if mined.block <= head - self.confirmations:
+                    return [Move(tx_id, TxState.FINALIZED, f"{self.confirmations} confirmations")]
+                return []
+            final = mined.block <= head - self.confirmations
+            fields = {"included_block": mined.block, "tx_hash": mined.tx_hash}
+            moves = [Move(tx_id, TxState.CONFIRMED, "mined", fields)]
+            if final:
+                moves.append(Move(tx_id, TxState.FINALIZED, f"{self.confirmations} confirmations"))
+            return moves
+        if state is TxState.CONFIRMED:
+            return [Move(tx_id, TxState.UNCONFIRMED, "reorged out", {"included_block": None})]
+        if rec.target_block is not None and rec.target_block > head:
+            return []  # its block is not built yet
+        deadline = rec.deadline_block if rec.deadline_block is not None else head
+        if state is TxState.UNSTARTED:
+            # Never sent (its process died before the send) and its block has passed.
+            return [Move(tx_id, TxState.DROPPED, "never sent; its block has passed")]
+        if rec.route in ("bundle", "gap-fill") and isinstance(self.route, BundleRoute):
+            if deadline > head and rec.bundle_hash in self._own:
+                self._carry.append(rec)  # sent again with this block's bundle
+                return []
+            return [Move(tx_id, TxState.DROPPED, f"bundle missed its blocks (settled at {head})")]
+        return await self._public(rec, head, deadline)
+
+    async def _public(self, rec: TxRecord, head: int, deadline: int) -> list[Move]:
+        """A public or private transaction not mined yet: bump its fees, or at its deadline
+        replace it with a no-op that keeps the nonce (so it can neither land late nor leave a
+        gap)."""
+        assert isinstance(self.route, MempoolRoute)
+        fees = Fees(int(rec.max_fee_per_gas), int(rec.max_priority_fee_per_gas))
+        market = await self.fees.estimate()
+        if head >= deadline and rec.route != "gap-fill":
+            bumped = fees.bumped(market)
+            cancel = await anyio.to_thread.run_sync(
+                lambda: self.records.supersede(
+                    rec.id or 0, "replaced by a no-op after the deadline",
+                    (bumped.max_fee_per_gas, bumped.max_priority_fee_per_gas), head + 50,
+                )
+            )  # fmt: skip
+            if cancel is not None:
+                await self._send_now(cancel, head)
+            # Already dropped by supersede: the move only tells the settlement it ended here.
+            return [Move(rec.id or 0, TxState.DROPPED, "replaced by a no-op after the deadline")]
+        if head - (rec.target_block or head) < self.route.bump_after_blocks:
+            return []
+        try:
+            bumped = self.fees.capped(fees.bumped(market), rec.gas_limit, None)
+        except FeeTooHigh as exc:
+            log.warning("fee bump capped", error=str(exc))
+            return []
+        rec = rec.model_copy(
+            update={
+                "max_fee_per_gas": bumped.max_fee_per_gas,
+                "max_priority_fee_per_gas": bumped.max_priority_fee_per_gas,
+            }
+        )
+        signed = self._sign(rec)
+        await self.route.send_raw(signed.raw)
+        fields = {
+            "tx_hash": signed.tx_hash, "target_block": head + 1, "max_fee_per_gas": bumped.max_fee_per_gas,
+            "max_priority_fee_per_gas": bumped.max_priority_fee_per_gas,
+        }  # fmt: skip
+        attempt = TxAttempt(
+            tx_id=rec.id or 0, tx_hash=signed.tx_hash, max_fee_per_gas=bumped.max_fee_per_gas,
+            max_priority_fee_per_gas=bumped.max_priority_fee_per_gas, target_block=head + 1,
+        )  # fmt: skip
+        await anyio.to_thread.run_sync(lambda: self.records.apply([], attempts=[attempt]))
+        return [Move(rec.id or 0, TxState.UNCONFIRMED, "fee bumped", fields)]
+
+    def _ended(
+        self, records: Sequence[TxRecord], moves: Sequence[Move], mined: dict[int, _Mined]
+    ) -> tuple[list[Outcome], list[LedgerUpdate]]:
+        """The actions whose every record is decided after `moves`, with their ledger updates."""
+        after = {r.id: TxState(r.state) for r in records}
+        for m in moves:
+            if after.get(m.tx_id) in FROM[m.target] or m.target is TxState.DROPPED:
+                after[m.tx_id] = m.target
+        by_action: dict[str, list[TxRecord]] = defaultdict(list)
+        for r in records:
+            if r.route != "gap-fill":
+                by_action[action_key_of(r)].append(r)
+        outcomes, ledger = [], []
+        for key, recs in by_action.items():
+            states = {after[r.id] for r in recs}
+            if states & PENDING:
+                continue
+            newly = any(TxState(r.state) in PENDING for r in recs)
+            if not newly:
+                continue  # ended in an earlier settlement (confirmed -> finalized now)
+            action = self._actions.get(key)
+            hashes = [r.tx_hash for r in recs if r.tx_hash]
+            if states <= {TxState.CONFIRMED, TxState.FINALIZED}:
+                block = max(mined[r.id or 0].block for r in recs if (r.id or 0) in mined)
+                gas_used = sum(mined[r.id or 0].gas_used for r in recs if (r.id or 0) in mined)
+                gas_cost = sum(mined[r.id or 0].gas_cost for r in recs if (r.id or 0) in mined)
+                coinbase = action.coinbase_payment_wei if action else 0
+                earned = action.expected_value_wei if action else None
+                outcomes.append(
+                    Outcome(key, Status.INCLUDED, block, hashes, coinbase_paid_wei=coinbase,
+                            earned_wei=earned or 0, gas_used=gas_used, gas_cost_wei=gas_cost,
+                            order_ids=action.order_ids if action else ())
+                )  # fmt: skip
+                ledger.append(
+                    LedgerUpdate(key, "included", block, tuple(hashes), earned, gas_used, gas_cost, coinbase)
+                )
+            else:
+                ids = {r.id for r in recs}
+                reason = next(
+                    (m.reason for m in moves if m.tx_id in ids and m.target is TxState.DROPPED), "dropped"
+                )
+                outcomes.append(
+                    Outcome(key, Status.MISSED, tx_hashes=hashes, reason=reason,
+                            order_ids=action.order_ids if action else ())
+                )  # fmt: skip
+                ledger.append(LedgerUpdate(key, "missed", None, tuple(hashes), 0))
+        return outcomes, ledger
+
+    # ----------------------------------------------------------- maintenance
+
+    async def maintain(self, head: int) -> ReconcileReport:
+        """Reconciles the records with the chain, fills nonce gaps, and observes."""
+        async with self._lock:
+            records = await anyio.to_thread.run_sync(self.records.open_records)
+            mined = await self._mined(records)
+            chain_nonce = int(await self.w3.eth.get_transaction_count(self.signer.address, "latest"))
+            lookup = {tx_id: m.block for tx_id, m in mined.items()}
+            report = await anyio.to_thread.run_sync(
+                self.records.reconcile, chain_nonce, lambda rec: lookup.get(rec.id or 0)
+            )
+            metrics.NONCE_GAPS.labels(self.chain).set(len(report.gaps))
+            if report.consumed or report.reorged or report.recovered:
+                log.warning(
+                    "nonce reconcile", consumed=report.consumed, reorged=report.reorged,
+                    recovered=report.recovered, gaps=report.gaps,
+                )  # fmt: skip
+            if report.gaps:
+                await self._fill_gaps(report.gaps, head)
+            balance = await self.w3.eth.get_balance(self.signer.address)
+            metrics.SIGNER_BALANCE.labels(self.chain).set(int(balance))
+            for state, n in (await anyio.to_thread.run_sync(self.records.state_counts)).items():
+                metrics.TX_STATE.labels(self.chain, state).set(n)
+            return report
+
+    async def _fill_gaps(self, gaps: Sequence[int], head: int) -> None:
+        """A no-op self-transfer on every gap nonce, sent at once (a bundle of its own for the
+        next block; if it misses, its nonce is freed again and the next round retries)."""
+        fees = await self.fees.estimate()
+        for nonce in gaps:
+            key = f"gap:{self.chain}:{nonce}:{uuid.uuid4().hex[:8]}"
+            claim = partial(
+                self.records.claim_gap, nonce, key, (fees.max_fee_per_gas, fees.max_priority_fee_per_gas),
+                head + self.max_target_blocks,
+            )  # fmt: skip
+            rec = await anyio.to_thread.run_sync(claim)
+            if rec is not None:
+                await self._send_now(rec, head)
+
+    async def _send_now(self, rec: TxRecord, head: int) -> None:
+        """Sends one record by itself (gap fills, no-op replacements)."""
+        signed = self._sign(rec)
+        group = None
+        if isinstance(self.route, BundleRoute):
+            group = bundle_hash([signed.raw])
+            await self.route.send([signed.raw], head + 1, str(uuid.uuid4()))
+        else:
+            await self.route.send_raw(signed.raw)
+        await self._mark_sent([rec], [signed], head + 1, group)
