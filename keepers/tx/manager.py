@@ -36,21 +36,21 @@ import anyio
 import structlog
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
-from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
-from web3.types import RPCEndpoint
+from web3.exceptions import ContractLogicError, Web3RPCError
 
 from keepers.chain.artifacts import PROJECT_CONTRACTS, load_artifact
 from keepers.chain.reverts import RevertDecoder
 from keepers.obs import metrics
 from keepers.store.tables import ActionLedger, TxAttempt, TxRecord
 from keepers.tx.actions import Action, Call
+from keepers.tx.chain import ChainReads, Web3Reads
 from keepers.tx.crash import crash_point
 from keepers.tx.fees import FeeEstimator, Fees, FeeTooHigh
 from keepers.tx.flashbots import bundle_hash
 from keepers.tx.records import Intent, LedgerUpdate, Move, ReconcileReport, TxRecords, action_key_of
 from keepers.tx.routes import BundleRoute, MempoolRoute, Route
 from keepers.tx.signer import SignedTx, TxSigner
-from keepers.tx.states import FROM, PENDING, TxState
+from keepers.tx.states import FROM, MINED, PENDING, TxState
 
 log = structlog.get_logger("txm")
 
@@ -78,7 +78,8 @@ def explain_revert(data: str | None) -> str:
 
 class Status(StrEnum):
     SENT = "sent"  # on its way; settled in a later block
-    INCLUDED = "included"
+    INCLUDED = "included"  # mined (final once `confirmations` deep; a reorg before that reopens it)
+    REORGED = "reorged"  # included, then taken by a reorg: it ends again later
     MISSED = "missed"  # not included by its deadline; nonces freed or reclaimed
     REJECTED = "rejected"  # refused before sending (simulation failed, fee over the cap)
 
@@ -132,8 +133,10 @@ class TxManager:
         builder_tip: str | None = None,
         keeper: str = "",
         strategy: str = "",
+        reads: ChainReads | None = None,
     ) -> None:
         self.w3 = w3
+        self.chain_reads: ChainReads = reads or Web3Reads(w3)
         self.records = records
         self.signer = signer
         self.fees = fees
@@ -147,10 +150,12 @@ class TxManager:
         self.strategy = strategy
         #: Bundle groups this process sent and may carry into its next bundle: their records.
         self._own: dict[str, list[int]] = {}
-        #: Record ids to carry into this block's bundle (decided by settle, sent by submit).
-        self._carry: list[TxRecord] = []
+        #: Records to carry into this block's bundle, with the head settle decided it on.
+        self._carry: list[tuple[TxRecord, int]] = []
         #: What this process knows of its actions (value, builder payment) until they settle.
         self._actions: dict[str, Action] = {}
+        #: Actions this settlement replaced by a no-op (dropped outside its moves).
+        self._superseded: set[str] = set()
         self._lock = anyio.Lock()
 
     # ------------------------------------------------------------------ state
@@ -198,11 +203,10 @@ class TxManager:
 
     async def _latest(self, head: int, timestamp: int) -> tuple[int, int]:
         """The chain's latest block and time, if it moved on since the keeper decided."""
-        resp = await self.w3.provider.make_request(RPCEndpoint("eth_getBlockByNumber"), ["latest", False])
-        block = resp.get("result")
-        if not block:
+        latest = await self.chain_reads.latest()
+        if latest is None:
             return head, timestamp
-        return max(head, int(block["number"], 16)), max(timestamp, int(block["timestamp"], 16))
+        return max(head, latest[0]), max(timestamp, latest[1])
 
     async def _prepare(self, action: Action) -> tuple[tuple[Action, Fees] | None, str]:
         if isinstance(self.route, MempoolRoute):
@@ -234,7 +238,7 @@ class TxManager:
         for call in action.calls:
             tx = {"from": self.signer.address, "to": call.to, "data": call.data, "value": call.value}
             try:
-                est = int(await self.w3.eth.estimate_gas(tx))  # type: ignore[arg-type]
+                est = await self.chain_reads.estimate_gas(tx)
             except (Web3RPCError, ContractLogicError, ValueError) as exc:
                 data = getattr(exc, "data", None)
                 return action, f"would revert: {explain_revert(data if isinstance(data, str) else None)}"
@@ -294,14 +298,15 @@ class TxManager:
     ) -> list[Outcome]:
         assert isinstance(self.route, BundleRoute)
         # What settle carried goes again only within its deadline (the head may have moved on).
-        carry = [r for r in self._carry if (r.deadline_block or 0) > head]
+        carry = [(r, at) for r, at in self._carry if (r.deadline_block or 0) > head]
         self._carry = []
         if not prepared and not carry:
             return []
         fresh = await self._allocate(prepared, head) if prepared else []
         outcomes: list[Outcome] = []
         target = head + 1
-        batch = sorted(carry + fresh, key=lambda r: r.nonce)
+        carried_at = {r.id: at for r, at in carry}
+        batch = sorted([r for r, _ in carry] + fresh, key=lambda r: r.nonce)
         signed = [self._sign(r) for r in batch]
         for _round in range(SIM_ROUNDS):
             sim = await self.route.simulate(
@@ -338,13 +343,18 @@ class TxManager:
                 return outcomes
         crash_point("after-sign")
         group = bundle_hash([s.raw for s in signed])
+        # Recorded as sent before the send: a record another process dropped meanwhile (its
+        # block built) does not move, and is not sent.
+        moved = await self._mark_sent(batch, signed, target, group, carried_at)
+        if len(moved) < len(batch):
+            log.info("bundle not sent: part of it was settled meanwhile", target=target)
+            return outcomes
         replacement = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.records.signer}:{target}"))
         sent = await self.route.send([s.raw for s in signed], target, replacement)
         crash_point("after-send")
         metrics.BUNDLES.labels(self.chain, "sent").inc()
         if not sent.accepted:
             log.warning("no relay took the bundle", target=target, errors=list(sent.errors))
-        await self._mark_sent(batch, signed, target, group)
         self._own[group] = [r.id or 0 for r in batch]
         for key in {action_key_of(r) for r in batch}:
             action = self._actions.get(key)
@@ -406,14 +416,24 @@ class TxManager:
         return batch, [self._sign(r) for r in batch], outcomes
 
     async def _mark_sent(
-        self, batch: Sequence[TxRecord], signed: Sequence[SignedTx], target: int, group: str | None
-    ) -> None:
+        self,
+        batch: Sequence[TxRecord],
+        signed: Sequence[SignedTx],
+        target: int,
+        group: str | None,
+        carried_at: dict[int | None, int] | None = None,
+    ) -> set[int]:
+        """Records the batch as sent for `target` (one transaction, with its attempts); the
+        ids that moved. A carried record moves only if no process settled it since the head
+        it was carried on."""
+        carried_at = carried_at or {}
         moves = [
             Move(
                 r.id or 0,
                 TxState.UNCONFIRMED,
                 "sent",
                 {"tx_hash": s.tx_hash, "target_block": target, "bundle_hash": group},
+                target_at_most=carried_at.get(r.id),
             )
             for r, s in zip(batch, signed, strict=True)
         ]
@@ -424,7 +444,7 @@ class TxManager:
             )
             for r, s in zip(batch, signed, strict=True)
         ]  # fmt: skip
-        await anyio.to_thread.run_sync(lambda: self.records.apply(moves, attempts=attempts))
+        return set(await anyio.to_thread.run_sync(lambda: self.records.apply(moves, attempts=attempts)))
 
     async def _submit_mempool(self, prepared: Sequence[tuple[Action, Fees]], head: int) -> list[Outcome]:
         if not prepared:
@@ -433,12 +453,14 @@ class TxManager:
         signed = [self._sign(r) for r in batch]
         crash_point("after-sign")
         assert isinstance(self.route, MempoolRoute)
-        for s in signed:
+        moved = await self._mark_sent(batch, signed, head + 1, None)
+        for r, s in zip(batch, signed, strict=True):
+            if r.id not in moved:
+                continue
             sent = await self.route.send_raw(s.raw)
             if not sent.accepted:
                 log.info("node refused a send", tx_hash=s.tx_hash, errors=list(sent.errors))
         crash_point("after-send")
-        await self._mark_sent(batch, signed, head + 1, None)
         return [
             Outcome(action_key_of(r), Status.SENT, tx_hashes=[s.tx_hash])
             for r, s in zip(batch, signed, strict=True)
@@ -458,19 +480,37 @@ class TxManager:
             moves: list[Move] = []
             for rec in records:
                 moves += await self._decide(rec, mined.get(rec.id or 0), head)
+            moves = await self._unless_used(moves, records)
             outcomes, ledger = self._ended(records, moves, mined)
             live_groups = {r.bundle_hash for r in records if TxState(r.state) in PENDING}
             self._own = {g: ids for g, ids in self._own.items() if g in live_groups}
             crash_point("before-commit")
-            await anyio.to_thread.run_sync(lambda: self.records.apply(moves, ledger))
+            moved = set(await anyio.to_thread.run_sync(lambda: self.records.apply(moves, ledger)))
+            # Only what this settlement moved is reported: another process (or an earlier round)
+            # that made the same move reports it itself.
+            mine = {action_key_of(r) for r in records if r.id in moved} | self._superseded
+            self._superseded = set()
+            outcomes = [o for o in outcomes if o.action_key in mine]
             for o in outcomes:
-                self._actions.pop(o.action_key, None)
+                if o.status is not Status.REORGED:
+                    self._actions.pop(o.action_key, None)
                 metrics.ACTIONS.labels(self.chain, str(o.status)).inc()
                 if o.status is Status.INCLUDED:
                     metrics.BUNDLES.labels(self.chain, "included").inc()
-                else:
+                elif o.status is Status.MISSED:
                     metrics.BUNDLES.labels(self.chain, "missed").inc()
             return outcomes
+
+    async def _unless_used(self, moves: list[Move], records: Sequence[TxRecord]) -> list[Move]:
+        """The moves, less those that free or unconfirm a nonce the chain has used: a receipt
+        not found (a node that lags, a lookup that failed) must not free a nonce a mined
+        transaction holds. Reconciliation decides those, with the chain's count in hand."""
+        risky = {m.tx_id for m in moves if m.target is TxState.DROPPED or m.reason == "reorged out"}
+        if not risky:
+            return moves
+        used = await self.chain_reads.nonce(self.signer.address)
+        nonce_of = {r.id: r.nonce for r in records}
+        return [m for m in moves if m.tx_id not in risky or nonce_of.get(m.tx_id, used) >= used]
 
     @staticmethod
     def _due(rec: TxRecord, head: int) -> bool:
@@ -491,54 +531,15 @@ class TxManager:
         for rec in records:
             known = [rec.tx_hash] if rec.tx_hash else [self._sign(rec).tx_hash]
             hashes[rec.id or 0] = list(dict.fromkeys(known + attempts.get(rec.id or 0, [])))
-        receipts: dict[str, dict[str, Any]] = {}
-        limit = anyio.CapacityLimiter(16)
-
-        async def receipt(h: str) -> None:
-            async with limit:
-                try:
-                    r = await self.w3.eth.get_transaction_receipt(h)  # type: ignore[arg-type]
-                except TransactionNotFound:
-                    return
-                receipts[h] = dict(r)
-
-        async with anyio.create_task_group() as tg:
-            for hs in hashes.values():
-                for h in hs:
-                    tg.start_soon(receipt, h)
-        canonical = await self._canonical({int(r["blockNumber"]) for r in receipts.values()})
+        receipts = await self.chain_reads.receipts(h for hs in hashes.values() for h in hs)
+        canonical = await self.chain_reads.canonical({r.block_number for r in receipts.values()})
         out: dict[int, _Mined] = {}
         for tx_id, hs in hashes.items():
             for h in hs:
                 r = receipts.get(h)
-                if r is None:
-                    continue
-                number = int(r["blockNumber"])
-                block_hash = (
-                    r["blockHash"].to_0x_hex()
-                    if hasattr(r["blockHash"], "to_0x_hex")
-                    else str(r["blockHash"])
-                )
-                if canonical.get(number) != block_hash.lower():
-                    continue  # served from a block a reorg took
-                used = int(r["gasUsed"])
-                out[tx_id] = _Mined(number, h, used, used * int(r.get("effectiveGasPrice", 0)))
-        return out
-
-    async def _canonical(self, numbers: set[int]) -> dict[int, str]:
-        """The canonical block hash at each height (a node can still serve a receipt from a
-        block a reorg took; anvil does after evm_revert)."""
-        out: dict[int, str] = {}
-
-        async def one(n: int) -> None:
-            resp = await self.w3.provider.make_request(RPCEndpoint("eth_getBlockByNumber"), [hex(n), False])
-            block = resp.get("result")
-            if block:
-                out[n] = str(block["hash"]).lower()
-
-        async with anyio.create_task_group() as tg:
-            for n in numbers:
-                tg.start_soon(one, n)
+                if r is None or canonical.get(r.block_number) != r.block_hash:
+                    continue  # not mined, or served from a block a reorg took
+                out[tx_id] = _Mined(r.block_number, h, r.gas_used, r.gas_used * r.effective_gas_price)
         return out
 
     async def _decide(self, rec: TxRecord, mined: _Mined | None, head: int) -> list[Move]:
@@ -561,12 +562,13 @@ class TxManager:
         deadline = rec.deadline_block if rec.deadline_block is not None else head
         if state is TxState.UNSTARTED:
             # Never sent (its process died before the send) and its block has passed.
-            return [Move(tx_id, TxState.DROPPED, "never sent; its block has passed")]
+            return [Move(tx_id, TxState.DROPPED, "never sent; its block has passed", target_at_most=head)]
         if rec.route in ("bundle", "gap-fill") and isinstance(self.route, BundleRoute):
             if deadline > head and rec.bundle_hash in self._own:
-                self._carry.append(rec)  # sent again with this block's bundle
+                self._carry.append((rec, head))  # sent again with this block's bundle
                 return []
-            return [Move(tx_id, TxState.DROPPED, f"bundle missed its blocks (settled at {head})")]
+            reason = f"bundle missed its blocks (settled at {head})"
+            return [Move(tx_id, TxState.DROPPED, reason, target_at_most=head)]
         return await self._public(rec, head, deadline)
 
     async def _public(self, rec: TxRecord, head: int, deadline: int) -> list[Move]:
@@ -586,6 +588,7 @@ class TxManager:
             )  # fmt: skip
             if cancel is not None:
                 await self._send_now(cancel, head)
+                self._superseded.add(action_key_of(rec))
             # Already dropped by supersede: the move only tells the settlement it ended here.
             return [Move(rec.id or 0, TxState.DROPPED, "replaced by a no-op after the deadline")]
         if head - (rec.target_block or head) < self.route.bump_after_blocks:
@@ -617,10 +620,14 @@ class TxManager:
     def _ended(
         self, records: Sequence[TxRecord], moves: Sequence[Move], mined: dict[int, _Mined]
     ) -> tuple[list[Outcome], list[LedgerUpdate]]:
-        """The actions whose every record is decided after `moves`, with their ledger updates."""
+        """The actions whose every record is decided after `moves` (or that a reorg reopened),
+        with their ledger updates."""
         after = {r.id: TxState(r.state) for r in records}
+        reorged: set[int] = set()
         for m in moves:
             if after.get(m.tx_id) in FROM[m.target] or m.target is TxState.DROPPED:
+                if after.get(m.tx_id) is TxState.CONFIRMED and m.target is TxState.UNCONFIRMED:
+                    reorged.add(m.tx_id)
                 after[m.tx_id] = m.target
         by_action: dict[str, list[TxRecord]] = defaultdict(list)
         for r in records:
@@ -628,24 +635,26 @@ class TxManager:
                 by_action[action_key_of(r)].append(r)
         outcomes, ledger = [], []
         for key, recs in by_action.items():
-            states = {after[r.id] for r in recs}
-            if states & PENDING:
-                continue
-            newly = any(TxState(r.state) in PENDING for r in recs)
-            if not newly:
-                continue  # ended in an earlier settlement (confirmed -> finalized now)
             action = self._actions.get(key)
+            orders = action.order_ids if action else ()
+            if any(r.id in reorged for r in recs):
+                outcomes.append(Outcome(key, Status.REORGED, reason="reorged out", order_ids=orders))
+                ledger.append(LedgerUpdate(key, "pending"))
+                continue
+            states = {after[r.id] for r in recs}
+            if states & PENDING or not any(TxState(r.state) in PENDING for r in recs):
+                continue  # still undecided, or decided in an earlier settlement
             hashes = [r.tx_hash for r in recs if r.tx_hash]
-            if states <= {TxState.CONFIRMED, TxState.FINALIZED}:
-                block = max(mined[r.id or 0].block for r in recs if (r.id or 0) in mined)
-                gas_used = sum(mined[r.id or 0].gas_used for r in recs if (r.id or 0) in mined)
-                gas_cost = sum(mined[r.id or 0].gas_cost for r in recs if (r.id or 0) in mined)
+            if states <= MINED:
+                got = [mined[r.id or 0] for r in recs if (r.id or 0) in mined]
+                block = max(m.block for m in got)
+                gas_used, gas_cost = sum(m.gas_used for m in got), sum(m.gas_cost for m in got)
                 coinbase = action.coinbase_payment_wei if action else 0
                 earned = action.expected_value_wei if action else None
                 outcomes.append(
                     Outcome(key, Status.INCLUDED, block, hashes, coinbase_paid_wei=coinbase,
                             earned_wei=earned or 0, gas_used=gas_used, gas_cost_wei=gas_cost,
-                            order_ids=action.order_ids if action else ())
+                            order_ids=orders)
                 )  # fmt: skip
                 ledger.append(
                     LedgerUpdate(key, "included", block, tuple(hashes), earned, gas_used, gas_cost, coinbase)
@@ -656,9 +665,8 @@ class TxManager:
                     (m.reason for m in moves if m.tx_id in ids and m.target is TxState.DROPPED), "dropped"
                 )
                 outcomes.append(
-                    Outcome(key, Status.MISSED, tx_hashes=hashes, reason=reason,
-                            order_ids=action.order_ids if action else ())
-                )  # fmt: skip
+                    Outcome(key, Status.MISSED, tx_hashes=hashes, reason=reason, order_ids=orders)
+                )
                 ledger.append(LedgerUpdate(key, "missed", None, tuple(hashes), 0))
         return outcomes, ledger
 
@@ -669,7 +677,7 @@ class TxManager:
         async with self._lock:
             records = await anyio.to_thread.run_sync(self.records.open_records)
             mined = await self._mined(records)
-            chain_nonce = int(await self.w3.eth.get_transaction_count(self.signer.address, "latest"))
+            chain_nonce = await self.chain_reads.nonce(self.signer.address)
             lookup = {tx_id: m.block for tx_id, m in mined.items()}
             report = await anyio.to_thread.run_sync(
                 self.records.reconcile, chain_nonce, lambda rec: lookup.get(rec.id or 0)
@@ -682,8 +690,7 @@ class TxManager:
                 )  # fmt: skip
             if report.gaps:
                 await self._fill_gaps(report.gaps, head)
-            balance = await self.w3.eth.get_balance(self.signer.address)
-            metrics.SIGNER_BALANCE.labels(self.chain).set(int(balance))
+            metrics.SIGNER_BALANCE.labels(self.chain).set(await self.chain_reads.balance(self.signer.address))
             for state, n in (await anyio.to_thread.run_sync(self.records.state_counts)).items():
                 metrics.TX_STATE.labels(self.chain, state).set(n)
             return report
@@ -705,10 +712,10 @@ class TxManager:
     async def _send_now(self, rec: TxRecord, head: int) -> None:
         """Sends one record by itself (gap fills, no-op replacements)."""
         signed = self._sign(rec)
-        group = None
+        group = bundle_hash([signed.raw]) if isinstance(self.route, BundleRoute) else None
+        if not await self._mark_sent([rec], [signed], head + 1, group):
+            return
         if isinstance(self.route, BundleRoute):
-            group = bundle_hash([signed.raw])
             await self.route.send([signed.raw], head + 1, str(uuid.uuid4()))
         else:
             await self.route.send_raw(signed.raw)
-        await self._mark_sent([rec], [signed], head + 1, group)

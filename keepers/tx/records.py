@@ -83,6 +83,10 @@ class Move:
     target: TxState
     reason: str = ""
     fields: dict[str, Any] = field(default_factory=dict)
+    #: Moves only while the record's target block is at most this: a decision taken on one
+    #: head (a missed bundle dropped, a carried one sent again) loses to a process that has
+    #: meanwhile sent the record for a later block.
+    target_at_most: int | None = None
 
 
 @dataclass(frozen=True)
@@ -266,11 +270,15 @@ class TxRecords:
                 self._lock(session)  # freeing nonces: serialised with allocation
             now = dt.datetime.now(dt.UTC)
             for m in moves:
+                where = [
+                    TX_RECORDS.c.id == m.tx_id,
+                    TX_RECORDS.c.state.in_([s.value for s in FROM[m.target]]),
+                ]
+                if m.target_at_most is not None:
+                    where.append(TX_RECORDS.c.target_block <= m.target_at_most)
                 stmt = (
                     update(TX_RECORDS)
-                    .where(
-                        TX_RECORDS.c.id == m.tx_id, TX_RECORDS.c.state.in_([s.value for s in FROM[m.target]])
-                    )
+                    .where(*where)
                     .values(state=m.target.value, reason=m.reason, updated_at=now, **m.fields)
                     .returning(TX_RECORDS.c.id, TX_RECORDS.c.nonce)
                 )
@@ -280,9 +288,20 @@ class TxRecords:
                 moved.append(int(row[0]))
                 if m.target is TxState.DROPPED and free and not self._held(session, int(row[1])):
                     session.add(FreeNonce(chain_id=self.chain_id, signer=self.signer, nonce=int(row[1])))
+            moving = {m.tx_id for m in moves}
             for a in attempts:
-                session.add(a)
+                # An attempt of a record this call moves is recorded only if it moved (sent).
+                if a.tx_id not in moving or a.tx_id in moved:
+                    session.add(a)
             for u in ledger:
+                if u.status == "pending":
+                    # Reorged out: the action is undecided again (a later settlement ends it).
+                    session.execute(
+                        update(LEDGER)
+                        .where(LEDGER.c.idempotency_key == u.action_key, LEDGER.c.status == "included")
+                        .values(status="pending", included_block=None)
+                    )
+                    continue
                 values: dict[str, Any] = {
                     "status": u.status, "included_block": u.included_block, "tx_hashes": list(u.tx_hashes),
                     "gas_used": u.gas_used, "gas_cost_wei": u.gas_cost_wei, "coinbase_wei": u.coinbase_wei,

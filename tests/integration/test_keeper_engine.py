@@ -170,8 +170,14 @@ def test_keepers_run_is_ready_serves_metrics_and_stops_cleanly_on_sigterm(chain,
             time.sleep(0.1)
         assert ready, "readyz turned 200"
         assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json() == {"status": "ok"}
-        metrics_text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-        assert 'keepers_actions_total{chain="local",outcome="included"}' in metrics_text
+        # Inclusion is settled at the block after it: wait for that settlement.
+        included = 'keepers_actions_total{chain="local",outcome="included"}'
+        deadline = time.monotonic() + 20
+        metrics_text = ""
+        while included not in metrics_text and time.monotonic() < deadline:
+            metrics_text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            time.sleep(0.2)
+        assert included in metrics_text
         assert DEFAULT_KEYS[4][2:] not in metrics_text
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=30)
