@@ -1,7 +1,8 @@
-"""A readers-writer gate for the relay's node: block simulations and builds mine blocks that
-are then thrown away (evm_snapshot/evm_revert), so while one runs, nothing proxied may read
-the node, or a reader would see a block that never was (a head one too high, a nonce already
-used, a receipt in a discarded block)."""
+"""A readers-writer gate for the relay's node. A block build puts the chosen bundles into
+anvil's pool and then mines; while it runs nothing proxied may read the node, or a reader
+would see bundle transactions pending in the pool before their block (a private order flow
+leaked through eth_getTransactionByHash or a "pending" nonce). Simulations (eth_simulateV1)
+change nothing and are readers."""
 
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ from eth_utils.crypto import keccak
 from keepers.relay.builder import BlockBuilder, Bundle, tx_hash
 from keepers.relay.gate import ReadWriteGate
 from keepers.relay.jsonrpc import JsonRpc, RpcError
+from keepers.relay.signed import decode
 from keepers.tx.flashbots import BAD_SIGNATURE, SIGNATURE_HEADER
 
 log = structlog.get_logger("relay")
@@ -76,8 +77,8 @@ def _raw_tx(value: Any, what: str) -> bytes:
     """A signed transaction's bytes; refuses what does not decode or recover a sender."""
     raw = _hex_bytes(value, what)
     try:
-        Account.recover_transaction(raw)
-    except Exception:  # noqa: BLE001 - whatever fails to decode is an invalid transaction
+        decode(raw)
+    except ValueError:
         raise RpcFault(-32602, f"{what} is not a valid signed transaction") from None
     return raw
 
@@ -105,7 +106,7 @@ class Relay:
         self.block_time = block_time
         self.state = RelayState()
         self.lock = asyncio.Lock()  # the bundle list
-        self.gate = ReadWriteGate()  # the node: simulations and builds exclude every reader
+        self.gate = ReadWriteGate()  # the node: a build excludes every reader
         self.session: aiohttp.ClientSession | None = None
         self.rpc: JsonRpc | None = None
         self.builder: BlockBuilder | None = None
@@ -245,7 +246,7 @@ class Relay:
         if not isinstance(p, dict) or not p.get("txs"):
             raise RpcFault(-32602, "txs required")
         txs = [_raw_tx(t, "txs[]") for t in p["txs"]]
-        async with self.gate.write():
+        async with self.gate.read():
             head = await self.builder.head()
             state = p.get("stateBlockNumber", "latest")
             if state not in ("latest", hex(head), head):

@@ -5,6 +5,7 @@ the Flashbots-protocol relay, and on two (the second a public-mempool chain)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,55 @@ def test_two_chains_from_one_config_relay_and_public_mempool(tmp_path):
     assert "[chains.devnet.flashbots]" in config
     assert 'submission = "public"' in config
     assert '[keepers.limit-stop-polygon]\nkind = "limit-stop"\nchain = "polygon"' in config
+
+
+class CpuHogs:
+    """A busy-loop process per core for as long as the block runs: the machine is not ours."""
+
+    def __enter__(self) -> CpuHogs:
+        self.procs = [
+            subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)
+        ]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+def _transaction_path_errors(workdir: Path) -> list[str]:
+    """Error-level lines, and failures of sending or settling, in every keeper's log."""
+    bad = []
+    for log in sorted((workdir / "logs").glob("*.log")):
+        for line in log.read_text().splitlines():
+            if '"level": "error"' in line or any(
+                f'"event": "{e}"' in line
+                for e in ("submission failed", "settling failed", "maintenance failed")
+            ):
+                bad.append(f"{log.name}: {line[:300]}")
+    return bad
+
+
+@pytest.mark.parametrize("chains", [1, 2])
+def test_under_load_nothing_is_lost(tmp_path, chains: int):
+    """The main job with every core kept busy by a CPU hog: fills may come later, but no
+    executable order is left unfilled, none is filled below its limit, no nonce gap is left,
+    nothing on the transaction path fails, and every keeper drains and exits 0."""
+    with CpuHogs():
+        result, tail, code = _devnet(tmp_path, "--chains", str(chains), "--blocks", "60")
+    for name, s in result["chains"].items():
+        keepers = [k if name == "devnet" else f"{k}-{name}" for k in KEEPER_KINDS]
+        assert s["unfilled_executable"] == [], (
+            f"{name}: executable orders left unfilled: {s['unfilled_executable']}"
+        )
+        assert s["fills_below_limit"] == [], f"{name}: a fill below the trader's limit"
+        assert s["nonce_gaps"] == {k: [] for k in keepers}, s["nonce_gaps"]
+        assert s["keeper_exit_codes"] == dict.fromkeys(keepers, 0), (
+            f"{name}: every keeper drained and exited 0"
+        )
+        assert s["blocks"] >= 60
+        assert s["fills"] > 0
+    assert _transaction_path_errors(tmp_path / "devnet") == []
+    assert result["ok"], tail
+    assert code == 0, tail

@@ -188,6 +188,40 @@ def test_drifted_vault_is_rebalanced_in_the_next_block(keepers_devnet: Devnet):
     assert vault.functions.drift(1).call() < 300
 
 
+def test_several_drifted_vaults_of_one_keeper_are_rebalanced_together_in_the_next_block(
+    keepers_devnet: Devnet,
+):
+    """One signer's actions of one block go out as one bundle: three baskets drift at once and
+    the keeper's three rebalances land in the same next block (as separate bundles with
+    consecutive nonces, all but the first would fail a builder's simulation)."""
+    from keepers.devnet.deploy import bind
+
+    d = keepers_devnet
+    vault = bind(d.w3, "RebalancingVault", d.deployment.vault)
+    owner = d.traders[3]
+    weth, usdc = d.token("WETH"), d.token("USDC")
+    d.send(owner, weth, "approve", vault.address, 2**256 - 1, mine=False)
+    d.send(owner, usdc, "approve", vault.address, 2**256 - 1, mine=False)
+    for basket in (1, 2, 3):
+        d.send(owner, vault, "createBasket", [weth.address, usdc.address], [5_000, 5_000], 300, 200, 10)
+        d.send(owner, vault, "deposit", basket, weth.address, 10 * E18, mine=False)
+        d.send(owner, vault, "deposit", basket, usdc.address, 20_000 * USDC)
+    with d.keeper("rebalancer", "drift-restoring") as k:
+        d.mine()
+        k.wait_synced(d.head)
+        for pool in d.pools("WETH", "USDC"):
+            d.swap(pool, "USDC", 150_000 * USDC if pool == d.pools("WETH", "USDC")[0] else 30_000 * USDC)
+        d.set_price("WETH", 2_300)
+        drifted = d.head
+        assert all(vault.functions.drift(b).call() >= 300 for b in (1, 2, 3))
+        k.wait_for_bundle(drifted + 1)
+        assert k.pending_bundle_blocks() == [drifted + 1]
+        d.mine()
+    events = vault.events.Rebalanced().get_logs(from_block=drifted + 1, to_block=drifted + 1)
+    assert sorted(e["args"]["id"] for e in events) == [1, 2, 3], "all three in the next block"
+    assert all(vault.functions.drift(b).call() < 300 for b in (1, 2, 3))
+
+
 def test_oracle_follows_pools_and_ignores_one_manipulated_pool(keepers_devnet: Devnet):
     d = keepers_devnet
     weth = d.deployment.tokens["WETH"]
