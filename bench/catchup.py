@@ -57,7 +57,7 @@ def catch_up(book: Book, url: str) -> dict[str, Any]:
     elapsed = time.perf_counter() - t
     return {
         "events_applied": result.applied,
-        "blocks": result.head + 1,
+        "blocks": result.number + 1,
         "catch_up_seconds": round(elapsed, 2),
         "events_per_second": round(result.applied / elapsed),
     }

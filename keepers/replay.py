@@ -28,7 +28,7 @@ from keepers.chain.http import SessionHTTPProvider
 from keepers.devnet.anvil import Anvil, anvil_key
 from keepers.devnet.deploy import Deployment
 from keepers.engine.candidates import candidates_for
-from keepers.engine.guard import guarded_on_block
+from keepers.engine.decide import decide
 from keepers.engine.market import SnapshotReader
 from keepers.engine.plugins import build_strategy
 from keepers.engine.strategy import BlockContext
@@ -247,20 +247,19 @@ async def replay(
                 raise ReplayError(
                     f"block {blk.number}: re-mined {len(mined['transactions'])} of {len(blk.txs)} txs"
                 )
-            result = await follower.sync()
-            snapshot = await reader.read(result.head)
+            block = await follower.sync(blk.number)
+            snapshot = await reader.read(block.number)
             ctx = BlockContext(
-                chain="replay", chain_id=recording.chain_id, number=result.head, timestamp=blk.timestamp,
-                candidates=await candidates(result, snapshot), contracts=addrs.as_dict(), market=snapshot,
+                chain="replay", chain_id=recording.chain_id, number=block.number, timestamp=block.timestamp,
+                candidates=await candidates(block, snapshot), contracts=addrs.as_dict(), market=snapshot,
                 reader=w3, keeper_address=keeper,
             )  # fmt: skip
             failed_before = _strategy_failures(kind, strategy_name)
-            actions = await guarded_on_block(strategy, ctx, keeper=kind, name=strategy_name, timeout=30)
+            # The live keeper's decision, the same function: what it would send, replayed.
+            actions = await decide(strategy, ctx, kind=kind, name=strategy_name, timeout=30)
             report.strategy_failures += int(_strategy_failures(kind, strategy_name) - failed_before)
             nxt = recording.blocks[i + 1].timestamp if i + 1 < len(recording.blocks) else blk.timestamp + 1
             for action in actions:
-                if action.expected_value_wei <= 0 and not action.public_good:
-                    continue  # the live keeper would not send it either
                 landed, reason, gas, cost = await _simulate(w3, keeper, action, nxt)
                 repeat = bool(action.order_ids) and set(action.order_ids) <= filled
                 if landed:

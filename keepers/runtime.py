@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from keepers.chain.artifacts import load_artifact
 from keepers.chain.events import EventDecoder
 from keepers.chain.follower import ChainFollower
 from keepers.chain.rpc_pool import RpcPool
+from keepers.chain.source import BlockSource
 from keepers.config.schema import ChainSettings, Settings, SubmissionMode
 from keepers.engine.candidates import candidates_for
 from keepers.engine.isolation import IsolatedStrategy
@@ -80,6 +82,10 @@ def contract_addresses(chain: ChainSettings) -> ContractAddresses:
     )
 
 
+def poll_interval(chain: ChainSettings) -> float:
+    return chain.poll_interval or max(0.05, chain.block_time / 4)
+
+
 def event_decoder(addrs: ContractAddresses) -> EventDecoder:
     pairs = [
         (addrs.order_book, "OrderBook"),
@@ -97,6 +103,23 @@ class Built:
     w3: AsyncWeb3[Any]
     chain: ChainSettings
     elector: LeaderElector | ShardSet
+
+    async def run(self, until: Callable[[], Awaitable[None]]) -> None:
+        """Runs the keeper, its lease elector alongside, until `until` returns; the loop then
+        drains, and only after that is the lease handed over, so a standby never overlaps
+        this replica's last bundles."""
+        await self.elector.step()  # a lone replica leads from its first block
+        async with anyio.create_task_group() as election:
+            election.start_soon(self.elector.run)
+            async with anyio.create_task_group() as tg:
+
+                async def stop() -> None:
+                    await until()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(stop)
+                await self.loop.run()
+            election.cancel_scope.cancel()
 
 
 async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> Built:
@@ -183,7 +206,7 @@ async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> 
         chain_id=chain_id,
         strategy=strategy,
         strategy_name=ks.strategy,
-        follower=follower,
+        source=BlockSource(follower, ws_url=chain.ws_url, poll_interval=poll_interval(chain)),
         txm=txm,
         candidates=candidates_for(engine, chain_id, kind),
         snapshots=SnapshotReader(w3, list(addrs.pools), addrs.oracle, addrs.order_book),
@@ -223,23 +246,14 @@ async def run_keeper(settings: Settings, name: str) -> None:
         stack.push_async_callback(runner.cleanup)
         loop = built.loop
         log.info("keeper started", keeper=name, kind=loop.kind, chain=loop.chain, strategy=loop.strategy_name)
-        await built.elector.step()  # a lone replica leads from its first block
-        async with anyio.create_task_group() as election:
-            election.start_soon(built.elector.run)
-            async with anyio.create_task_group() as tg:
 
-                async def stop_on_signal() -> None:
-                    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                        async for sig in signals:
-                            log.info("stopping", signal=sig.name if hasattr(sig, "name") else sig)
-                            tg.cancel_scope.cancel()
-                            return
+        async def signalled() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for sig in signals:
+                    log.info("stopping", signal=sig.name if hasattr(sig, "name") else sig)
+                    return
 
-                tg.start_soon(stop_on_signal)
-                poll = max(0.05, built.chain.block_time / 4)
-                await built.loop.run(ws_url=built.chain.ws_url, poll_interval=poll)
-            # Drained: only now hand the lease over, so a standby never overlaps our last bundles.
-            election.cancel_scope.cancel()
+        await built.run(signalled)
         log.info("keeper stopped", keeper=name, in_flight=built.loop.state.in_flight)
 
 

@@ -1,21 +1,24 @@
 """The chain follower: new heads (WebSocket subscription, HTTP polling as fallback), the
-project's logs by block range, reorg handling, and a persisted cursor.
+project's logs by block range, reorg handling, and a persisted cursor. `sync(n)` brings the
+store up to block n and returns that `Block`.
 
 Each page of logs is applied in one database transaction together with the cursor and the
 block hashes, so a crash leaves the store at a page boundary and a restart resumes there;
-events are keyed by (tx hash, log index), so nothing is applied twice. Before each sync the
-stored hash of the cursor block is compared with the chain's: on a mismatch the follower walks
-back through its recent hashes to the fork point, rolls the store back to it and re-reads the
-new branch.
+events are keyed by (tx hash, log index), so nothing is applied twice. Each sync reads the
+target block's header once; when it extends the cursor (its parent is the cursor block) there
+is nothing more to check, the usual case at the head. Otherwise the cursor block's hash is
+compared with the chain's: on a mismatch (or a chain now shorter than the cursor) the follower
+walks back through its recent hashes to the fork point, rolls the store back to it and reads
+the new branch.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import anyio
@@ -25,12 +28,12 @@ from sqlmodel import Session, col, select
 from web3 import AsyncWeb3, WebSocketProvider
 from web3.types import RPCEndpoint
 
+from keepers.chain.block import Block, Header
 from keepers.chain.events import Event, EventDecoder
-from keepers.chain.events import to_hex as _hex
 from keepers.obs import metrics
 from keepers.store.bulk import insert_rows
 from keepers.store.engine import lock_chain_writes
-from keepers.store.projection import rollback_after, store_events
+from keepers.store.projection import Stored, rollback_after, store_events
 from keepers.store.tables import BlockHash, Cursor
 
 log = structlog.get_logger("follower")
@@ -44,12 +47,8 @@ class DeepReorg(RuntimeError):
     """The fork point is older than every kept block hash: the store cannot be trusted."""
 
 
-@dataclass
-class SyncResult:
-    head: int
-    applied: int
-    rolled_back: int = 0
-    fork_block: int | None = None
+#: Most changed order rows a Block carries (a catch-up over many orders: read the store).
+MAX_BLOCK_ORDERS = 10_000
 
 
 class ChainFollower:
@@ -66,7 +65,6 @@ class ChainFollower:
         page_size: int = 2000,
         max_page_events: int = 10_000,
         keep_blocks: int = 128,
-        confirmations: int = 0,
     ) -> None:
         self.w3 = w3
         self.engine = engine
@@ -81,7 +79,13 @@ class ChainFollower:
         # chain's logs is unknown until read.
         self._span = min(page_size, 32)
         self.keep_blocks = keep_blocks
-        self.confirmations = confirmations
+        #: The store's cursor as this process last wrote or read it (None: not read yet).
+        self._cursor: tuple[int, str] | None = None
+        #: What the store went through since the last Block was returned (a sync that fails
+        #: after a rollback or a stored page leaves it for the next one to report).
+        self._pending = _Pending()
+        #: The number of the last Block returned (-1: none yet).
+        self._returned = -1
 
     # ------------------------------------------------------------------ state
 
@@ -100,51 +104,83 @@ class ChainFollower:
                 ).all()
             )
 
+    def _stored_hash(self, number: int) -> str | None:
+        with Session(self.engine) as s:
+            row = s.get(BlockHash, (self.chain_id, number))
+            return row.hash if row else None
+
     # ------------------------------------------------------------------- sync
 
-    async def sync(self) -> SyncResult:
-        """Brings the store up to the current head (less `confirmations`)."""
-        head = int(await self.w3.eth.block_number) - self.confirmations
-        result = SyncResult(head=head, applied=0)
-        metrics.HEAD.labels(self.label).set(head)
-        cur = self.cursor()
-        if cur is not None:
-            fork = await self._fork_point(cur)
+    async def head(self) -> int:
+        return int(await self.w3.eth.block_number)
+
+    async def sync(self, number: int | None = None) -> Block:
+        """Brings the store up to block `number` (the head when None) and returns that block.
+        Raises ChainMoved when the chain changed under the reads or a node answered from
+        behind (try again at the next head); LogsFailed, OSError or TimeoutError on a node
+        fault; DeepReorg when no kept block hash is canonical (the store cannot be trusted)."""
+        tip = await self._header("latest" if number is None else hex(number))
+        metrics.HEAD.labels(self.label).set(tip.number)
+        if self._cursor is None:
+            self._cursor = self.cursor()
+        cur = self._cursor
+        if cur is not None and cur not in ((tip.number - 1, tip.parent_hash), (tip.number, tip.hash)):
+            if tip.number < cur[0] and self._stored_hash(tip.number) in (tip.hash, None):
+                # A node behind us (an endpoint of the pool that lags), not a reorg; and a
+                # shorter chain shows itself once it grows past a block we hold.
+                raise ChainMoved(f"block {tip.number} is behind the cursor {cur[0]}: a node that lags")
+            fork = await self._fork_point(cur, tip)
+            if fork is None and cur[0] >= tip.number - 1:
+                # The tip says the cursor block was replaced; the node asked says it was not.
+                raise ChainMoved(f"nodes disagree on block {cur[0]}")
             if fork is not None:
-                result.fork_block = fork
-                result.rolled_back = await anyio.to_thread.run_sync(self._rollback, fork)
+                rolled_back = await anyio.to_thread.run_sync(self._rollback, fork)
+                self._pending.rolled_back_to(fork, rolled_back)
                 metrics.REORGS.labels(self.label).inc()
                 metrics.REORG_DEPTH.labels(self.label).observe(cur[0] - fork)
                 log.warning("reorg", chain=self.label, fork_block=fork, depth=cur[0] - fork)
-                cur = self.cursor()
+                cur = self._cursor
         done = cur[0] if cur else self.start_block - 1
         # Pipelined: the next page is fetched and decoded while this one is written (SQLite
         # and the node work outside the GIL). Pages shrink when they come back with more than
         # `max_page_events` (a long catch-up over dense blocks) and grow back when they thin.
         span = self._span
-        page = await self._fetch(done + 1, min(done + span, head), head) if done < head else None
+        head = tip.number
+        page = await self._fetch(done + 1, min(done + span, head), tip) if done < head else None
         while page is not None:
+            if (
+                cur is not None
+                and page.headers[0].number == cur[0] + 1
+                and page.headers[0].parent_hash != cur[1]
+            ):
+                raise ChainMoved(f"block {cur[0] + 1} does not extend the cursor block")
             span = self._next_span(span, len(page.events))
             end = page.end
             nxt = (end + 1, min(end + span, head)) if end < head else None
             box: dict[str, Any] = {}
             with _unwrapped():
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._commit_into, box, page)
+                    tg.start_soon(self._commit_into, page)
                     if nxt is not None:
-                        tg.start_soon(self._fetch_into, box, nxt, head)
-            result.applied += box["applied"]
-            done = end
+                        tg.start_soon(self._fetch_into, box, nxt, tip)
+            cur = self._cursor
             page = box.get("page")
         self._span = span
-        metrics.BLOCKS_BEHIND.labels(self.label).set(max(0, head - done))
-        return result
+        metrics.BLOCKS_BEHIND.labels(self.label).set(max(0, head - (cur[0] if cur else done)))
+        p, self._pending = self._pending, _Pending()
+        block = Block(
+            tip.number, tip.hash, tip.timestamp, self._returned, p.applied, p.fork, p.rolled_back, p.orders
+        )
+        self._returned = tip.number
+        return block
 
-    async def _commit_into(self, box: dict[str, Any], page: _Page) -> None:
-        box["applied"] = await anyio.to_thread.run_sync(self._commit, page.events, page.headers, page.end)
+    async def _commit_into(self, page: _Page) -> None:
+        stored = await anyio.to_thread.run_sync(self._commit, page.events, page.headers, page.end)
+        # Reported by the next Block returned, whatever happens to the rest of this sync.
+        self._pending.carry(stored)
 
-    async def _fetch_into(self, box: dict[str, Any], blocks: tuple[int, int], head: int) -> None:
-        box["page"] = await self._fetch(blocks[0], blocks[1], head)
+    async def _fetch_into(self, box: dict[str, Any], blocks: tuple[int, int], tip: Header) -> None:
+        box["page"] = await self._fetch(blocks[0], blocks[1], tip)
 
     def _next_span(self, span: int, events: int) -> int:
         if events > self.max_page_events:
@@ -153,7 +189,7 @@ class ChainFollower:
             return min(self.page_size, span * 2)
         return span
 
-    async def _fetch(self, start: int, end: int, head: int) -> _Page:
+    async def _fetch(self, start: int, end: int, tip: Header) -> _Page:
         """The page start..end, or a shorter one from `start` when the node refuses or times
         out on this range (too many logs: nodes cap results, and a dense range is megabytes)."""
         while True:
@@ -174,29 +210,33 @@ class ChainFollower:
         events = [e for e in map(self.decoder.decode, response["result"]) if e is not None]
         # Hashes only where a reorg can still reach (near the head), plus the page's last block
         # for the cursor: a catch-up over old blocks costs one header per page.
-        tail_from = max(start, head - self.keep_blocks + 1)
+        tail_from = max(start, tip.number - self.keep_blocks + 1)
         numbers = range(tail_from, end + 1) if tail_from <= end else range(end, end + 1)
-        headers = await self._headers(numbers)
+        headers = await self._headers(numbers, tip)
         hashes = {h.number: h.hash for h in headers}
         if any(hashes.get(e.block_number, e.block_hash) != e.block_hash for e in events):
-            raise _Retry("logs and headers disagree: the chain moved under us")
+            raise ChainMoved("logs and headers disagree: the chain moved under us")
         return _Page(end, events, headers)
 
-    async def _headers(self, numbers: range) -> list[_Header]:
-        """Number, hash and parent of each block, fetched raw and concurrently (web3's
-        get_block formats every field of the block: milliseconds each)."""
-        out: list[_Header | None] = [None] * len(numbers)
+    async def _header(self, block: str) -> Header:
+        """One header, raw (web3's get_block formats every field of the block: milliseconds)."""
+        response = await self.w3.provider.make_request(RPCEndpoint("eth_getBlockByNumber"), [block, False])
+        found = response.get("result")
+        if not found:
+            raise ChainMoved(f"block {block} is not there (yet): {response.get('error')}")
+        return Header.from_json(found)
+
+    async def _headers(self, numbers: range, tip: Header | None = None) -> list[Header]:
+        """The headers of `numbers`, fetched concurrently (the tip's is already known)."""
+        out: list[Header | None] = [None] * len(numbers)
         limit = anyio.CapacityLimiter(16)
 
         async def one(i: int, n: int) -> None:
+            if tip is not None and n == tip.number:
+                out[i] = tip
+                return
             async with limit:
-                response = await self.w3.provider.make_request(
-                    RPCEndpoint("eth_getBlockByNumber"), [hex(n), False]
-                )
-            block = response.get("result")
-            if not block:
-                raise _Retry(f"block {n} is not there (yet): {response.get('error')}")
-            out[i] = _Header(int(block["number"], 16), block["hash"], block["parentHash"])
+                out[i] = await self._header(hex(n))
 
         with _unwrapped():
             async with anyio.create_task_group() as tg:
@@ -204,10 +244,10 @@ class ChainFollower:
                     tg.start_soon(one, i, n)
         return [h for h in out if h is not None]
 
-    def _commit(self, events: list[Event], headers: list[_Header], end: int) -> int:
+    def _commit(self, events: list[Event], headers: list[Header], end: int) -> Stored:
         with Session(self.engine) as s, s.begin():
             lock_chain_writes(s, self.chain_id)
-            new = store_events(s, self.chain_id, events)
+            stored = store_events(s, self.chain_id, events)
             s.exec(
                 delete(BlockHash).where(
                     col(BlockHash.chain_id) == self.chain_id,
@@ -231,22 +271,29 @@ class ChainFollower:
             s.merge(
                 Cursor(chain_id=self.chain_id, name=self.name, block_number=end, block_hash=headers[-1].hash)
             )
+        self._cursor = (end, headers[-1].hash)
         for name, count in Counter(e.name for e in events).items():
             metrics.EVENTS_APPLIED.labels(self.label, name).inc(count)
-        return new
+        return stored
 
-    async def _fork_point(self, cur: tuple[int, str]) -> int | None:
-        """None if the cursor block is still canonical, else the highest block that is."""
-        block = await self.w3.eth.get_block(cur[0])
-        if _hex(block["hash"]) == cur[1]:
+    async def _fork_point(self, cur: tuple[int, str], tip: Header) -> int | None:
+        """None if the cursor block is still canonical, else the highest kept block that is.
+        A block above the tip is not (a rollback to a shorter chain); a block at or below it
+        that a node does not return raises ChainMoved (that node lags: ask again later), so
+        only real hash mismatches walk further back."""
+        if await self._canonical(cur[0], cur[1], tip):
             return None
         for stored in self._stored_hashes():
-            if stored.number >= cur[0]:
-                continue
-            canonical = await self.w3.eth.get_block(stored.number)
-            if _hex(canonical["hash"]) == stored.hash:
+            if stored.number < cur[0] and await self._canonical(stored.number, stored.hash, tip):
                 return stored.number
         raise DeepReorg(f"no kept block hash below {cur[0]} is canonical (kept {self.keep_blocks} blocks)")
+
+    async def _canonical(self, number: int, block_hash: str, tip: Header) -> bool:
+        if number > tip.number:
+            return False
+        if number == tip.number:
+            return tip.hash == block_hash
+        return (await self._header(hex(number))).hash == block_hash
 
     def _rollback(self, fork: int) -> int:
         contracts = self.decoder.by_address
@@ -254,35 +301,15 @@ class ChainFollower:
             lock_chain_writes(s, self.chain_id)
             removed = rollback_after(s, self.chain_id, fork, contracts)
             kept = s.get(BlockHash, (self.chain_id, fork))
-            s.merge(
-                Cursor(
-                    chain_id=self.chain_id,
-                    name=self.name,
-                    block_number=fork,
-                    block_hash=kept.hash if kept else "",
-                )
-            )
+            kept_hash = kept.hash if kept else ""
+            s.merge(Cursor(chain_id=self.chain_id, name=self.name, block_number=fork, block_hash=kept_hash))
+        self._cursor = (fork, kept_hash)
         return removed
 
     # ------------------------------------------------------------------ heads
 
-    async def run(
-        self,
-        on_synced: Callable[[SyncResult], Awaitable[None]],
-        *,
-        ws_url: str | None = None,
-        poll_interval: float = 1.0,
-    ) -> None:
-        """Syncs on every new head until cancelled; WebSocket first, polling when it fails."""
-        async for _head in self.heads(ws_url, poll_interval):
-            try:
-                result = await self.sync()
-            except _Retry as exc:
-                log.info("sync retried", reason=str(exc))
-                continue
-            await on_synced(result)
-
     async def heads(self, ws_url: str | None, poll_interval: float) -> AsyncIterator[int]:
+        """New head numbers, rising: WebSocket first, polling when it fails."""
         last = -1
         while True:
             if ws_url:
@@ -296,21 +323,21 @@ class ChainFollower:
             started = time.monotonic()
             # Poll until the WebSocket is worth retrying (30 s), or forever without one.
             while not ws_url or time.monotonic() - started < 30:
-                head = int(await self.w3.eth.block_number)
+                head = await self.head()
                 if head > last:
                     last = head
                     yield head
                 await anyio.sleep(poll_interval)
 
 
-class _Retry(RuntimeError):
-    pass
+class ChainMoved(RuntimeError):
+    """The chain changed while a sync read it (a reorg, a lagging node): try at the next head."""
 
 
 @contextmanager
 def _unwrapped() -> Iterator[None]:
     """Re-raises a task group's failure as the exception itself when its tasks failed alike
-    (several headers missing, say): callers catch _Retry and the RPC errors by type, and anyio
+    (several headers missing, say): callers catch ChainMoved and the RPC errors by type, and anyio
     wraps even a single one in an ExceptionGroup."""
     try:
         yield
@@ -320,16 +347,30 @@ def _unwrapped() -> Iterator[None]:
         raise
 
 
-class _Header(NamedTuple):
-    number: int
-    hash: str
-    parent_hash: str
+@dataclass
+class _Pending:
+    applied: int = 0
+    fork: int | None = None
+    rolled_back: int = 0
+    orders: dict[int, dict[str, Any]] | None = field(default_factory=dict)
+
+    def carry(self, stored: Stored) -> None:
+        self.applied += stored.new
+        if self.orders is not None:
+            self.orders.update(stored.orders)
+            if len(self.orders) > MAX_BLOCK_ORDERS:
+                self.orders = None
+
+    def rolled_back_to(self, fork: int, removed: int) -> None:
+        self.fork = fork if self.fork is None else min(self.fork, fork)
+        self.rolled_back += removed
+        self.orders = {}  # rows from before the rollback describe a branch that is gone
 
 
 class _Page(NamedTuple):
     end: int
     events: list[Event]
-    headers: list[_Header]
+    headers: list[Header]
 
 
 async def _ws_heads(url: str) -> AsyncIterator[int]:

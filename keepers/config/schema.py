@@ -84,6 +84,9 @@ class ChainSettings(Strict):
     rpc: list[RpcEndpoint] = Field(min_length=1)
     ws_url: str | None = None
     block_time: float = Field(default=12.0, gt=0)
+    #: Seconds between polls for a new head (no ws_url, or while the WebSocket is down); by
+    #: default a quarter of block_time, at least 0.05. Every poll is a request to the node.
+    poll_interval: float | None = Field(default=None, gt=0)
     submission: SubmissionMode
     flashbots: FlashbotsSettings | None = None
     private_rpc: str | None = None

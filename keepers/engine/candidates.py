@@ -4,26 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from fractions import Fraction
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 from sqlalchemy import Engine, Table
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
-from keepers.chain.follower import SyncResult
+from keepers.chain.block import Block
 from keepers.engine.market import MarketSnapshot
 from keepers.engine.trigger_index import TriggerIndex
 from keepers.store.tables import Order, Position, Vault
 
 _ORDERS: Table = Order.__table__  # type: ignore[attr-defined]
 
-CandidateSource = Callable[[SyncResult, MarketSnapshot | None], Awaitable[Sequence[Any]]]
+CandidateSource = Callable[[Block, MarketSnapshot | None], Awaitable[Sequence[Any]]]
 ORDER_KINDS = {"limit-stop": (0, 1, 2), "twap": (3,), "iceberg": (4,)}
 OPEN = ("open", "armed", "partially_filled")
 
 
-async def no_candidates(_result: SyncResult, _snap: MarketSnapshot | None) -> Sequence[Any]:
+async def no_candidates(_result: Block, _snap: MarketSnapshot | None) -> Sequence[Any]:
     return ()
 
 
@@ -47,8 +47,12 @@ def best_marginal_rate(snap: MarketSnapshot, token_in: str, token_out: str) -> F
 
 
 class LimitStopCandidates:
-    """Keeps the trigger index in step with the store (deltas by updated block; a full rebuild
-    after a reorg) and returns the orders a block's prices cross.
+    """Keeps the trigger index in step with the store and returns the orders a block's prices
+    cross. The index follows the order rows each Block carries (what its events changed, as
+    stored): nothing just written is read back. It reads the store instead at the start, after
+    a reorg (rebuilt), when a Block carries too many rows (a catch-up), and when Blocks went by
+    without it (a standby, a block whose market could not be read): a delta by updated block.
+    The crossed orders' full rows come from the Block's rows, else from the store.
 
     The index holds only what triggers need (a few integers an order); the full rows of the
     orders a block crosses are read from the store then, and kept until the order changes.
@@ -64,6 +68,7 @@ class LimitStopCandidates:
         self.chain_id = chain_id
         self.index = TriggerIndex()
         self.rows: dict[int, Order] = {}
+        self.fresh: dict[int, dict[str, Any]] = {}
         self.seen_block = -1
 
     def _changed(self, since: int) -> list[Any]:
@@ -71,21 +76,28 @@ class LimitStopCandidates:
         with self.engine.connect() as conn:
             return list(
                 conn.execute(
-                    core_select(
-                        t.c.order_id, t.c.market, t.c.kind, t.c.min_amount_out, t.c.amount_in,
-                        t.c.trigger_or_clip, t.c.status, t.c.remaining,
-                    ).where(
+                    core_select(*(t.c[f] for f in _IndexRow._fields)).where(
                         t.c.chain_id == self.chain_id,
                         t.c.updated_block > since,
                         t.c.kind.in_(ORDER_KINDS["limit-stop"]),
                     )
                 )
-            )  # fmt: skip
+            )
 
-    def refresh(self, result: SyncResult) -> None:
-        if result.fork_block is not None:
+    def refresh(self, block: Block) -> None:
+        if block.fork_block is not None:
             self.index, self.rows, self.seen_block = TriggerIndex(), {}, -1
-        for o in self._changed(self.seen_block):
+        # The Block's rows are enough when they cover everything since the last refresh.
+        follows = self.seen_block >= 0 and block.previous == self.seen_block and block.orders is not None
+        if follows and block.orders is not None:
+            changed: list[Any] = [
+                _IndexRow(**{k: row[k] for k in _IndexRow._fields})
+                for row in block.orders.values()
+                if row["kind"] in ORDER_KINDS["limit-stop"]
+            ]
+        else:
+            changed = self._changed(self.seen_block)
+        for o in changed:
             self.rows.pop(o.order_id, None)
             if o.status in OPEN and o.remaining > 0:
                 self.index.upsert(
@@ -94,9 +106,15 @@ class LimitStopCandidates:
                 )  # fmt: skip
             else:
                 self.index.remove(o.order_id)
-        self.seen_block = result.head
+        # The crossed orders' full rows come from the Block's before the store (no read back).
+        orders = block.orders if follows and block.orders is not None else {}
+        self.fresh = {i: row for i, row in orders.items() if i in self.index}
+        self.seen_block = block.number
 
     def _rows(self, ids: list[int]) -> list[Order]:
+        for i in ids:
+            if i not in self.rows and i in self.fresh:
+                self.rows[i] = Order(**self.fresh[i])
         missing = [i for i in ids if i not in self.rows]
         if missing:
             if len(self.rows) + len(missing) > self.CACHE:
@@ -110,8 +128,8 @@ class LimitStopCandidates:
                         self.rows[o.order_id] = o
         return [self.rows[i] for i in ids if i in self.rows]
 
-    def _crossed(self, result: SyncResult, snap: MarketSnapshot | None) -> list[Order]:
-        self.refresh(result)
+    def _crossed(self, block: Block, snap: MarketSnapshot | None) -> list[Order]:
+        self.refresh(block)
         if snap is None:
             return []
         ids: list[int] = []
@@ -121,8 +139,21 @@ class LimitStopCandidates:
             )
         return self._rows(ids)
 
-    async def __call__(self, result: SyncResult, snap: MarketSnapshot | None) -> Sequence[Any]:
-        return await anyio.to_thread.run_sync(self._crossed, result, snap)
+    async def __call__(self, block: Block, snap: MarketSnapshot | None) -> Sequence[Any]:
+        return await anyio.to_thread.run_sync(self._crossed, block, snap)
+
+
+class _IndexRow(NamedTuple):
+    """An order row's fields the trigger index reads."""
+
+    order_id: int
+    market: int
+    kind: int
+    min_amount_out: int
+    amount_in: int
+    trigger_or_clip: int
+    status: str
+    remaining: int
 
 
 def store_candidates(engine: Engine, chain_id: int, kind: str) -> CandidateSource:
@@ -146,7 +177,7 @@ def store_candidates(engine: Engine, chain_id: int, kind: str) -> CandidateSourc
                 return list(s.exec(select(Vault).where(Vault.chain_id == chain_id)).all())
             return []
 
-    async def source(_result: SyncResult, _snap: MarketSnapshot | None) -> Sequence[Any]:
+    async def source(_result: Block, _snap: MarketSnapshot | None) -> Sequence[Any]:
         return await anyio.to_thread.run_sync(query)
 
     return source

@@ -1,8 +1,13 @@
-"""The keeper loop: one process per keeper kind. On every synced head it settles what the
-transaction manager has in flight, gathers candidates, asks the strategy (guarded), drops
-actions not worth sending, and hands the rest to the transaction manager, which sends them
-together. Stopping (SIGTERM) closes intake and keeps settling until nothing is in flight, up
-to the drain timeout.
+"""The keeper loop: one process per keeper kind, the consumer of a BlockSource. On each new
+head: the block (its logs fetched and stored), the transaction manager's settlement of what
+it has in flight, the market at that block; then the candidates (in-memory indexes the
+Block updates), the decision (`decide`, shared with replay), and the transaction manager,
+which sends the block's actions together. Stopping (SIGTERM) closes intake and keeps
+settling until nothing is in flight, up to the drain timeout.
+
+The three reads run one after the other: run side by side they were measured slower on two
+cores (reaction p50 61 ms against 49 ms at 10k orders, `bench/reaction.py`): each is mostly
+Python work in one interpreter, and the node they would overlap with shares the machine.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ from dataclasses import dataclass, field
 import anyio
 import structlog
 
-from keepers.chain.follower import ChainFollower, SyncResult
+from keepers.chain.block import Block
+from keepers.chain.source import BlockSource
 from keepers.engine.candidates import CandidateSource, no_candidates, shard_key
-from keepers.engine.guard import guarded_on_block
-from keepers.engine.market import SnapshotReader
+from keepers.engine.decide import decide
+from keepers.engine.market import MarketSnapshot, SnapshotReader
 from keepers.engine.strategy import BlockContext, Strategy
 from keepers.ha.elector import LeaderElector
 from keepers.ha.lease import NotLeader
@@ -52,7 +58,7 @@ class KeeperLoop:
         chain_id: int,
         strategy: Strategy,
         strategy_name: str,
-        follower: ChainFollower,
+        source: BlockSource,
         txm: TxManager,
         candidates: CandidateSource = no_candidates,
         snapshots: SnapshotReader | None = None,
@@ -71,7 +77,7 @@ class KeeperLoop:
         self.chain_id = chain_id
         self.strategy = strategy
         self.strategy_name = strategy_name
-        self.follower = follower
+        self.source = source
         self.txm = txm
         self.candidates = candidates
         self.snapshots = snapshots
@@ -92,29 +98,31 @@ class KeeperLoop:
         self.state = KeeperState()
         self._tasks: anyio.abc.TaskGroup | None = None
 
-    async def run(self, *, ws_url: str | None = None, poll_interval: float = 1.0) -> None:
+    async def run(self) -> None:
         """Runs until cancelled; on cancellation, keeps settling what is in flight first."""
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             try:
-                await self.follower.run(self.on_synced, ws_url=ws_url, poll_interval=poll_interval)
+                async for number in self.source.heads():
+                    if number > self.state.last_block and not self.state.draining:
+                        await self.step(number)
             finally:
                 self.state.draining = True
                 with anyio.CancelScope(shield=True), anyio.move_on_after(self.drain_timeout):
-                    await self._drain(poll_interval)
+                    await self._drain()
                 if self.state.in_flight:
                     log.warning("drain timed out", in_flight=self.state.in_flight, kind=self.kind)
                 tasks.cancel_scope.cancel()
 
-    async def _drain(self, poll_interval: float) -> None:
+    async def _drain(self) -> None:
         """Settles on every new head until nothing this process sent is in flight."""
         seen = self.state.last_block
         while self.txm.pending_actions:
-            head = int(await self.follower.w3.eth.block_number)
+            head = await self.source.follower.head()
             if head > seen:
                 seen = head
                 self._record(await self.txm.settle(head))
-            await anyio.sleep(poll_interval)
+            await anyio.sleep(self.source.poll_interval)
         self.state.in_flight = self.txm.pending_actions
 
     @property
@@ -123,29 +131,41 @@ class KeeperLoop:
             return self.shards.is_leader
         return self.leader is None or self.leader.is_leader
 
-    async def on_synced(self, result: SyncResult) -> None:
-        if self.state.draining or result.head <= self.state.last_block:
-            return
-        self.state.last_block = result.head
+    async def step(self, number: int) -> None:
+        """Block `number`: stored, settled and its market read; then decided and sent."""
+        block = await self.source.block(number)
+        await self._settle(number)  # receipts need no logs: settle whatever the sync did
+        if block is None:
+            return  # the chain moved under the reads, or the node failed them: the next head retries
         self.state.blocks += 1
-        try:
-            # The confirmer first: what the last blocks decided frees nonces for this one.
-            self._record(await self.txm.settle(result.head))
-        except Exception as exc:  # noqa: BLE001 - settling retries at the next head
-            log.warning("settling failed", block=result.head, error=repr(exc))
         if (self.state.blocks - 1) % self.maintenance_every == 0 and not self._maintaining:
             assert self._tasks is not None
-            self._tasks.start_soon(self._maintain, result.head)
-        if not self.leads:
-            return  # a standby: synced, nothing to decide
+            self._tasks.start_soon(self._maintain, number)
         try:
-            snapshot = await self.snapshots.read(result.head) if self.snapshots else None
-            candidates = await self.candidates(result, snapshot)
-            block = await self.follower.w3.eth.get_block(result.head)
+            if self.leads:  # a standby only follows: synced, nothing to decide
+                await self._decide(block)
+        finally:
+            self.state.last_block = number  # handled: decided and submitted
+
+    async def _settle(self, number: int) -> None:
+        """The confirmer's step: what the last blocks decided frees nonces for this one."""
+        try:
+            self._record(await self.txm.settle(number))
+        except Exception as exc:  # noqa: BLE001 - settling retries at the next head
+            log.warning("settling failed", block=number, error=repr(exc))
+
+    async def _decide(self, block: Block) -> None:
+        try:
+            snapshot = await self.snapshots.read(block.number) if self.snapshots else None
+            candidates = await self.candidates(block, snapshot)
         except Exception as exc:  # noqa: BLE001 - a failed read costs this block, not the keeper
             metrics.BLOCK_ERRORS.labels(self.chain, self.kind).inc()
-            log.error("block skipped: could not read the market", block=result.head, error=repr(exc))
+            log.error("block skipped: could not read the market", block=block.number, error=repr(exc))
             return
+        await self.act(block, snapshot, candidates)
+
+    async def act(self, block: Block, snapshot: MarketSnapshot | None, candidates: Sequence[object]) -> None:
+        """The decision for a block and its submission."""
         shard_of: dict[int, int] = {}
         if self.shards is not None:
             candidates = [c for c in candidates if self.shards.owns(shard_key(c))]
@@ -154,42 +174,35 @@ class KeeperLoop:
         ctx = BlockContext(
             chain=self.chain,
             chain_id=self.chain_id,
-            number=result.head,
-            timestamp=int(block["timestamp"]),
+            number=block.number,
+            timestamp=block.timestamp,
             candidates=candidates,
             prices={t: p for t, (p, fresh) in snapshot.prices.items() if fresh} if snapshot else {},
             contracts=self.contracts,
             market=snapshot,
-            reader=self.follower.w3,
+            reader=self.source.follower.w3,
             keeper_address=self.keeper_address,
         )
         if not self._warmed:
             self._warmed = True
             await self._warm(ctx)
-        actions = await guarded_on_block(
-            self.strategy, ctx, keeper=self.kind, name=self.strategy_name, timeout=self.strategy_timeout
+        actions = await decide(
+            self.strategy, ctx, kind=self.kind, name=self.strategy_name, timeout=self.strategy_timeout
         )
         log.debug(
             "block",
-            block=result.head,
+            block=block.number,
             candidates=[getattr(c, "order_id", None) for c in candidates][:50],
             actions=[a.idempotency_key for a in actions],
         )
-        worth = []
-        for action in actions:
-            if action.expected_value_wei <= 0 and not action.public_good:
-                metrics.ACTIONS.labels(self.chain, "unprofitable").inc()
-                log.info("action dropped: not worth sending", key=action.idempotency_key)
-                continue
-            worth.append(action)
-        await self._submit(worth, result.head, ctx.timestamp, shard_of)
+        await self._submit(actions, block.number, block.timestamp, shard_of)
         # Bookkeeping after the submissions are on their way, never before them.
         if self.ledger is not None:
-            executable = [i for a in worth for i in a.order_ids]
+            executable = [i for a in actions for i in a.order_ids]
             if executable:
                 try:
                     await anyio.to_thread.run_sync(
-                        self.ledger.mark_executable, self.chain_id, executable, result.head
+                        self.ledger.mark_executable, self.chain_id, executable, block.number
                     )
                 except Exception as exc:  # noqa: BLE001 - bookkeeping must not cost a fill
                     log.warning("could not record executable orders", error=repr(exc))

@@ -40,6 +40,9 @@ class TriggerIndex:
     def __len__(self) -> int:
         return len(self._where)
 
+    def __contains__(self, order_id: object) -> bool:
+        return order_id in self._where
+
     def upsert(
         self,
         order_id: int,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import Table, and_, bindparam, delete, select, tuple_, update
@@ -141,7 +142,7 @@ class Fold:
                 # An order id is placed once on a chain (a reorg's re-fold deletes the row
                 # first): a new order has no row to load.
                 placed.add(int(a["id"]))
-            elif ev.name.startswith("Order") and "id" in a and int(a["id"]) not in placed:
+            elif _is_order_event(ev) and int(a["id"]) not in placed:
                 orders.add((self.chain_id, int(a["id"])))
             elif ev.name in _MARKET:
                 positions.add((self.chain_id, ev.address.lower(), str(a["borrower"]).lower()))
@@ -279,11 +280,22 @@ class Fold:
         self.fills = []
 
 
-def store_events(session: Session, chain_id: int, events: Iterable[EventLike]) -> int:
-    """Inserts new events and folds them; events already stored are skipped. Returns how many were new."""
+@dataclass(frozen=True)
+class Stored:
+    """What a batch of events did to the store: how many were new, and the order rows they
+    changed, as written (order id -> row): a keeper's in-memory indexes follow the store from
+    these without reading back what was just written."""
+
+    new: int
+    orders: dict[int, dict[str, Any]]
+
+
+def store_events(session: Session, chain_id: int, events: Iterable[EventLike]) -> Stored:
+    """Inserts new events and folds them; events already stored are skipped (another process
+    on the same store may have stored them: the order rows they touch are read instead)."""
     batch = list(events)
     if not batch:
-        return 0
+        return Stored(0, {})
     session.flush()
     lo = min(e.block_number for e in batch)
     hi = max(e.block_number for e in batch)
@@ -300,27 +312,39 @@ def store_events(session: Session, chain_id: int, events: Iterable[EventLike]) -
         if (e.tx_hash, e.log_index) not in stored:
             stored.add((e.tx_hash, e.log_index))
             new.append(e)
-    if not new:
-        return 0
-    insert_rows(
-        session,
-        EVENTS,
-        [
-            {
-                "chain_id": chain_id,
-                "tx_hash": e.tx_hash,
-                "log_index": e.log_index,
-                "block_number": e.block_number,
-                "block_hash": e.block_hash,  # type: ignore[attr-defined]
-                "address": e.address.lower(),
-                "name": e.name,
-                "args": e.args,
-            }
-            for e in new
-        ],
-    )
-    Fold(session, chain_id).run(new).write()
-    return len(new)
+    orders: dict[int, dict[str, Any]] = {}
+    if new:
+        insert_rows(
+            session,
+            EVENTS,
+            [
+                {
+                    "chain_id": chain_id,
+                    "tx_hash": e.tx_hash,
+                    "log_index": e.log_index,
+                    "block_number": e.block_number,
+                    "block_hash": e.block_hash,  # type: ignore[attr-defined]
+                    "address": e.address.lower(),
+                    "name": e.name,
+                    "args": e.args,
+                }
+                for e in new
+            ],
+        )
+        fold = Fold(session, chain_id).run(new)
+        orders = {key[1]: dict(fold.orders.rows[key]) for key in fold.orders.changed}
+        fold.write()
+    others = sorted({int(e.args["id"]) for e in batch if _is_order_event(e)} - orders.keys())
+    for part in _chunks(others):
+        for row in session.execute(
+            select(ORDERS).where(ORDERS.c.chain_id == chain_id, ORDERS.c.order_id.in_(part))
+        ).mappings():
+            orders[row["order_id"]] = dict(row)
+    return Stored(len(new), orders)
+
+
+def _is_order_event(ev: EventLike) -> bool:
+    return ev.name.startswith("Order") and "id" in ev.args
 
 
 def rollback_after(session: Session, chain_id: int, fork_block: int, contracts: dict[str, str]) -> int:

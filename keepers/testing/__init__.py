@@ -18,42 +18,30 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import anyio
 import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from sqlalchemy import Engine
-from web3 import AsyncWeb3, Web3
+from web3 import Web3
 from web3.contract import Contract
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
-from keepers.chain.http import SessionHTTPProvider
+from keepers.config.schema import Settings
 from keepers.devnet.anvil import Anvil, anvil_key, free_port
 from keepers.devnet.deploy import Deployment, bind, deploy_platform
 from keepers.devnet.market import arbitrage_input
-from keepers.engine.candidates import candidates_for
 from keepers.engine.loop import KeeperLoop
-from keepers.engine.market import SnapshotReader
-from keepers.engine.plugins import build_strategy, strategy_class
+from keepers.engine.plugins import strategy_class
 from keepers.obs.health import make_health_app, serve
 from keepers.relay.server import RelayThread
-from keepers.runtime import ContractAddresses, event_decoder
-from keepers.store.engine import make_engine
-from keepers.store.ledger import Ledger
-from keepers.store.migrations import migrate
-from keepers.tx.fees import FeeEstimator
-from keepers.tx.flashbots import FlashbotsClient
-from keepers.tx.manager import TxManager
-from keepers.tx.records import TxRecords
-from keepers.tx.routes import BundleRoute
-from keepers.tx.signer import TxSigner
+from keepers.runtime import build_keeper
 
 ORDER_KINDS = {"limit": 0, "stop-loss": 1, "take-profit": 2, "twap": 3, "iceberg": 4}
 KEEPER_KEY_INDEX = 9
@@ -119,6 +107,57 @@ class KeeperHarness:
         deadline = time.monotonic() + timeout
         while self.loop.state.in_flight and time.monotonic() < deadline:
             time.sleep(0.02)
+
+
+def keeper_settings(
+    keys_dir: Path,
+    relay_url: str,
+    dep: Deployment,
+    kind: str,
+    strategy: str,
+    params: dict[str, Any],
+    *,
+    key: str,
+    database_url: str,
+    poll_interval: float = 0.02,
+) -> Settings:
+    """Settings for one keeper on a devnet behind the local relay (keys in files under
+    `keys_dir`, as an operator would reference them)."""
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    signer, reputation = keys_dir / "signer.key", keys_dir / "reputation.key"
+    for path, value in ((signer, key), (reputation, Account.create().key.to_0x_hex())):
+        path.write_text(value)
+        path.chmod(0o600)
+    return Settings.model_validate(
+        {
+            "database_url": database_url,
+            "signer": {"file": str(signer)},
+            "drain_timeout": 10.0,
+            "chains": {
+                "devnet": {
+                    "chain_id": 31337,
+                    "rpc": [{"url": relay_url, "rate_limit": 10_000}],
+                    "block_time": 1.0,
+                    "poll_interval": poll_interval,
+                    "submission": "flashbots",
+                    "flashbots": {"relays": [relay_url], "reputation_key": {"file": str(reputation)}},
+                    "confirmations": 0,
+                    "contracts": {
+                        "order_book": dep.order_book,
+                        "oracle": dep.oracle,
+                        "lending_market": dep.lending_market,
+                        "vault": dep.vault,
+                        "flash_liquidator": dep.flash_liquidator,
+                        "builder_tip": dep.builder_tip or None,
+                        "pools": [p["address"] for p in dep.pools],
+                    },
+                }
+            },
+            "keepers": {
+                kind: {"chain": "devnet", "strategy": strategy, "params": params, "strategy_timeout": 5.0}
+            },
+        }
+    )
 
 
 class Devnet:
@@ -312,75 +351,48 @@ class Devnet:
         self, kind: str, strategy: str, params: dict[str, Any] | None = None, *, key: str | None = None,
         db: str | None = None,
     ) -> Iterator[KeeperHarness]:  # fmt: skip
-        """Runs a keeper loop for `kind` with a strategy plugin until the block exits."""
+        """Runs a keeper for `kind` with a strategy plugin until the block exits: built from
+        settings by the runtime's own factory, as `keepers run` builds it."""
         assert self.relay is not None
-        key = key or anvil_key(KEEPER_KEY_INDEX)
-        account = Account.from_key(key)
-        engine = make_engine(
-            db or f"sqlite:///{self.workdir / f'keeper-{kind}-{time.monotonic_ns()}.sqlite'}"
-        )
-        migrate(engine)
         params = dict(params or {})
         if "native_token" in strategy_class(strategy).Params.model_fields:
             params.setdefault("native_token", self.deployment.tokens["WETH"].lower())
-        built = build_strategy(strategy, kind, params)
-        dep = self.deployment
-        addrs = ContractAddresses(
-            dep.order_book, dep.oracle, dep.lending_market, dep.vault, dep.flash_liquidator,
-            tuple(p["address"] for p in dep.pools), dep.builder_tip or None,
-        )  # fmt: skip
+        stamp = time.monotonic_ns()
+        settings = keeper_settings(
+            self.workdir / f"keeper-{kind}-{stamp}",
+            self.relay.url,
+            self.deployment,
+            kind,
+            strategy,
+            params,
+            key=key or anvil_key(KEEPER_KEY_INDEX),
+            database_url=db or f"sqlite:///{self.workdir / f'keeper-{kind}-{stamp}.sqlite'}",
+        )
         harness_holder: dict[str, KeeperHarness] = {}
         started = threading.Event()
         stop = threading.Event()
         relay_url = self.relay.url
 
-        async def main() -> None:
-            w3 = AsyncWeb3(SessionHTTPProvider(relay_url))
-            async with aiohttp.ClientSession() as session:
-                from keepers.chain.follower import ChainFollower
+        async def stopped() -> None:
+            while not stop.is_set():
+                await anyio.sleep(0.02)
 
-                loop = KeeperLoop(
-                    kind=kind,
-                    chain="devnet",
-                    chain_id=31337,
-                    strategy=built,
-                    strategy_name=strategy,
-                    follower=ChainFollower(w3, engine, 31337, event_decoder(addrs), name=kind),
-                    txm=TxManager(
-                        w3=w3,
-                        records=TxRecords(engine, 31337, account.address),
-                        signer=TxSigner(account, 31337),
-                        fees=FeeEstimator(w3, max_fee_gwei=500),
-                        route=BundleRoute(FlashbotsClient([relay_url], Account.create(), session)),
-                        chain="devnet",
-                        block_time=1.0,
-                        builder_tip=addrs.builder_tip,
-                        keeper=kind,
-                        strategy=strategy,
-                    ),
-                    candidates=candidates_for(engine, 31337, kind),
-                    snapshots=SnapshotReader(w3, list(addrs.pools), addrs.oracle, addrs.order_book),
-                    keeper_address=account.address,
-                    contracts=addrs.as_dict(),
-                    strategy_timeout=5.0,
-                    drain_timeout=10.0,
-                    ledger=Ledger(engine),
-                )
+        async def main() -> None:
+            async with AsyncExitStack() as stack:
+                built = await build_keeper(settings, kind, stack)
+                loop = built.loop
                 api_port = free_port()
 
                 async def ready() -> tuple[bool, str]:
                     return loop.state.last_block >= 0, f"last block {loop.state.last_block}"
 
-                runner = await serve(make_health_app(ready, engine, 31337), api_port, host="127.0.0.1")
-                harness_holder["h"] = KeeperHarness(loop, relay_url, engine, f"http://127.0.0.1:{api_port}")
+                runner = await serve(make_health_app(ready, built.engine, 31337), api_port, host="127.0.0.1")
+                stack.push_async_callback(runner.cleanup)
+                harness_holder["h"] = KeeperHarness(
+                    loop, relay_url, built.engine, f"http://127.0.0.1:{api_port}"
+                )
                 started.set()
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(lambda: loop.run(poll_interval=0.02))
-                    while not stop.is_set():
-                        await anyio.sleep(0.02)
-                    tg.cancel_scope.cancel()
-                await runner.cleanup()
-            await w3.provider.disconnect()
+                await built.run(stopped)
 
         def run() -> None:
             try:

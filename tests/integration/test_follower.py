@@ -12,9 +12,11 @@ from sqlmodel import Session, func, select
 from web3 import AsyncWeb3, Web3
 
 from keepers.chain.artifacts import load_artifact
+from keepers.chain.block import Block
 from keepers.chain.events import EventDecoder
-from keepers.chain.follower import ChainFollower
+from keepers.chain.follower import ChainFollower, ChainMoved
 from keepers.chain.http import SessionHTTPProvider
+from keepers.chain.source import BlockSource
 from keepers.devnet.anvil import DEFAULT_KEYS, Anvil
 from keepers.devnet.deploy import Deployment, Sender, bind, deploy_platform
 from keepers.store.engine import make_engine
@@ -114,21 +116,22 @@ def test_events_apply_once_across_restarts(chain, tmp_path):
 
 
 @pytest.mark.usefixtures("fresh")
-def test_websocket_heads_drive_syncs(chain, tmp_path):
+def test_websocket_heads_drive_the_block_source(chain, tmp_path):
     anvil, dep = chain
     w3 = Web3(Web3.HTTPProvider(anvil.url))
     f = _follower(anvil.url, dep, f"sqlite:///{tmp_path / 'ws.sqlite'}")
-    seen: list[int] = []
+    seen: list[Block] = []
 
     async def main() -> None:
-        async def on_synced(result: Any) -> None:
-            seen.append(result.head)
-            if len(seen) == 3:
-                tg.cancel_scope.cancel()
+        async def consume() -> None:
+            async for block in BlockSource(f, ws_url=anvil.ws_url, poll_interval=5):
+                seen.append(block)
+                if sum(len(b.orders or {}) for b in seen) >= 3:
+                    tg.cancel_scope.cancel()
 
         with anyio.fail_after(30):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(lambda: f.run(on_synced, ws_url=anvil.ws_url, poll_interval=5))
+                tg.start_soon(consume)
                 await anyio.sleep(0.5)
                 for i in range(3):
                     await anyio.to_thread.run_sync(_place, w3, dep, (i + 1) * 10**18)
@@ -136,8 +139,13 @@ def test_websocket_heads_drive_syncs(chain, tmp_path):
 
     anyio.run(main)
 
-    assert len(seen) == 3
-    assert seen == sorted(seen)
+    numbers = [b.number for b in seen]
+    assert numbers == sorted(set(numbers)), "one Block per new head, rising"
+    placed = {i: row for b in seen for i, row in (b.orders or {}).items()}
+    assert sorted(r["amount_in"] for r in placed.values()) == [10**18, 2 * 10**18, 3 * 10**18], (
+        "each Block carries the order rows its events wrote"
+    )
+    assert all(b.timestamp > 0 and b.hash.startswith("0x") for b in seen)
 
 
 @pytest.mark.usefixtures("fresh")
@@ -171,12 +179,37 @@ def test_reorg_rolls_back_and_applies_the_new_branch(chain, tmp_path, depth: int
 
 
 def test_a_block_the_node_does_not_have_is_a_retry_not_a_crash(chain, tmp_path):
-    """Headers are read in a task group; the _Retry that a block past the node's head raises
-    must reach the follower's loop as itself, not wrapped in an ExceptionGroup."""
-    from keepers.chain.follower import _Retry
-
+    """Headers are read in a task group; the ChainMoved that a block past the node's head
+    raises must reach the block source as itself, not wrapped in an ExceptionGroup."""
     anvil, dep = chain
     follower = _follower(anvil.url, dep, f"sqlite:///{tmp_path / 's.sqlite'}")
     head = Web3(Web3.HTTPProvider(anvil.url)).eth.block_number
-    with pytest.raises(_Retry, match=r"block \d+ is not there"):
+    with pytest.raises(ChainMoved, match=r"block 0x[0-9a-f]+ is not there"):
         anyio.run(follower._headers, range(head, head + 3))
+
+
+@pytest.mark.usefixtures("fresh")
+def test_a_chain_rolled_back_to_a_shorter_branch_is_followed_and_a_lagging_node_is_not_a_reorg(
+    chain, tmp_path
+):
+    anvil, dep = chain
+    w3 = Web3(Web3.HTTPProvider(anvil.url))
+    f = _follower(anvil.url, dep, f"sqlite:///{tmp_path / 'short.sqlite'}")
+    _place(w3, dep, 7 * 10**18)
+    kept = w3.eth.block_number
+    _place(w3, dep, 100 * 10**18)
+    _place(w3, dep, 101 * 10**18)
+    anyio.run(f.sync)
+    assert len(_orders(f)) == 3
+
+    # A node behind our cursor answers with a block we already hold: a retry, nothing undone.
+    with pytest.raises(ChainMoved, match="a node that lags"):
+        anyio.run(f.sync, kept)
+    assert len(_orders(f)) == 3
+
+    w3.provider.make_request("anvil_rollback", [2])  # type: ignore[arg-type]
+    assert w3.eth.block_number == kept
+    w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]  # the shorter branch grows
+    block = anyio.run(f.sync)
+    assert block.fork_block == kept
+    assert sorted(_orders(f).values()) == [7 * 10**18], "the orders of the dropped blocks are gone"

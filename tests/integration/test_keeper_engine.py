@@ -21,6 +21,7 @@ from web3 import AsyncWeb3, Web3
 from keepers.chain.events import EventDecoder
 from keepers.chain.follower import ChainFollower
 from keepers.chain.http import SessionHTTPProvider
+from keepers.chain.source import BlockSource
 from keepers.devnet.anvil import DEFAULT_KEYS, Anvil, free_port
 from keepers.engine.isolation import IsolatedStrategy
 from keepers.engine.loop import KeeperLoop
@@ -112,7 +113,7 @@ def _run_loop(
                 chain_id=31337,
                 strategy=isolated or build_strategy(strategy_name, "limit-stop", {}),
                 strategy_name=strategy_name,
-                follower=ChainFollower(w3, engine, 31337, EventDecoder([])),
+                source=BlockSource(ChainFollower(w3, engine, 31337, EventDecoder([])), poll_interval=0.05),
                 txm=txm,
                 strategy_timeout=timeout,
                 drain_timeout=10,
@@ -120,7 +121,7 @@ def _run_loop(
             loop_holder["loop"] = loop
             with anyio.move_on_after(30):
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(lambda: loop.run(poll_interval=0.05))
+                    tg.start_soon(loop.run)
                     while loop.state.blocks < blocks:
                         await anyio.sleep(0.05)
                     tg.cancel_scope.cancel()

@@ -251,13 +251,20 @@ def test_oracle_follows_pools_and_ignores_one_manipulated_pool(keepers_devnet: D
 
 def test_two_keepers_sharing_a_signer_fill_once_and_never_collide(keepers_devnet: Devnet, tmp_path):
     d = keepers_devnet
-    oids = [d.place("WETH/USDC", "limit", E18, 1_900 * USDC, trader=i % 3) for i in range(3)]
     shared_db = f"sqlite:///{tmp_path / 'shared.sqlite'}"
     with (
         d.keeper("limit-stop", "best-execution", db=shared_db) as a,
         d.keeper("limit-stop", "fee-maximising", {"min_fee_bps": 0}, db=shared_db) as b,
     ):
+        # Placed in one block while both run, so both see the orders at once and both act.
+        terms = (d.deployment.markets["WETH/USDC"], 0, E18, 1_900 * USDC, 0, 10, 0, 0, 0, 0, 0)
+        for i in range(3):
+            d.send(d.traders[i % 3], d.book, "placeOrder", terms, mine=False)
         d.mine()
+        oids = [
+            e["args"]["id"] for e in d.book.events.OrderPlaced().get_logs(from_block=d.head, to_block=d.head)
+        ]
+        assert len(oids) == 3
         a.wait_synced(d.head)
         b.wait_synced(d.head)
         a.wait_for_bundle(d.head + 1)

@@ -121,6 +121,32 @@ def test_bundle_is_included_atomically_and_a_reverting_member_sinks_it(relay: Re
     assert _mined(w3, bad)
 
 
+def test_what_a_node_would_refuse_is_left_out_of_simulation_and_block(relay: RelayThread):
+    """eth_simulateV1 does not check nonces and refuses a whole simulation for one unpayable
+    transaction: the relay must still judge each transaction as a node's pool would."""
+    w3 = _w3(relay)
+    pauper = Account.create()  # no ETH: cannot pay for gas
+    nonce = _nonce(w3, ALICE)
+    gap = _tx(ALICE, nonce + 1)  # out of sequence: nonce is still free
+    sim = _client_call(relay, lambda c: c.call_bundle([gap], w3.eth.block_number + 1))
+    assert "not included" in (sim.results[0].error or "")
+
+    paid, unpaid, after = _tx(BOB, _nonce(w3, BOB)), _tx(pauper, 0), _tx(ALICE, nonce)
+    sim = _client_call(relay, lambda c: c.call_bundle([paid, unpaid, after], w3.eth.block_number + 1))
+    assert [r.error is None for r in sim.results] == [True, False, True], "only the unpayable one is out"
+    assert [r.gas_used for r in sim.results] == [21_000, 0, 21_000]
+
+    too_big = _tx(ALICE, nonce, gas=10**9)  # more gas than a block holds
+    sim = _client_call(relay, lambda c: c.call_bundle([too_big], w3.eth.block_number + 1))
+    assert "not included" in (sim.results[0].error or "")
+
+    target = w3.eth.block_number + 1
+    _client_call(relay, lambda c: c.send_bundle([paid, unpaid], target))
+    _client_call(relay, lambda c: c.send_bundle([gap], target))
+    assert _build(relay)["bundles"] == [], "a bundle with a refused member is not included"
+    assert not any(_mined(w3, t) for t in (paid, unpaid, gap))
+
+
 def test_wrong_or_missing_signature_is_rejected(relay: RelayThread):
     head = _w3(relay).eth.block_number
     body = json.dumps(
