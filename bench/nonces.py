@@ -1,5 +1,6 @@
 """Nonce allocations per second with N processes sharing one signer, on SQLite and PostgreSQL,
-with 5% random releases; duplicates and gaps are checked after each run.
+with 5% random releases; every allocation checks its process's lease (fencing in the measured
+path, as in production); duplicates and gaps are checked after each run.
 
     python -m bench.nonces [--processes 1 4 8] [--per-process 500]
 """
@@ -99,7 +100,8 @@ def main() -> int:
             with admin.connect() as c:
                 c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     m = machine()
-    md = [f"Nonce allocations, {m['date']}, {m['cores']} cores. Command: `./dev bench nonces`.", "",
+    md = [f"Nonce allocations, {m['date']}, {m['cores']} cores, each fenced by its process's lease. "
+          "Command: `./dev bench nonces`.", "",
           "| database | processes | allocations | per second | duplicates | gaps after fill |",
           "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     md += [

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import sqlite3
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, text
@@ -107,11 +108,18 @@ class LeaseStore:
             ).first()
         return None if row is None else (str(row[0]), int(row[1]), float(row[2]))
 
-    def verify(self, conn: Connection | Session, scope: str, holder: str, token: int) -> None:
+    def verify(
+        self, conn: Connection | Session | sqlite3.Cursor, scope: str, holder: str, token: int
+    ) -> None:
         """Raises NotLeader unless (holder, token) still holds an unexpired lease on `scope`;
-        run inside the transaction whose effect it guards."""
+        run inside the transaction whose effect it guards (a SQLite cursor: the allocation's
+        own transaction, keepers.store.allocate_sqlite)."""
         params = {"scope": scope, "holder": holder, "token": token}
-        if conn.execute(self._check, params).first() is None:
+        if isinstance(conn, sqlite3.Cursor):
+            held = conn.execute(self._check.text, params).fetchone()
+        else:
+            held = conn.execute(self._check, params).first()
+        if held is None:
             raise NotLeader(f"the lease on {scope} is no longer held with token {token}")
 
 
@@ -129,6 +137,6 @@ class Fence:
         """The token recorded with the transaction: the leader's (None for a set of shards)."""
         return self.terms[0][1] if len(self.terms) == 1 else None
 
-    def verify(self, conn: Connection | Session) -> None:
+    def verify(self, conn: Connection | Session | sqlite3.Cursor) -> None:
         for scope, token in self.terms:
             self.leases.verify(conn, scope, self.holder, token)

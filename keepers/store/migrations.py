@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, inspect, select, text
 from sqlmodel import SQLModel
 
-from keepers.store import tables
+from keepers.store import allocate_pg, tables
 from keepers.store.engine import is_sqlite
 
 _LOCK_KEY = 0x4B45455045  # arbitrary, fixed: the advisory lock id for migrations
@@ -76,6 +76,12 @@ def _tx_fees(conn: Connection) -> None:
     conn.execute(text("UPDATE txrecord SET state = 'unconfirmed' WHERE state = 'in_flight'"))
 
 
+def _pg_allocate(conn: Connection) -> None:
+    """Nonce allocation as one PostgreSQL function call (keepers.store.allocate_pg)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(allocate_pg.CREATE)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "action ledger, order reorg marker", _ledger_and_reorg_marker),
@@ -83,6 +89,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "index of orders by chain and last updated block", _order_delta_index),
     Migration(5, "order fairness tolerance", _order_tolerance),
     Migration(6, "transaction fees on the record; no in_flight state", _tx_fees),
+    Migration(7, "nonce allocation in one statement on PostgreSQL", _pg_allocate),
 )
 
 

@@ -680,8 +680,11 @@ class TxManager:
             chain_nonce = await self.chain_reads.nonce(self.signer.address)
             lookup = {tx_id: m.block for tx_id, m in mined.items()}
             report = await anyio.to_thread.run_sync(
-                self.records.reconcile, chain_nonce, lambda rec: lookup.get(rec.id or 0)
-            )
+                lambda: self.records.reconcile(
+                    chain_nonce, lambda rec: lookup.get(rec.id or 0),
+                    lambda recs, moves: self._ended(recs, moves, mined)[1],
+                )
+            )  # fmt: skip
             metrics.NONCE_GAPS.labels(self.chain).set(len(report.gaps))
             if report.consumed or report.reorged or report.recovered:
                 log.warning(

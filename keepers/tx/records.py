@@ -15,16 +15,20 @@ dropped frees its nonce in the same transaction.
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, Table, bindparam, delete, func, insert, update
+from sqlalchemy import Engine, Table, bindparam, delete, func, text, update
 from sqlalchemy import select as core_select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session, col, select
 
-from keepers.ha.lease import Fence
+from keepers import jsonfast
+from keepers.ha.lease import Fence, NotLeader
+from keepers.store import allocate_pg
+from keepers.store.allocate_sqlite import SqliteAllocator
 from keepers.store.engine import is_sqlite
 from keepers.store.tables import ActionLedger, FreeNonce, NonceCounter, TxAttempt, TxRecord
 from keepers.tx.states import FROM, LIVE, MINED, PENDING, TxState
@@ -40,23 +44,16 @@ _IS_SIGNER = (COUNTERS.c.chain_id == bindparam("w_chain"), COUNTERS.c.signer == 
 _BY_KEYS = core_select(TX_RECORDS).where(TX_RECORDS.c.idempotency_key.in_(bindparam("keys", expanding=True)))
 _COUNTER_FOR_UPDATE = core_select(COUNTERS.c.next_nonce).where(*_IS_SIGNER).with_for_update()
 _COUNTER = core_select(COUNTERS.c.next_nonce).where(*_IS_SIGNER)
-_FREE_NONCES = (
-    core_select(FREE.c.nonce)
-    .where(FREE.c.chain_id == bindparam("w_chain"), FREE.c.signer == bindparam("w_signer"))
-    .order_by(FREE.c.nonce)
-    .limit(bindparam("w_count"))
-)
-_TAKE_FREE = delete(FREE).where(
-    FREE.c.chain_id == bindparam("w_chain"), FREE.c.signer == bindparam("w_signer"),
-    FREE.c.nonce.in_(bindparam("w_nonces", expanding=True)),
-)  # fmt: skip
 _SET_COUNTER = update(COUNTERS).where(*_IS_SIGNER).values(next_nonce=bindparam("w_next"))
 _RECORD_COLUMNS = (
     "chain_id", "signer", "fence_token", "idempotency_key", "nonce", "state", "route", "to", "data", "value",
     "gas_limit", "max_fee_per_gas", "max_priority_fee_per_gas", "target_block", "deadline_block", "reason",
     "created_at", "updated_at",
 )  # fmt: skip
-_INSERT = insert(TX_RECORDS).values({c: bindparam(c) for c in _RECORD_COLUMNS}).returning(TX_RECORDS.c.id)
+_PG_ALLOCATE = text(
+    "SELECT * FROM keepers_allocate(:chain, :signer, :holder, CAST(:terms AS jsonb), :token, "
+    "CAST(:records AS jsonb), CAST(:ledger AS jsonb))"
+).columns(*TX_RECORDS.c)
 
 
 @dataclass(frozen=True)
@@ -87,6 +84,8 @@ class Move:
     #: head (a missed bundle dropped, a carried one sent again) loses to a process that has
     #: meanwhile sent the record for a later block.
     target_at_most: int | None = None
+    #: A record dropped frees its nonce, unless the chain used it (another transaction took it).
+    free_nonce: bool = True
 
 
 @dataclass(frozen=True)
@@ -141,6 +140,13 @@ class TxRecords:
         self._key = {"w_chain": chain_id, "w_signer": self.signer}
         #: Database transactions begun (the benches count them per action).
         self.transactions = 0
+        #: PostgreSQL: the same pool in autocommit, for the one-statement allocation.
+        self._pg_allocate = (
+            None if is_sqlite(engine) else engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
+        self._sqlite = SqliteAllocator(
+            TX_RECORDS, _RECORD_COLUMNS, LEDGER, engine.dialect, chain_id, self.signer
+        )
 
     def _session(self) -> Session:
         self.transactions += 1
@@ -178,41 +184,71 @@ class TxRecords:
         its record back instead of a new nonce."""
         if not intents:
             return []
-        try:
-            with self._session() as session, session.begin():
-                known = self._by_keys(session, [i.idempotency_key for i in intents])
-                fresh = [i for i in intents if i.idempotency_key not in known]
-                out = dict(known)
-                if fresh:
-                    next_nonce = self._lock(session)
-                    token = self._fence_token(session)
-                    nonces = self._take(session, len(fresh), next_nonce)
-                    now = dt.datetime.now(dt.UTC)
-                    for intent, nonce in zip(fresh, nonces, strict=True):
-                        values = self._values(intent, nonce, token, now)
-                        values["id"] = session.execute(
-                            _INSERT, {**values, "value": str(intent.value)}
-                        ).scalar_one()
-                        out[intent.idempotency_key] = TxRecord(**values)
-                    self._add_ledger(session, ledger)
-                return [out[i.idempotency_key] for i in intents]
-        except IntegrityError:
-            # A racing allocation of the same key won: its records are the answer.
-            with self._session() as session:
-                known = self._by_keys(session, [i.idempotency_key for i in intents])
-            if len(known) != len(intents):
-                raise
-            return [known[i.idempotency_key] for i in intents]
+        if self._pg_allocate is not None:
+            return self._allocate_pg(intents, ledger)
+        return self._allocate_sqlite(intents, ledger)
 
-    def _take(self, session: Session, count: int, next_nonce: int) -> list[int]:
-        """`count` nonces: the lowest freed ones, then the counter's; taken in this transaction."""
-        free = [int(n) for n in session.execute(_FREE_NONCES, {**self._key, "w_count": count}).scalars()]
-        if free:
-            session.execute(_TAKE_FREE, {**self._key, "w_nonces": free})
-        fresh = list(range(next_nonce, next_nonce + count - len(free)))
-        if fresh:
-            session.execute(_SET_COUNTER, {**self._key, "w_next": next_nonce + len(fresh)})
-        return free + fresh
+    def _allocate_sqlite(self, intents: Sequence[Intent], ledger: Sequence[ActionLedger]) -> list[TxRecord]:
+        """`allocate` on SQLite, on the DBAPI connection (keepers.store.allocate_sqlite)."""
+        fence = self.fences.fence() if self.fences is not None else None
+        token = fence.token if fence is not None else None
+        now = dt.datetime.now(dt.UTC)
+        values = {i.idempotency_key: self._values(i, 0, token, now) for i in intents}
+        self.transactions += 1
+        raw = self.engine.raw_connection()
+        try:
+            made = self._sqlite.allocate(
+                raw.driver_connection,  # type: ignore[arg-type]
+                list(values.values()),
+                [r.model_dump(exclude={"id"}) for r in ledger],
+                fence,
+            )
+        except sqlite3.IntegrityError:
+            made = {}  # a racing allocation of the same key won: its records are the answer
+        finally:
+            raw.close()
+        out: dict[str, TxRecord] = {}
+        for key, (tx_id, nonce) in made.items():
+            out[key] = TxRecord(**{**values[key], "id": tx_id, "nonce": nonce})
+        if len(out) < len(intents):
+            with self._session() as session:
+                out.update(self._by_keys(session, [k for k in values if k not in out]))
+        return [out[i.idempotency_key] for i in intents]
+
+    def _allocate_pg(self, intents: Sequence[Intent], ledger: Sequence[ActionLedger]) -> list[TxRecord]:
+        """`allocate` on PostgreSQL: one statement, one round trip (keepers.store.allocate_pg)."""
+        assert self._pg_allocate is not None
+        holder, terms, token = "", [], None
+        if self.fences is not None:
+            fence = self.fences.fence()
+            holder, terms, token = fence.holder, [list(t) for t in fence.terms], fence.token
+        now = dt.datetime.now(dt.UTC)
+        records = [
+            {c: v for c, v in self._values(i, 0, token, now).items() if c in allocate_pg.RECORD_COLUMNS}
+            | {"value": str(i.value)}
+            for i in intents
+        ]
+        params = {
+            "chain": self.chain_id, "signer": self.signer, "holder": holder, "token": token,
+            "terms": jsonfast.dumps(terms), "records": jsonfast.dumps(records),
+            "ledger": jsonfast.dumps([r.model_dump(mode="json", exclude={"id"}) for r in ledger]),
+        }  # fmt: skip
+        self.transactions += 1
+        try:
+            with self._pg_allocate.connect() as conn:
+                rows = conn.execute(_PG_ALLOCATE, params).mappings().all()
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) == allocate_pg.NOT_LEADER:
+                raise NotLeader(str(exc.orig).splitlines()[0]) from None
+            if isinstance(exc, IntegrityError):
+                # A racing allocation of the same key won: its records are the answer.
+                with self._session() as session:
+                    known = self._by_keys(session, [i.idempotency_key for i in intents])
+                if len(known) == len(intents):
+                    return [known[i.idempotency_key] for i in intents]
+            raise
+        out = {r["idempotency_key"]: TxRecord(**r) for r in rows}
+        return [out[i.idempotency_key] for i in intents]
 
     def _values(self, intent: Intent, nonce: int, token: int | None, now: dt.datetime) -> dict[str, Any]:
         return {
@@ -255,12 +291,11 @@ class TxRecords:
         moves: Iterable[Move],
         ledger: Iterable[LedgerUpdate] = (),
         attempts: Iterable[TxAttempt] = (),
-        free: bool = True,
     ) -> list[int]:
         """Applies compare-and-set moves (with the attempts that made them and the ledger rows
         they decide) in one database transaction; returns the ids that moved. A move whose
         record is not in one of its target's from-states changes nothing. A record dropped
-        frees its nonce, unless `free` is False (its nonce goes to a replacement)."""
+        frees its nonce, unless its move says the chain used it."""
         moves, ledger, attempts = list(moves), list(ledger), list(attempts)
         if not (moves or ledger or attempts):
             return []
@@ -286,7 +321,7 @@ class TxRecords:
                 if row is None:
                     continue
                 moved.append(int(row[0]))
-                if m.target is TxState.DROPPED and free and not self._held(session, int(row[1])):
+                if m.target is TxState.DROPPED and m.free_nonce and not self._held(session, int(row[1])):
                     session.add(FreeNonce(chain_id=self.chain_id, signer=self.signer, nonce=int(row[1])))
             moving = {m.tx_id for m in moves}
             for a in attempts:
@@ -433,7 +468,12 @@ class TxRecords:
 
     # ---------------------------------------------------------- reconciliation
 
-    def reconcile(self, chain_nonce: int, mined_at: ReceiptLookup) -> ReconcileReport:
+    def reconcile(
+        self,
+        chain_nonce: int,
+        mined_at: ReceiptLookup,
+        ended: Callable[[Sequence[TxRecord], Sequence[Move]], list[LedgerUpdate]] | None = None,
+    ) -> ReconcileReport:
         """Aligns the records with the chain, whose mined transaction count is `chain_nonce`.
 
         Below it every nonce is used: a pending record of ours is confirmed if its transaction
@@ -445,7 +485,6 @@ class TxRecords:
         report = ReconcileReport(chain_nonce=chain_nonce)
         records = self.open_records()
         moves: list[Move] = []
-        consumed: list[Move] = []
         for rec in records:
             assert rec.id is not None
             state = TxState(rec.state)
@@ -455,13 +494,13 @@ class TxRecords:
                     moves.append(Move(rec.id, TxState.CONFIRMED, "found mined", {"included_block": block}))
                     report.confirmed.append(rec.id)
                 else:
-                    consumed.append(Move(rec.id, TxState.DROPPED, "nonce used by another transaction"))
+                    reason = "nonce used by another transaction"
+                    moves.append(Move(rec.id, TxState.DROPPED, reason, free_nonce=False))
                     report.consumed.append(rec.id)
             elif rec.nonce >= chain_nonce and state in MINED:
                 moves.append(Move(rec.id, TxState.UNCONFIRMED, "reorged out", {"included_block": None}))
                 report.reorged.append(rec.id)
-        self.apply(moves)
-        self.apply(consumed, free=False)
+        self.apply(moves, ended(records, moves) if ended is not None and moves else ())
         with self._session() as session, session.begin():
             next_nonce = self._lock(session)
             # Nonces the chain has used are not free, whoever used them.

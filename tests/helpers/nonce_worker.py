@@ -1,4 +1,5 @@
-"""A separate process allocating nonces, as one keeper process does.
+"""A separate process allocating nonces, as one keeper process does: under a lease of its own
+(a keeper kind's leader lease), checked by every allocation as in production.
 
 python -m tests.helpers.nonce_worker URL CHAIN SIGNER WORKER COUNT SEED
 """
@@ -10,15 +11,30 @@ import random
 import sys
 import time
 
+from keepers.ha.lease import Fence, LeaseStore
 from keepers.store.engine import make_engine
 from keepers.tx.records import Intent, Move, TxRecords
 from keepers.tx.states import TxState
 
 
+class _Lease:
+    """The fence of one lease held for the whole run."""
+
+    def __init__(self, leases: LeaseStore, scope: str, holder: str) -> None:
+        term = leases.acquire(scope, holder, ttl=3600)
+        assert term is not None
+        self._fence = Fence(leases, holder, ((scope, term.token),))
+
+    def fence(self) -> Fence:
+        return self._fence
+
+
 def main() -> None:
     url, chain, signer, worker, count, seed = sys.argv[1:7]
     rng = random.Random(int(seed))
-    nm = TxRecords(make_engine(url), int(chain), signer)
+    engine = make_engine(url)
+    lease = _Lease(LeaseStore(engine), f"nonce-worker:{worker}", worker)
+    nm = TxRecords(engine, int(chain), signer, fences=lease)
     mine: list[int] = []
     released = 0
     nm.next_nonce()  # connect and warm up before the clock starts

@@ -9,11 +9,12 @@ import sys
 import time
 
 import pytest
+from sqlmodel import Session, select
 
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
-from keepers.store.tables import TxRecord
-from keepers.tx.records import Intent, Move, TxRecords
+from keepers.store.tables import ActionLedger, TxRecord
+from keepers.tx.records import Intent, LedgerUpdate, Move, TxRecords
 from keepers.tx.states import TxState
 
 pytestmark = pytest.mark.integration
@@ -107,6 +108,39 @@ def test_reconcile_confirms_drops_and_detects_reorg(db_url: str):
     report = nm.reconcile(1, lambda rec: {"0xhash0": 10}.get(rec.tx_hash or ""))
     assert report.reorged == [recs[1].id]
     assert nm.get(recs[1].id).state == TxState.UNCONFIRMED  # type: ignore[arg-type,union-attr]
+
+
+def test_what_reconcile_decides_is_booked_in_the_ledger_with_it(db_url: str):
+    """Reconciliation decides records too (found mined, nonce used by another transaction);
+    their actions' ledger rows end in the same transaction, or nothing would ever end them (the
+    settlement books only what it moves itself)."""
+    engine = make_engine(db_url)
+    migrate(engine)
+    nm = TxRecords(engine, 1, SIGNER)
+    rows = [
+        ActionLedger(
+            chain_id=1, keeper="k", strategy="s", idempotency_key=key, decided_block=1, status="pending"
+        )
+        for key in ("a", "b")
+    ]
+    a, b = nm.allocate([Intent("a#0", to=None), Intent("b#0", to=None)], ledger=rows)
+    _sent(nm, a, "0xa")
+    _sent(nm, b, "0xb")
+
+    def ended(records: list[TxRecord], moves: list[Move]) -> list[LedgerUpdate]:
+        key = {r.id: r.idempotency_key.split("#")[0] for r in records}
+        return [
+            LedgerUpdate(key[m.tx_id], "included" if m.target is TxState.CONFIRMED else "missed")
+            for m in moves
+        ]
+
+    report = nm.reconcile(2, lambda rec: 7 if rec.tx_hash == "0xa" else None, ended)
+    assert (report.confirmed, report.consumed) == ([a.id], [b.id])
+    with Session(engine) as s:
+        status = {r.idempotency_key: r.status for r in s.exec(select(ActionLedger))}
+    assert status == {"a": "included", "b": "missed"}
+    assert nm.gaps() == []
+    assert _one(nm, "c").nonce == 2, "the consumed nonce is not handed out again"
 
 
 def test_counter_never_falls_below_the_chain(db_url: str):
