@@ -127,6 +127,15 @@ class DbTransactions:
         event.listen(engine, "commit", self._on_commit)
         txm.settle = self._counted(txm.settle)  # type: ignore[method-assign]
         txm.submit = self._counted(txm.submit)  # type: ignore[method-assign]
+        # The allocation commits on the DBAPI connection (SQLite) or in autocommit
+        # (PostgreSQL), where SQLAlchemy sees no commit: one transaction a call.
+        allocate = txm.records.allocate
+
+        def counted_allocate(*args: Any, **kwargs: Any) -> Any:
+            self._on_commit(None)
+            return allocate(*args, **kwargs)
+
+        txm.records.allocate = counted_allocate  # type: ignore[method-assign]
 
     def _on_commit(self, _conn: Any) -> None:
         if self._inside.get():

@@ -195,6 +195,7 @@ class TxRecords:
         now = dt.datetime.now(dt.UTC)
         values = {i.idempotency_key: self._values(i, 0, token, now) for i in intents}
         self.transactions += 1
+        refused: sqlite3.IntegrityError | None = None
         raw = self.engine.raw_connection()
         try:
             made = self._sqlite.allocate(
@@ -203,16 +204,18 @@ class TxRecords:
                 [r.model_dump(exclude={"id"}) for r in ledger],
                 fence,
             )
-        except sqlite3.IntegrityError:
-            made = {}  # a racing allocation of the same key won: its records are the answer
+        except sqlite3.IntegrityError as exc:  # unless a racing allocation of the keys won
+            refused, made = exc, {}
         finally:
             raw.close()
         out: dict[str, TxRecord] = {}
         for key, (tx_id, nonce) in made.items():
             out[key] = TxRecord(**{**values[key], "id": tx_id, "nonce": nonce})
-        if len(out) < len(intents):
+        if len(out) < len(intents):  # keys allocated before: their records are the answer
             with self._session() as session:
                 out.update(self._by_keys(session, [k for k in values if k not in out]))
+        if refused is not None and len(out) < len(intents):
+            raise refused
         return [out[i.idempotency_key] for i in intents]
 
     def _allocate_pg(self, intents: Sequence[Intent], ledger: Sequence[ActionLedger]) -> list[TxRecord]:
