@@ -23,6 +23,7 @@ from keepers.chain.source import BlockSource
 from keepers.engine.candidates import CandidateSource, no_candidates, shard_key
 from keepers.engine.decide import decide
 from keepers.engine.market import MarketSnapshot, SnapshotReader
+from keepers.engine.pauses import CollectBetweenBlocks
 from keepers.engine.strategy import BlockContext, Strategy
 from keepers.ha.elector import LeaderElector
 from keepers.ha.lease import NotLeader
@@ -97,6 +98,7 @@ class KeeperLoop:
         self._warmed = False
         self.state = KeeperState()
         self._tasks: anyio.abc.TaskGroup | None = None
+        self.collector = CollectBetweenBlocks()
 
     async def run(self) -> None:
         """Runs until cancelled; on cancellation, keeps settling what is in flight first."""
@@ -106,6 +108,7 @@ class KeeperLoop:
                 async for number in self.source.heads():
                     if number > self.state.last_block and not self.state.draining:
                         await self.step(number)
+                        self.collector.after_block()
             finally:
                 self.state.draining = True
                 with anyio.CancelScope(shield=True), anyio.move_on_after(self.drain_timeout):

@@ -22,6 +22,7 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_utils.crypto import keccak
 
+from keepers.engine.pauses import CollectBetweenBlocks
 from keepers.relay.builder import BlockBuilder, Bundle, tx_hash
 from keepers.relay.gate import ReadWriteGate
 from keepers.relay.jsonrpc import JsonRpc, RpcError
@@ -111,6 +112,7 @@ class Relay:
         self.rpc: JsonRpc | None = None
         self.builder: BlockBuilder | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self.collector = CollectBetweenBlocks()
 
     async def start(self) -> None:
         self.session = aiohttp.ClientSession()
@@ -150,6 +152,7 @@ class Relay:
                 b for b in self.state.bundles if id(b) not in chosen_ids and (b.block > block)
             ]
         log.info("block built", block=block, bundles=[b.hash for b in chosen])
+        self.collector.after_block()  # a full collection here, not inside a simulation
         return {"blockNumber": hex(block), "bundles": [b.hash for b in chosen]}
 
     async def dispatch(

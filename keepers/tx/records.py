@@ -50,9 +50,12 @@ _RECORD_COLUMNS = (
     "gas_limit", "max_fee_per_gas", "max_priority_fee_per_gas", "target_block", "deadline_block", "reason",
     "created_at", "updated_at",
 )  # fmt: skip
+# Columns named, not `*`: a table migrated from an older schema has them in another order,
+# and a text query's typed columns are matched by position.
+_RECORD_NAMES = ", ".join(f'"{c.name}"' for c in TX_RECORDS.c)
 _PG_ALLOCATE = text(
-    "SELECT * FROM keepers_allocate(:chain, :signer, :holder, CAST(:terms AS jsonb), :token, "
-    "CAST(:records AS jsonb), CAST(:ledger AS jsonb))"
+    f"SELECT {_RECORD_NAMES} FROM keepers_allocate(:chain, :signer, :holder, CAST(:terms AS jsonb), "  # noqa: S608
+    ":token, CAST(:records AS jsonb), CAST(:ledger AS jsonb))"
 ).columns(*TX_RECORDS.c)
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import inspect, text
 
+from keepers.ha.lease import Fence, LeaseStore
 from keepers.store.engine import make_engine
 from keepers.store.migrations import MIGRATIONS, current_version, migrate
+from keepers.tx.records import Intent, TxRecords
 
 pytestmark = pytest.mark.integration
 
@@ -23,11 +25,11 @@ def test_a_version_one_database_gains_the_ledger_and_reorg_marker(db_url: str):
         conn.execute(text("DELETE FROM schemaversion WHERE version > 1"))
     assert current_version(engine) == 1
 
-    assert migrate(engine) == [2, 3, 4, 5, 6]
+    assert migrate(engine) == [2, 3, 4, 5, 6, 7]
     insp = inspect(engine)
     assert "actionledger" in insp.get_table_names()
     assert "reorged_block" in {c["name"] for c in insp.get_columns("order")}
-    assert current_version(engine) == 6
+    assert current_version(engine) == 7
 
 
 def test_a_version_two_database_gains_leases_and_fence_tokens(db_url: str):
@@ -37,7 +39,7 @@ def test_a_version_two_database_gains_leases_and_fence_tokens(db_url: str):
         conn.execute(text("DROP TABLE lease"))
         conn.execute(text("ALTER TABLE txrecord DROP COLUMN fence_token"))
         conn.execute(text("DELETE FROM schemaversion WHERE version > 2"))
-    assert migrate(engine) == [3, 4, 5, 6]
+    assert migrate(engine) == [3, 4, 5, 6, 7]
     insp = inspect(engine)
     assert "lease" in insp.get_table_names()
     assert "fence_token" in {c["name"] for c in insp.get_columns("txrecord")}
@@ -50,7 +52,7 @@ def test_a_version_three_database_gains_the_order_delta_index(db_url: str):
         conn.execute(text("DROP INDEX ix_order_chain_updated"))
         conn.execute(text("DELETE FROM schemaversion WHERE version > 3"))
     assert "ix_order_chain_updated" not in {i["name"] for i in inspect(engine).get_indexes("order")}
-    assert migrate(engine) == [4, 5, 6]
+    assert migrate(engine) == [4, 5, 6, 7]
     assert "ix_order_chain_updated" in {i["name"] for i in inspect(engine).get_indexes("order")}
 
 
@@ -60,7 +62,7 @@ def test_a_version_four_database_gains_the_order_tolerance(db_url: str):
     with engine.begin() as conn:
         conn.execute(text('ALTER TABLE "order" DROP COLUMN tolerance_bps'))
         conn.execute(text("DELETE FROM schemaversion WHERE version > 4"))
-    assert migrate(engine) == [5, 6]
+    assert migrate(engine) == [5, 6, 7]
     assert "tolerance_bps" in {c["name"] for c in inspect(engine).get_columns("order")}
 
 
@@ -71,7 +73,37 @@ def test_a_version_five_database_gains_the_transaction_fees(db_url: str):
         conn.execute(text("ALTER TABLE txrecord DROP COLUMN max_fee_per_gas"))
         conn.execute(text("ALTER TABLE txrecord DROP COLUMN max_priority_fee_per_gas"))
         conn.execute(text("DELETE FROM schemaversion WHERE version > 5"))
-    assert migrate(engine) == [6]
+    assert migrate(engine) == [6, 7]
     assert {"max_fee_per_gas", "max_priority_fee_per_gas"} <= {
         c["name"] for c in inspect(engine).get_columns("txrecord")
     }
+    # The columns came back at the end of the table: allocation still fills every field right.
+    fence = _Fence(LeaseStore(engine), "scope")
+    (rec,) = TxRecords(engine, 1, "0xab", fences=fence).allocate(
+        [Intent("k", to="0x01", value=5, gas_limit=50_000, max_fee_per_gas=7, max_priority_fee_per_gas=3)]
+    )
+    assert (rec.nonce, rec.state, rec.to, rec.value, rec.gas_limit) == (0, "unstarted", "0x01", 5, 50_000)
+    assert (rec.max_fee_per_gas, rec.max_priority_fee_per_gas, rec.fence_token) == (7, 3, fence.token)
+
+
+def test_a_version_six_database_allocates_in_one_statement(db_url: str):
+    engine = make_engine(db_url)
+    migrate(engine)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("DROP FUNCTION keepers_allocate"))
+        conn.execute(text("DELETE FROM schemaversion WHERE version > 6"))
+    assert migrate(engine) == [7]
+    assert TxRecords(engine, 1, "0xab").allocate([Intent("k", to=None)])[0].nonce == 0
+
+
+class _Fence:
+    """A lease held for the test, as a leader's."""
+
+    def __init__(self, leases: LeaseStore, scope: str) -> None:
+        term = leases.acquire(scope, "me", ttl=60)
+        assert term is not None
+        self.leases, self.scope, self.token = leases, scope, term.token
+
+    def fence(self) -> Fence:
+        return Fence(self.leases, "me", ((self.scope, self.token),))
