@@ -29,6 +29,7 @@ from keepers.ha.elector import LeaderElector
 from keepers.ha.lease import NotLeader
 from keepers.ha.shards import ShardSet
 from keepers.obs import metrics
+from keepers.store.engine import checkpoint_wal
 from keepers.store.ledger import Ledger
 from keepers.store.tables import Order
 from keepers.tx.actions import Action
@@ -258,10 +259,12 @@ class KeeperLoop:
         self.state.in_flight = self.txm.pending_actions
 
     async def _maintain(self, head: int) -> None:
-        """Reconcile nonces with the chain, fill gaps, observe (first block, then every few)."""
+        """Reconcile nonces with the chain, fill gaps, observe, checkpoint the store's WAL (first
+        block, then every few)."""
         self._maintaining = True
         try:
             await self.txm.maintain(head)
+            await anyio.to_thread.run_sync(checkpoint_wal, self.txm.records.engine)
         except Exception as exc:  # noqa: BLE001 - maintenance retries next round
             log.warning("maintenance failed", error=repr(exc))
         finally:
