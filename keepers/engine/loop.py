@@ -126,6 +126,9 @@ class KeeperLoop:
             if head > seen:
                 seen = head
                 self._record(await self.txm.settle(head))
+                # A bundle that missed its block is carried into the next one: with no new
+                # actions coming, it goes again on its own (else it waits out its deadline).
+                self._record(await self.txm.submit([], head, 0))
             await anyio.sleep(self.source.poll_interval)
         self.state.in_flight = self.txm.pending_actions
 

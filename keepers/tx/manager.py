@@ -156,6 +156,8 @@ class TxManager:
         self._actions: dict[str, Action] = {}
         #: Actions this settlement replaced by a no-op (dropped outside its moves).
         self._superseded: set[str] = set()
+        #: Actions that maintenance (reconciliation) ended, reported by the next settlement.
+        self._ended_elsewhere: list[Outcome] = []
         self._lock = anyio.Lock()
 
     # ------------------------------------------------------------------ state
@@ -473,7 +475,7 @@ class TxManager:
         async with self._lock:
             records = await anyio.to_thread.run_sync(self.records.open_records)
             if not records:
-                return []
+                return self._reported([])
             watch = [r for r in records if self._due(r, head)]
             mined = await self._mined(watch)
             crash_point("after-receipt")
@@ -490,16 +492,21 @@ class TxManager:
             # that made the same move reports it itself.
             mine = {action_key_of(r) for r in records if r.id in moved} | self._superseded
             self._superseded = set()
-            outcomes = [o for o in outcomes if o.action_key in mine]
-            for o in outcomes:
-                if o.status is not Status.REORGED:
-                    self._actions.pop(o.action_key, None)
-                metrics.ACTIONS.labels(self.chain, str(o.status)).inc()
-                if o.status is Status.INCLUDED:
-                    metrics.BUNDLES.labels(self.chain, "included").inc()
-                elif o.status is Status.MISSED:
-                    metrics.BUNDLES.labels(self.chain, "missed").inc()
-            return outcomes
+            return self._reported([o for o in outcomes if o.action_key in mine])
+
+    def _reported(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """A settlement's outcomes, with what maintenance ended since the last one: their
+        actions leave this process's books and are counted."""
+        outcomes, self._ended_elsewhere = outcomes + self._ended_elsewhere, []
+        for o in outcomes:
+            if o.status is not Status.REORGED:
+                self._actions.pop(o.action_key, None)
+            metrics.ACTIONS.labels(self.chain, str(o.status)).inc()
+            if o.status is Status.INCLUDED:
+                metrics.BUNDLES.labels(self.chain, "included").inc()
+            elif o.status is Status.MISSED:
+                metrics.BUNDLES.labels(self.chain, "missed").inc()
+        return outcomes
 
     async def _unless_used(self, moves: list[Move], records: Sequence[TxRecord]) -> list[Move]:
         """The moves, less those that free or unconfirm a nonce the chain has used: a receipt
@@ -679,12 +686,21 @@ class TxManager:
             mined = await self._mined(records)
             chain_nonce = await self.chain_reads.nonce(self.signer.address)
             lookup = {tx_id: m.block for tx_id, m in mined.items()}
+            ended: list[tuple[Sequence[TxRecord], list[Outcome]]] = []
+
+            def ledger_of(recs: Sequence[TxRecord], moves: Sequence[Move]) -> list[LedgerUpdate]:
+                outcomes, ledger = self._ended(recs, moves, mined)
+                ended.append((recs, outcomes))
+                return ledger
+
             report = await anyio.to_thread.run_sync(
-                lambda: self.records.reconcile(
-                    chain_nonce, lambda rec: lookup.get(rec.id or 0),
-                    lambda recs, moves: self._ended(recs, moves, mined)[1],
-                )
-            )  # fmt: skip
+                lambda: self.records.reconcile(chain_nonce, lambda rec: lookup.get(rec.id or 0), ledger_of)
+            )
+            # What reconciliation ended is this process's to report, as a settlement's would be
+            # (else an action it sent would stay in flight: settlement reports what it moves).
+            for recs, outcomes in ended:
+                mine = {action_key_of(r) for r in recs if r.id in report.moved}
+                self._ended_elsewhere += [o for o in outcomes if o.action_key in mine]
             metrics.NONCE_GAPS.labels(self.chain).set(len(report.gaps))
             if report.consumed or report.reorged or report.recovered:
                 log.warning(

@@ -114,6 +114,7 @@ class ReconcileReport:
     reorged: list[int] = field(default_factory=list)  # tx ids no longer mined
     gaps: list[int] = field(default_factory=list)  # nonces that must be filled
     recovered: list[int] = field(default_factory=list)  # unheld nonces at or above the chain's, freed
+    moved: list[int] = field(default_factory=list)  # tx ids this reconciliation moved (not another process)
 
 
 #: A receipt lookup for reconciliation: record -> block number, or None if not mined.
@@ -506,7 +507,7 @@ class TxRecords:
             elif rec.nonce >= chain_nonce and state in MINED:
                 moves.append(Move(rec.id, TxState.UNCONFIRMED, "reorged out", {"included_block": None}))
                 report.reorged.append(rec.id)
-        self.apply(moves, ended(records, moves) if ended is not None and moves else ())
+        report.moved = self.apply(moves, ended(records, moves) if ended is not None and moves else ())
         with self._session() as session, session.begin():
             next_nonce = self._lock(session)
             # Nonces the chain has used are not free, whoever used them.

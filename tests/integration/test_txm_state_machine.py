@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from sqlmodel import select
 
-from keepers.ha.lease import NotLeader
+from keepers.ha.lease import Fence, LeaseStore, NotLeader
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
 from keepers.store.tables import TxRecord
@@ -147,22 +147,31 @@ class FixedFees(FeeEstimator):
         return Fees(2 * 10**9, 10**8)
 
 
-class Fence:
-    """A lease the test can take away: allocation refuses while it is lost."""
+class Lease:
+    """A worker's real lease, which the test can take away: the worker goes on presenting the
+    token it was granted (a stale leader), and the store refuses it while the lease is lost."""
 
-    def __init__(self) -> None:
+    def __init__(self, leases: LeaseStore, scope: str) -> None:
+        self.leases, self.scope = leases, scope
+        self.token = 0
         self.held = True
 
-    def fence(self) -> Fence:
-        return self
-
     @property
-    def token(self) -> int | None:
-        return None
+    def held(self) -> bool:
+        return self._held
 
-    def verify(self, _conn: object) -> None:
-        if not self.held:
-            raise NotLeader("lease lost")
+    @held.setter
+    def held(self, held: bool) -> None:
+        if held:
+            term = self.leases.acquire(self.scope, "worker", ttl=3600)
+            assert term is not None
+            self.token = term.token
+        else:
+            self.leases.release(self.scope, "worker")
+        self._held = held
+
+    def fence(self) -> Fence:
+        return Fence(self.leases, "worker", ((self.scope, self.token),))
 
 
 class TxManagerMachine(RuleBasedStateMachine):
@@ -174,7 +183,8 @@ class TxManagerMachine(RuleBasedStateMachine):
         migrate(self.engine)
         self.signer = "0x" + os.urandom(20).hex()  # a fresh key id per example: no cleanup needed
         self.chain = ModelChain()
-        self.fences = [Fence() for _ in range(workers)]
+        leases = LeaseStore(self.engine)
+        self.fences = [Lease(leases, f"model:{self.signer}:{i}") for i in range(workers)]
         self.workers = [self._worker(i) for i in range(workers)]
         self.outcomes: dict[str, list[Status]] = {}
         self.submitted: set[str] = set()
