@@ -42,11 +42,6 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
-            # Checkpoints are a keeper's maintenance work (checkpoint_wal, between blocks): the
-            # automatic one ran inside whichever commit crossed 1,000 pages, a block's store
-            # write, and cost that block 200-300 ms. This one only bounds the WAL (40 MB) when
-            # no keeper runs.
-            cur.execute("PRAGMA wal_autocheckpoint=10000")
             cur.execute("PRAGMA busy_timeout=60000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
