@@ -28,6 +28,9 @@ from keepers.devnet.public import chain_id_cached
 KIND_NAMES = ("limit", "stop-loss", "take-profit", "twap", "iceberg")
 #: A remainder under 1/DUST_DIVISOR of the order is dust: not judged (no fee on it pays a fill).
 DUST_DIVISOR = 10_000
+#: An order still open this many blocks after it became executable is left unfilled: a busy
+#: machine may make a fill late (judged as such), but four blocks is not late, it is lost.
+UNFILLED_AFTER = 4
 
 
 @dataclass
@@ -297,10 +300,18 @@ class FillMonitor:
             self.summary.lapsed += 1  # out of reach again before anyone could fill it
             order.executable_since, order.checks_executable = None, 0
 
+    def awaiting_verdict(self) -> bool:
+        """Some open order is executable but not yet for UNFILLED_AFTER blocks."""
+        return any(
+            o.executable_since is not None and self.last_block - o.executable_since < UNFILLED_AFTER
+            for o in self.orders.values()
+        )
+
     def finish(self) -> Summary:
-        """Orders executable for at least two blocks and still open are misses."""
+        """Orders executable for UNFILLED_AFTER blocks and still open are misses."""
         for order in self.orders.values():
-            if order.executable_since is not None and self.last_block - order.executable_since >= 2:
+            since = order.executable_since
+            if since is not None and self.last_block - since >= UNFILLED_AFTER:
                 self.summary.misses.append(
                     Miss(order.order_id, order.kind, order.executable_since, None,
                          f"executable since block {order.executable_since}, still open at {self.last_block}")

@@ -39,7 +39,7 @@ from keepers.devnet.cluster import (
 )
 from keepers.devnet.deploy import Deployment, deploy_platform, write_deployment
 from keepers.devnet.market import MarketDriver
-from keepers.devnet.monitor import FillMonitor
+from keepers.devnet.monitor import UNFILLED_AFTER, FillMonitor
 from keepers.devnet.public import PublicSender, account, chain_id_cached
 from keepers.devnet.traders import TraderSim
 from keepers.devnet.view import ChainView, LiveView, plain_line, submission_totals, summary_table
@@ -50,8 +50,11 @@ log = structlog.get_logger("devnet")
 
 TRADER_KEYS = (1, 2, 3, 4, 5, 6)
 MARKET_KEY = 7
-#: Blocks the referee follows after the traders and the market stop, before its verdict.
+#: Blocks the referee follows after the traders and the market stop, at least and at most: it
+#: stops early once every executable order has its verdict (filled, or executable for
+#: `UNFILLED_AFTER` blocks), so a fill a busy machine delays is judged late, not unfilled.
 SETTLE_BLOCKS = 3
+SETTLE_MAX_BLOCKS = 3 + 2 * UNFILLED_AFTER
 
 
 @dataclass(frozen=True)
@@ -253,14 +256,21 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
 
 
 def _settle(monitors: list[FillMonitor], block_time: float) -> None:
-    """Traders and the market have stopped: the referee follows SETTLE_BLOCKS more blocks, so a
-    fill still in flight lands and is judged late (with its reason), not unfilled."""
-    targets = [mon.last_block + SETTLE_BLOCKS for mon in monitors]
-    deadline = time.monotonic() + (SETTLE_BLOCKS + 3) * block_time
+    """Traders and the market have stopped: the referee follows SETTLE_BLOCKS to
+    SETTLE_MAX_BLOCKS more blocks, until no executable order awaits its verdict, so a fill
+    still in flight lands and is judged late (with its reason), not unfilled. Bounded by
+    blocks, not by the clock: on a busy machine blocks come late too."""
+    starts = [mon.last_block for mon in monitors]
+    deadline = time.monotonic() + 3 * (SETTLE_MAX_BLOCKS + 3) * block_time  # a node that stopped
+
+    def settled(mon: FillMonitor, start: int) -> bool:
+        followed = mon.last_block - start
+        return followed >= SETTLE_MAX_BLOCKS or (followed >= SETTLE_BLOCKS and not mon.awaiting_verdict())
+
     while time.monotonic() < deadline:
         for mon in monitors:
             mon.poll()
-        if all(mon.last_block >= t for mon, t in zip(monitors, targets, strict=True)):
+        if all(settled(mon, start) for mon, start in zip(monitors, starts, strict=True)):
             return
         time.sleep(0.1)
 
