@@ -17,7 +17,6 @@ from keepers.config.loader import Problem
 from keepers.config.schema import KEEPER_KINDS
 from keepers.devnet.deploy import DeployError
 from keepers.engine.plugins import PluginError
-from keepers.replay import ReplayError
 from keepers.toolchain import ToolchainError
 
 
@@ -59,23 +58,75 @@ def _config_check(args: argparse.Namespace) -> int:
         state = "enabled" if k.enabled else "disabled"
         kind = "" if settings.kind_of(name) == name else f" ({settings.kind_of(name)})"
         print(f"  keeper {name}{kind}: strategy {k.strategy} on {k.chain} ({state})")
-    print(f"  signer: {settings.signer.describe()}; database: {settings.database_url.split(':', 1)[0]}")
+    signing = settings.signer_url or (settings.signer.describe() if settings.signer else "each keeper's own")
+    print(f"  signer: {signing}; database: {settings.database_url.split(':', 1)[0]}")
+    return 0
+
+
+def _signer_serve(args: argparse.Namespace) -> int:
+    from keepers.tx.signer_service import main as serve_main
+
+    return serve_main(args.args)
+
+
+def _signer_address(args: argparse.Namespace) -> int:
+    import anyio
+    from eth_account import Account
+
+    from keepers.config.secrets import SecretError
+    from keepers.tx.remote_signer import RemoteSigner
+    from keepers.tx.signer import SignerError
+
+    settings = load_config(args.config)
+    name = args.name or next(iter(settings.keepers), None)
+    if name is None or name not in settings.keepers:
+        print(f"keepers: no keeper {name!r} in {args.config}", file=sys.stderr)
+        return 2
+    url, key = settings.signer_of(name)
+    try:
+        if url is not None:
+            chain_id = settings.chains[settings.keepers[name].chain].chain_id
+            remote = RemoteSigner(url, chain_id)
+
+            async def ask() -> str:
+                try:
+                    return await remote.connect()
+                finally:
+                    await remote.close()
+
+            print(anyio.run(ask))
+        else:
+            assert key is not None
+            print(Account.from_key(key.resolve()).address)
+    except (SecretError, SignerError) as exc:
+        print(f"keepers: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
     import anyio
 
-    from keepers.obs.logging import configure_logging
-    from keepers.runtime import run_keeper
+    from keepers.tx.signer_process import SignerProcess
 
     settings = load_config(args.config)
     if args.name not in settings.keepers:
         configured = ", ".join(settings.keepers) or "none"
         print(f"keepers: {args.config}: no [keepers.{args.name}] (configured: {configured})", file=sys.stderr)
         return 2
+    # The signer process starts before the runtime (and any plugin) is imported: libraries
+    # that read the whole environment on import would otherwise copy a key variable first.
+    url, key = settings.signer_of(args.name)
+    child = None
+    if url is None and key is not None:
+        chain_id = settings.chains[settings.keepers[args.name].chain].chain_id
+        child = SignerProcess.spawn(key, chain_id, settings.signer_max_fees_per_hour_eth)
+
+    from keepers.obs.logging import configure_logging
+    from keepers.runtime import run_keeper
+
     configure_logging(settings.log_level, keeper=args.name)
-    anyio.run(run_keeper, settings, args.name)
+    anyio.run(run_keeper, settings, args.name, child)
     return 0
 
 
@@ -110,6 +161,19 @@ def _store_for(config: Path, chain: str | None) -> tuple[Engine, int, str]:
     engine = make_engine(settings.database_url)
     migrate(engine)
     return engine, settings.chains[name].chain_id, name
+
+
+def _order_id(text: str) -> int:
+    """argparse type of an order id: a uint256 in plain decimal (int() would take -1, " 1",
+    1_0, Unicode digits, and ids no store can hold)."""
+    from keepers.store.order_status import parse_order_id
+
+    order_id = parse_order_id(text)
+    if order_id is None:
+        shown = ascii(text)  # escaped and cut short: the argument may be anything
+        shown = shown if len(shown) <= 42 else shown[:41] + "'..."
+        raise argparse.ArgumentTypeError(f"{shown} is not an order id (a decimal integer below 2**256)")
+    return order_id
 
 
 def _orders_show(args: argparse.Namespace) -> int:
@@ -163,6 +227,18 @@ def _pnl(args: argparse.Namespace) -> int:
             f"{r.net_wei / 1e18:>12.6f}"
         )
     return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    # keepers.replay is imported here, not at the top: it pulls in the whole runtime, and
+    # `keepers run` moves its key out of the environment before that happens.
+    from keepers.replay import ReplayError
+
+    try:
+        return _replay_record(args) if args.replay_command == "record" else _replay_run(args)
+    except ReplayError as exc:
+        print(f"keepers: {exc}", file=sys.stderr)
+        return 2
 
 
 def _replay_record(args: argparse.Namespace) -> int:
@@ -267,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     orders = sub.add_parser("orders", help="where traders' orders stand (from the keeper's store)")
     orders_sub = orders.add_subparsers(dest="orders_command", required=True)
     show = orders_sub.add_parser("show", help="one order: status, executable and fill blocks, fills")
-    show.add_argument("order_id", type=int)
+    show.add_argument("order_id", type=_order_id)
     show.add_argument("--config", type=Path, required=True)
     show.add_argument("--chain", help="chain name in the config (default: the first)")
     show.add_argument("--json", action="store_true", help="print JSON (as the HTTP API does)")
@@ -285,14 +361,26 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--deployment", type=Path, required=True, help="deployment.json of the platform")
     record.add_argument("--blocks", type=int, default=100)
     record.add_argument("--out", type=Path, required=True)
-    record.set_defaults(func=_replay_record)
+    record.set_defaults(func=_replay)
     rrun = rep_sub.add_parser("run", help="what a strategy would have done and earned over a recording")
     rrun.add_argument("recording", type=Path)
     rrun.add_argument("--kind", choices=KEEPER_KINDS, required=True)
     rrun.add_argument("--strategy", required=True)
     rrun.add_argument("--params", help="the strategy's params as JSON")
     rrun.add_argument("--json", type=Path, help="also write the report as JSON here")
-    rrun.set_defaults(func=_replay_run)
+    rrun.set_defaults(func=_replay)
+
+    signer = sub.add_parser("signer", help="the process that holds a funds key (keepers never do)")
+    signer_sub = signer.add_subparsers(dest="signer_command", required=True)
+    serve = signer_sub.add_parser(
+        "serve", add_help=False, help="serve eth_signTransaction on a Unix socket (--help for its options)"
+    )
+    serve.add_argument("args", nargs=argparse.REMAINDER)
+    serve.set_defaults(func=_signer_serve)
+    address = signer_sub.add_parser("address", help="the address a keeper signs with")
+    address.add_argument("name", nargs="?", help="a [keepers.<name>] (default: the first)")
+    address.add_argument("--config", type=Path, required=True)
+    address.set_defaults(func=_signer_address)
 
     relay = sub.add_parser("relay", help="run the local Flashbots-protocol relay in front of anvil")
     relay.add_argument("--anvil", required=True, help="anvil URL (started with --no-mining --order fifo)")
@@ -312,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"keepers: invalid config:\n{exc}", file=sys.stderr)
         return 2
-    except (ToolchainError, DeployError, ReplayError, PluginError) as exc:
+    except (ToolchainError, DeployError, PluginError) as exc:
         print(f"keepers: {exc}", file=sys.stderr)
         return 2
 

@@ -44,8 +44,9 @@ from keepers.tx.fees import FeeEstimator
 from keepers.tx.flashbots import FlashbotsClient
 from keepers.tx.manager import TxManager
 from keepers.tx.records import TxRecords
+from keepers.tx.remote_signer import RemoteSigner
 from keepers.tx.routes import BundleRoute, MempoolRoute, Route
-from keepers.tx.signer import TxSigner
+from keepers.tx.signer_process import SignerProcess
 
 log = structlog.get_logger("runtime")
 
@@ -103,6 +104,8 @@ class Built:
     w3: AsyncWeb3[Any]
     chain: ChainSettings
     elector: LeaderElector | ShardSet
+    #: The signer process this keeper started (None: a signer at signer_url).
+    signer: SignerProcess | None = None
 
     async def run(self, until: Callable[[], Awaitable[None]]) -> None:
         """Runs the keeper, its lease elector alongside, until `until` returns; the loop then
@@ -111,6 +114,8 @@ class Built:
         await self.elector.step()  # a lone replica leads from its first block
         async with anyio.create_task_group() as election:
             election.start_soon(self.elector.run)
+            if self.signer is not None:
+                election.start_soon(self.signer.watch)  # its death ends the keeper
             async with anyio.create_task_group() as tg:
 
                 async def stop() -> None:
@@ -122,7 +127,31 @@ class Built:
             election.cancel_scope.cancel()
 
 
-async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> Built:
+async def start_signer(
+    settings: Settings, name: str, chain_id: int, stack: AsyncExitStack, child: SignerProcess | None = None
+) -> tuple[RemoteSigner, SignerProcess | None]:
+    """The keeper's signer: the one at its `signer_url`, else a signer process of its own
+    started from its key's reference (`child`, if `keepers run` spawned it already). Either
+    way this process never holds the key."""
+    url, key = settings.signer_of(name)
+    if url is not None:
+        signer = RemoteSigner(url, chain_id)
+        stack.push_async_callback(signer.close)
+        await signer.connect()
+        return signer, None
+    assert key is not None
+    if child is None:
+        child = SignerProcess(key, chain_id, settings.signer_max_fees_per_hour_eth)
+    stack.callback(child.close)
+    signer = RemoteSigner(child.url, chain_id)
+    stack.push_async_callback(signer.close)
+    await child.start(signer)
+    return signer, child
+
+
+async def build_keeper(
+    settings: Settings, name: str, stack: AsyncExitStack, signer_child: SignerProcess | None = None
+) -> Built:
     """The keeper configured as `[keepers.<name>]` (its name is its kind unless `kind` is set)."""
     if name not in settings.keepers:
         raise ValueError(
@@ -133,6 +162,9 @@ async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> 
         raise ValueError(f"keepers.{name}.enabled = false: this keeper is switched off in the config")
     kind = settings.kind_of(name)
     chain = settings.chains[ks.chain]
+    # The signer first: strategy plugins are loaded after any key variable has left this
+    # process's environment, and the key itself is only ever in the signer's process.
+    signer, signer_child = await start_signer(settings, name, chain.chain_id, stack, signer_child)
     engine = make_engine(settings.database_url)
     await anyio.to_thread.run_sync(migrate, engine)
     strategy: Strategy = build_strategy(ks.strategy, kind, ks.params)  # params are checked here, once
@@ -150,8 +182,6 @@ async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> 
     if chain_id != chain.chain_id:
         raise ValueError(f"chains.{ks.chain}: RPC reports chain id {chain_id}, config says {chain.chain_id}")
 
-    account = Account.from_key((ks.signer or settings.signer).resolve())
-    signer = TxSigner(account, chain_id)
     addrs = contract_addresses(chain)
     follower = ChainFollower(
         w3, engine, chain_id, event_decoder(addrs), name=name, chain_label=ks.chain,
@@ -175,7 +205,7 @@ async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> 
         assert chain.flashbots is not None
         session = await stack.enter_async_context(aiohttp.ClientSession())
         reputation = Account.from_key(chain.flashbots.reputation_key.resolve())
-        if reputation.address == account.address:
+        if reputation.address == signer.address:
             raise ValueError(f"chains.{ks.chain}.flashbots.reputation_key must not be the funds key")
         client = FlashbotsClient([str(u) for u in chain.flashbots.relays], reputation, session)
         route = BundleRoute(client, builders=chain.flashbots.builders)
@@ -187,7 +217,7 @@ async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> 
         route = MempoolRoute(w3)
     txm = TxManager(
         w3=w3,
-        records=TxRecords(engine, chain_id, account.address, fences=elector),
+        records=TxRecords(engine, chain_id, signer.address, fences=elector),
         signer=signer,
         fees=FeeEstimator(w3, chain.max_fee_gwei),
         route=route,
@@ -210,7 +240,7 @@ async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> 
         txm=txm,
         candidates=candidates_for(engine, chain_id, kind),
         snapshots=SnapshotReader(w3, list(addrs.pools), addrs.oracle, addrs.order_book),
-        keeper_address=account.address,
+        keeper_address=signer.address,
         contracts=addrs.as_dict(),
         strategy_timeout=ks.strategy_timeout,
         drain_timeout=settings.drain_timeout,
@@ -218,13 +248,13 @@ async def build_keeper(settings: Settings, name: str, stack: AsyncExitStack) -> 
         leader=elector if isinstance(elector, LeaderElector) else None,
         shards=elector if isinstance(elector, ShardSet) else None,
     )
-    return Built(loop, engine, w3, chain, elector)
+    return Built(loop, engine, w3, chain, elector, signer_child)
 
 
-async def run_keeper(settings: Settings, name: str) -> None:
+async def run_keeper(settings: Settings, name: str, signer_child: SignerProcess | None = None) -> None:
     """Runs the keeper `[keepers.<name>]` until SIGTERM or SIGINT, then drains and returns."""
     async with AsyncExitStack() as stack:
-        built = await build_keeper(settings, name, stack)
+        built = await build_keeper(settings, name, stack, signer_child)
 
         async def ready() -> tuple[bool, str]:
             try:

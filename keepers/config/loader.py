@@ -76,6 +76,18 @@ def _line_for(loc: tuple[str | int, ...], lines: Mapping[tuple[str, ...], int]) 
     return None
 
 
+def _without_value(message: str, value: Any) -> str:
+    """`message` without the value it is about, should a validator echo it (ours do not).
+    Values under 8 characters are left alone: they hide nothing and would match plain words."""
+    for v in value if isinstance(value, list) else [value]:
+        if not isinstance(v, str):
+            continue
+        for text in (v, v[2:] if v[:2].lower() == "0x" else v):
+            if len(text) >= 8:
+                message = re.sub(re.escape(text), "<value hidden>", message, flags=re.IGNORECASE)
+    return message
+
+
 def _parse_env_value(raw: str) -> Any:
     try:
         return tomllib.loads(f"v = {raw}")["v"]
@@ -86,9 +98,10 @@ def _parse_env_value(raw: str) -> Any:
 def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
     """Applies KEEPERS__ overrides in place; returns the dotted keys it set."""
     applied = []
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX):
-            continue
+    # Names first, values of ours only: reading every value would copy secrets (a funds key
+    # in an environment variable) into this process's heap.
+    for name in sorted(n for n in environ if n.startswith(ENV_PREFIX)):
+        raw = environ[name]
         path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
         node = data
         for part in path[:-1]:
@@ -121,14 +134,16 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> S
     except ValidationError as exc:
         lines = key_lines(text)
         problems = []
-        for err in exc.errors():
+        # Built from the key and pydantic's reason only: never str(exc), which prints each
+        # input_value, and a value may be a secret (a private key pasted as an address).
+        for err in exc.errors(include_url=False):
             loc = tuple(err["loc"])
             key = ".".join(str(p) for p in loc) or "(top level)"
             source = str(path)
             env_key = next((a for a in applied if key.replace("-", "_").startswith(a)), None)
             if env_key:
                 source = f"{ENV_PREFIX}{env_key.upper().replace('.', '__')}"
-            message = err["msg"].removeprefix("Value error, ")
+            message = _without_value(err["msg"].removeprefix("Value error, "), err["input"])
             if err["type"] == "extra_forbidden":
                 message = "unknown key"
             problems.append(Problem(source, None if env_key else _line_for(loc, lines), key, message))

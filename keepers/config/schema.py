@@ -2,13 +2,49 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AnyUrl, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AnyUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from keepers.config.secrets import SecretRef
+
+_HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
+def _check_address(v: str) -> str:
+    # The message never holds the value: a private key pasted here must not reach a log or a
+    # terminal. Its length is enough to tell what went wrong.
+    if not (v.startswith("0x") and len(v) == 42):
+        raise ValueError(f"not a 0x-prefixed 20-byte address (got {len(v)} characters)")
+    if not _HEX_ADDRESS.fullmatch(v):  # int(v, 16) would also take "_", spaces and Unicode digits
+        raise ValueError("not a 0x-prefixed 20-byte address (not hexadecimal)")
+    return v
+
+
+#: A contract or account address (0x + 40 hex digits, any case).
+Address = Annotated[str, AfterValidator(_check_address)]
+
+
+def _check_signer_url(v: str) -> str:
+    if not (v.startswith("unix:/") or v.startswith(("http://", "https://"))):
+        raise ValueError("a signer URL is unix:/path/to.sock, http://... or https://...")
+    return v
+
+
+#: Where a running signer serves eth_signTransaction.
+SignerUrl = Annotated[str, AfterValidator(_check_signer_url)]
 
 KEEPER_KINDS = ("limit-stop", "twap", "iceberg", "rebalancer", "liquidation", "oracle")
 
@@ -53,24 +89,14 @@ class Contracts(Strict):
     """Where the platform lives on this chain; or a deployment file written by `keepers devnet`."""
 
     deployment_file: Path | None = None
-    order_book: str | None = None
-    oracle: str | None = None
-    lending_market: str | None = None
-    vault: str | None = None
-    flash_liquidator: str | None = None
+    order_book: Address | None = None
+    oracle: Address | None = None
+    lending_market: Address | None = None
+    vault: Address | None = None
+    flash_liquidator: Address | None = None
     #: BuilderTip: lets strategies bid with a coinbase payment at the end of their bundle.
-    builder_tip: str | None = None
-    pools: list[str] = Field(default_factory=list)
-
-    @field_validator("order_book", "oracle", "lending_market", "vault", "flash_liquidator", "builder_tip")
-    @classmethod
-    def _address(cls, v: str | None) -> str | None:
-        return None if v is None else _check_address(v)
-
-    @field_validator("pools")
-    @classmethod
-    def _addresses(cls, v: list[str]) -> list[str]:
-        return [_check_address(a) for a in v]
+    builder_tip: Address | None = None
+    pools: list[Address] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _some_source(self) -> Contracts:
@@ -133,6 +159,14 @@ class KeeperSettings(Strict):
     #: This kind's own funds key (else the top-level signer). Kinds on separate keys never wait
     #: on each other's nonces: a bundle can only land after every lower nonce of its key.
     signer: SecretRef | None = None
+    #: This kind's signer already running elsewhere (else the top-level one); see Settings.
+    signer_url: SignerUrl | None = None
+
+    @model_validator(mode="after")
+    def _one_signer(self) -> KeeperSettings:
+        if self.signer is not None and self.signer_url is not None:
+            raise ValueError("give signer (a key reference) or signer_url, not both")
+        return self
 
 
 class HaSettings(Strict):
@@ -157,7 +191,15 @@ class Settings(Strict):
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
     #: Seconds SIGTERM waits for in-flight work before exiting.
     drain_timeout: float = Field(default=20.0, ge=0)
-    signer: SecretRef
+    #: The funds key's reference. The keeper starts a signer process of its own from it and
+    #: never reads the key itself: strategy code in the keeper cannot reach it.
+    signer: SecretRef | None = None
+    #: Or a signer already running: `unix:/path.sock` (the chart's sidecar, `keepers signer
+    #: serve`) or `http(s)://` (Web3Signer, Clef): anything serving eth_signTransaction.
+    signer_url: SignerUrl | None = None
+    #: The signer process a keeper starts refuses signatures whose fees (gas x maxFeePerGas,
+    #: counted once per nonce) would pass this in any hour. A signer at signer_url has its own.
+    signer_max_fees_per_hour_eth: float | None = Field(default=None, gt=0)
     chains: dict[str, ChainSettings] = Field(min_length=1)
     keepers: dict[str, KeeperSettings] = Field(default_factory=dict)
     ha: HaSettings = Field(default_factory=HaSettings)
@@ -186,16 +228,25 @@ class Settings(Strict):
                 raise ValueError(f"keepers.{name}.shards: oracle updates are singleton work (leader only)")
         return v
 
+    @model_validator(mode="after")
+    def _every_keeper_signs(self) -> Settings:
+        if self.signer is not None and self.signer_url is not None:
+            raise ValueError("give signer (a key reference) or signer_url, not both")
+        if self.signer is None and self.signer_url is None:
+            unsigned = [n for n, k in self.keepers.items() if k.signer is None and k.signer_url is None]
+            if unsigned or not self.keepers:
+                raise ValueError(
+                    f"no signer for {', '.join(unsigned) or 'the keepers'}: set signer or signer_url"
+                )
+        return self
+
+    def signer_of(self, name: str) -> tuple[str | None, SecretRef | None]:
+        """(signer URL, key reference) of `[keepers.<name>]`: its own, else the top-level one."""
+        k = self.keepers[name]
+        if k.signer_url is not None or k.signer is not None:
+            return k.signer_url, k.signer
+        return self.signer_url, self.signer
+
     def kind_of(self, name: str) -> str:
         """The kind of the keeper configured as `[keepers.<name>]`."""
         return self.keepers[name].kind or name
-
-
-def _check_address(v: str) -> str:
-    if not (v.startswith("0x") and len(v) == 42):
-        raise ValueError(f"{v!r} is not a 0x-prefixed 20-byte address")
-    try:
-        int(v, 16)
-    except ValueError:
-        raise ValueError(f"{v!r} is not hexadecimal") from None
-    return v

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 from eth_account import Account
@@ -70,6 +71,11 @@ class SecretRef(BaseModel):
 
 def _read(path: Path) -> str:
     try:
+        mode = path.stat().st_mode
+        if mode & stat.S_IROTH:
+            # Anyone on the machine can read it: the key is already shared, and the operator
+            # should learn that before it is used (chmod 600, or 440 with a group).
+            raise SecretError(f"{path} is world-readable (mode {stat.S_IMODE(mode):o}): chmod o-r it")
         return path.read_text()
     except OSError as exc:
         raise SecretError(f"cannot read {path}: {exc.strerror}") from None

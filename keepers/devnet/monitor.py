@@ -313,7 +313,7 @@ class FillMonitor:
             since = order.executable_since
             if since is not None and self.last_block - since >= UNFILLED_AFTER:
                 self.summary.misses.append(
-                    Miss(order.order_id, order.kind, order.executable_since, None,
-                         f"executable since block {order.executable_since}, still open at {self.last_block}")
+                    Miss(order.order_id, order.kind, since, None,
+                         f"executable since block {since}, still open at {self.last_block}")
                 )  # fmt: skip
         return self.summary

@@ -13,6 +13,27 @@ from keepers.store.tables import Fill, Order
 
 KIND_NAMES = ("limit", "stop-loss", "take-profit", "twap", "iceberg")
 
+#: An order id is a uint256 on chain: in decimal, at most 78 digits.
+UINT256_DIGITS = 78
+
+
+def parse_order_id(text: str) -> int | None:
+    """`text` as an order id (a uint256 in plain ASCII decimal), else None. Stricter than int(),
+    which takes signs, spaces, underscores and any Unicode digit (and "²" passes isdigit() but not
+    int()), and reads a 5,000-digit string only to raise."""
+    if not (0 < len(text) <= UINT256_DIGITS and text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if value < 2**256 else None
+
+
+def _storable(engine: Engine, order_id: int) -> bool:
+    """Whether the store's order_id column (INTEGER: 64-bit on SQLite, 32-bit on PostgreSQL) can
+    hold `order_id`. No order past it can be stored, and binding one raises (SQLite's driver:
+    OverflowError; PostgreSQL: integer out of range) where the answer is simply "not found"."""
+    limit = 2**63 if engine.dialect.name == "sqlite" else 2**31
+    return 0 <= order_id < limit
+
 
 @dataclass(frozen=True)
 class FillView:
@@ -108,6 +129,8 @@ def _fills(session: Session, chain_id: int, order_id: int) -> list[Fill]:
 
 
 def order_status(engine: Engine, chain_id: int, order_id: int) -> OrderView | None:
+    if not _storable(engine, order_id):
+        return None
     with Session(engine) as session:
         order = session.get(Order, (chain_id, order_id))
         if order is None:

@@ -49,7 +49,7 @@ from keepers.tx.fees import FeeEstimator, Fees, FeeTooHigh
 from keepers.tx.flashbots import bundle_hash
 from keepers.tx.records import Intent, LedgerUpdate, Move, ReconcileReport, TxRecords, action_key_of
 from keepers.tx.routes import BundleRoute, MempoolRoute, Route
-from keepers.tx.signer import SignedTx, TxSigner
+from keepers.tx.signer import SignedTx, Signer, SignerError
 from keepers.tx.states import FROM, MINED, PENDING, TxState
 
 log = structlog.get_logger("txm")
@@ -123,7 +123,7 @@ class TxManager:
         *,
         w3: AsyncWeb3[Any],
         records: TxRecords,
-        signer: TxSigner,
+        signer: Signer,
         fees: FeeEstimator,
         route: Route,
         chain: str,
@@ -167,10 +167,13 @@ class TxManager:
         """Actions this process sent that have not ended yet."""
         return len(self._actions)
 
-    def _sign(self, rec: TxRecord) -> SignedTx:
+    async def _sign(self, records: Sequence[TxRecord]) -> list[SignedTx]:
         # The record holds the fees it was (or will be) sent with: the same signature again,
-        # byte for byte, after a crash.
-        return self.signer.sign(rec, Fees(int(rec.max_fee_per_gas), int(rec.max_priority_fee_per_gas)))
+        # byte for byte, after a crash. One round trip to the signer for the whole batch.
+        if not records:
+            return []
+        fees = [Fees(int(r.max_fee_per_gas), int(r.max_priority_fee_per_gas)) for r in records]
+        return await self.signer.sign(list(zip(records, fees, strict=True)))
 
     # --------------------------------------------------------------- submit
 
@@ -309,7 +312,7 @@ class TxManager:
         target = head + 1
         carried_at = {r.id: at for r, at in carry}
         batch = sorted([r for r, _ in carry] + fresh, key=lambda r: r.nonce)
-        signed = [self._sign(r) for r in batch]
+        signed = await self._sign(batch)
         for _round in range(SIM_ROUNDS):
             sim = await self.route.simulate(
                 [s.raw for s in signed], target, timestamp + max(1, int(self.block_time))
@@ -330,7 +333,7 @@ class TxManager:
                 failed_actions.setdefault(action_key_of(rec), f"simulation failed: {r.error} ({why})")
             if starved and not failed_actions:
                 batch = await self._more_gas(batch, starved)
-                signed = [self._sign(r) for r in batch]
+                signed = await self._sign(batch)
                 continue
             if not failed_actions:
                 break
@@ -415,7 +418,7 @@ class TxManager:
             log.info("action refused by simulation", key=key, reason=reason, target=target)
         metrics.ACTIONS.labels(self.chain, "rejected").inc(len(failed))
         batch = sorted(carried_ok + list(kept), key=lambda r: r.nonce)
-        return batch, [self._sign(r) for r in batch], outcomes
+        return batch, await self._sign(batch), outcomes
 
     async def _mark_sent(
         self,
@@ -452,7 +455,7 @@ class TxManager:
         if not prepared:
             return []
         batch = sorted(await self._allocate(prepared, head), key=lambda r: r.nonce)
-        signed = [self._sign(r) for r in batch]
+        signed = await self._sign(batch)
         crash_point("after-sign")
         assert isinstance(self.route, MempoolRoute)
         moved = await self._mark_sent(batch, signed, head + 1, None)
@@ -535,8 +538,14 @@ class TxManager:
         attempts = (
             await anyio.to_thread.run_sync(self.records.attempt_hashes, mempool_ids) if mempool_ids else {}
         )
+        unsent = [rec for rec in records if not rec.tx_hash]
+        try:
+            resigned = {r.id: s.tx_hash for r, s in zip(unsent, await self._sign(unsent), strict=True)}
+        except SignerError as exc:  # a signer that refuses them now never signed them before
+            log.warning("cannot sign unsent records to look for them", error=str(exc), count=len(unsent))
+            resigned = {}
         for rec in records:
-            known = [rec.tx_hash] if rec.tx_hash else [self._sign(rec).tx_hash]
+            known = [h for h in (rec.tx_hash or resigned.get(rec.id),) if h]
             hashes[rec.id or 0] = list(dict.fromkeys(known + attempts.get(rec.id or 0, [])))
         receipts = await self.chain_reads.receipts(h for hs in hashes.values() for h in hs)
         canonical = await self.chain_reads.canonical({r.block_number for r in receipts.values()})
@@ -611,7 +620,7 @@ class TxManager:
                 "max_priority_fee_per_gas": bumped.max_priority_fee_per_gas,
             }
         )
-        signed = self._sign(rec)
+        (signed,) = await self._sign([rec])
         await self.route.send_raw(signed.raw)
         fields = {
             "tx_hash": signed.tx_hash, "target_block": head + 1, "max_fee_per_gas": bumped.max_fee_per_gas,
@@ -730,7 +739,7 @@ class TxManager:
 
     async def _send_now(self, rec: TxRecord, head: int) -> None:
         """Sends one record by itself (gap fills, no-op replacements)."""
-        signed = self._sign(rec)
+        (signed,) = await self._sign([rec])
         group = bundle_hash([signed.raw]) if isinstance(self.route, BundleRoute) else None
         if not await self._mark_sent([rec], [signed], head + 1, group):
             return

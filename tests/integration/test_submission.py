@@ -304,7 +304,7 @@ def test_a_gap_is_found_and_filled_so_the_stuck_transaction_lands(tmp_path):
 
         async def go() -> tuple[Any, Any]:
             # Nonce 1 is broadcast; nonce 0's action is abandoned before sending: a gap below it.
-            signed = txm.signer.sign(second, fees)
+            (signed,) = await txm.signer.sign([(second, fees)])
             await txm.w3.eth.send_raw_transaction(signed.raw)
             records.apply([Move(second.id or 0, TxState.UNCONFIRMED, "sent", {"tx_hash": signed.tx_hash})])
             records.apply([Move(first.id or 0, TxState.DROPPED, "action abandoned")])

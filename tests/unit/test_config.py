@@ -59,7 +59,7 @@ CORPUS = [
     ('signer = { env = "SIGNER" }', 'signer = { env = "SIGNER", file = "/k" }', "signer", 2),
     ('signer = { env = "SIGNER" }', 'signer = { keystore = "/k.json" }', "signer", 2),
     ('signer = { env = "SIGNER" }', 'signer = "0xdeadbeef"', "signer", 2),
-    ('signer = { env = "SIGNER" }', "", "signer", None),
+    ('signer = { env = "SIGNER" }', "", "(top level)", None),  # no signer, nor signer_url
     ("[chains.main]", "[chains.main]\nmax_fee_gwei = -1", "chains.main.max_fee_gwei", 5),
     ("[keepers.limit-stop]", '[keepers.limit-stop-polygon]\nkind = "limit-go"', "keepers", 10),
 ]  # fmt: skip
@@ -123,10 +123,16 @@ def test_secrets_resolve_by_reference_and_never_echo(tmp_path: Path, monkeypatch
     monkeypatch.setenv("K_ENV", key)
     assert SecretRef(env="K_ENV").resolve() == key
     (tmp_path / "k").write_text(key + "\n")
+    (tmp_path / "k").chmod(0o644)
+    with pytest.raises(SecretError, match="world-readable"):
+        SecretRef(file=tmp_path / "k").resolve()
+    (tmp_path / "k").chmod(0o640)
     assert SecretRef(file=tmp_path / "k").resolve() == key
     keystore = Account.encrypt(key, "pw", iterations=2)
     (tmp_path / "ks.json").write_text(json.dumps(keystore))
     (tmp_path / "pw").write_text("pw\n")
+    for private in ("ks.json", "pw"):
+        (tmp_path / private).chmod(0o600)
     assert SecretRef(keystore=tmp_path / "ks.json", password_file=tmp_path / "pw").resolve() == key
     (tmp_path / "pw").write_text("wrong")
     with pytest.raises(SecretError) as info:

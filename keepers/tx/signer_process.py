@@ -1,0 +1,130 @@
+"""The keeper's own signer process: started from the key's reference (the keeper never reads
+the key), restarted if it dies, stopped with the keeper."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import anyio
+import structlog
+
+from keepers.config.secrets import SecretRef
+from keepers.tx.remote_signer import RemoteSigner
+from keepers.tx.signer import SignerError
+
+log = structlog.get_logger("signer")
+
+#: Seconds the child has to start serving (it imports eth-account: about a second).
+START_TIMEOUT = 30.0
+
+
+def signer_args(
+    key: SecretRef, socket: Path, chain_id: int, max_fees_per_hour_eth: float | None
+) -> list[str]:
+    """`keepers signer serve` arguments for a key reference: the reference, never the key."""
+    args = ["--socket", str(socket), "--chain-id", str(chain_id)]
+    for flag, value in (
+        ("--key-env", key.env), ("--key-file", key.file), ("--keystore", key.keystore),
+        ("--password-file", key.password_file), ("--password-env", key.password_env),
+    ):  # fmt: skip
+        if value is not None:
+            args += [flag, str(value)]
+    if max_fees_per_hour_eth is not None:
+        args += ["--max-fees-per-hour-eth", repr(max_fees_per_hour_eth)]
+    return args
+
+
+class SignerProcess:
+    def __init__(self, key: SecretRef, chain_id: int, max_fees_per_hour_eth: float | None) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="keepers-signer-"))  # 0700: ours alone
+        self.socket = self._dir / "signer.sock"
+        self._argv = [
+            sys.executable, "-m", "keepers.tx.signer_service",
+            *signer_args(key, self.socket, chain_id, max_fees_per_hour_eth),
+        ]  # fmt: skip
+        self._scrub = [v for v in (key.env, key.password_env) if v is not None]
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.url = f"unix:{self.socket}"
+
+    @classmethod
+    def spawn(cls, key: SecretRef, chain_id: int, max_fees_per_hour_eth: float | None) -> SignerProcess:
+        """Starts the child, then takes the key's variables out of this process's environment:
+        the child has them, and nothing here may read them again."""
+        child = cls(key, chain_id, max_fees_per_hour_eth)
+        child._proc = subprocess.Popen(child._argv, stdin=subprocess.DEVNULL)
+        for variable in child._scrub:
+            scrub_environment(variable)
+        return child
+
+    async def start(self, client: RemoteSigner) -> str:
+        """Starts the child (unless spawned already) and waits until it answers; its address."""
+        if self._proc is None:
+            self._proc = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL)
+            for variable in self._scrub:
+                scrub_environment(variable)
+        deadline = anyio.current_time() + START_TIMEOUT
+        while True:
+            if self._proc.poll() is not None:
+                raise SignerError(f"the signer process exited with code {self._proc.returncode} at start")
+            if self.socket.exists():
+                try:
+                    return await client.connect()
+                except SignerError:
+                    pass
+            if anyio.current_time() > deadline:
+                raise SignerError(f"the signer process did not serve within {START_TIMEOUT:.0f}s")
+            await anyio.sleep(0.05)
+
+    async def watch(self) -> None:
+        """Returns never while the child lives; raises when it dies, which ends the keeper (its
+        supervisor restarts both: a key in an environment variable is gone from this process,
+        so only a fresh start can give the signer its key again)."""
+        while self._proc is not None and self._proc.poll() is None:
+            await anyio.sleep(1.0)
+        code = self._proc.returncode if self._proc is not None else None
+        raise SignerError(f"the signer process exited with code {code}")
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self.socket.unlink(missing_ok=True)
+        self._dir.rmdir()
+
+
+def scrub_environment(name: str) -> None:
+    """Removes a variable from this process's environment and zeroes its value where it was:
+    in os.environ's copy and in the C environment block (which /proc/self/environ shows), so
+    code loaded later in this process (a strategy plugin) cannot read it back."""
+    key = os.fsencode(name)
+    value = os.environb.get(key) if os.supports_bytes_environ else None
+    libc = ctypes.CDLL(None)
+    environ = ctypes.POINTER(ctypes.c_char_p).in_dll(libc, "environ")
+    prefix = key + b"="
+    i = 0
+    while environ[i] is not None:
+        entry = environ[i]
+        assert entry is not None
+        if entry.startswith(prefix):
+            address = ctypes.cast(environ, ctypes.POINTER(ctypes.c_void_p))[i]
+            assert address is not None
+            ctypes.memset(address + len(prefix), 0, len(entry) - len(prefix))
+        i += 1
+    os.environ.pop(name, None)
+    if value is not None:
+        _zero_bytes(value)
+
+
+def _zero_bytes(value: bytes) -> None:
+    # CPython keeps a bytes object's contents inline after its header; a freed object's bytes
+    # stay in the heap until reused, so they are zeroed before the last reference goes.
+    offset = sys.getsizeof(b"") - 1
+    ctypes.memset(id(value) + offset, 0, len(value))

@@ -1,0 +1,206 @@
+"""The signer process: the only process that holds a funds key. It serves `eth_accounts` and
+`eth_signTransaction` (JSON-RPC over HTTP, as Web3Signer and Clef do) on a Unix socket only the
+keeper can reach, checks what it is asked to sign (its own address, its chain, type-2 fields)
+and enforces the hourly spend limit. Strategy code never runs here."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+from eth_account import Account
+
+from keepers.config.secrets import SecretError, SecretRef
+from keepers.tx.fee_budget import BudgetExceeded, FeeBudget
+from keepers.tx.fees import Fees
+from keepers.tx.signer import TxSigner
+
+log = structlog.get_logger("signer")
+
+PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, REFUSED = (
+    -32700,
+    -32600,
+    -32601,
+    -32602,
+    -32000,
+)
+MAX_BATCH = 256
+
+
+class Refused(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _quantity(tx: dict[str, Any], field: str, required: bool = True) -> int:
+    value = tx.get(field)
+    if value is None and not required:
+        return 0
+    if not isinstance(value, str) or not value.startswith("0x") or len(value) > 66:
+        raise Refused(INVALID_PARAMS, f"{field} must be a hex quantity")
+    try:
+        return int(value, 16)
+    except ValueError:
+        raise Refused(INVALID_PARAMS, f"{field} must be a hex quantity") from None
+
+
+class SignerService:
+    def __init__(self, signer: TxSigner, chain_ids: frozenset[int], budget: FeeBudget) -> None:
+        self.signer = signer
+        self.chain_ids = chain_ids
+        self.budget = budget
+
+    def handle(self, request: Any) -> dict[str, Any]:
+        rid = request.get("id") if isinstance(request, dict) else None
+        try:
+            if not isinstance(request, dict) or not isinstance(request.get("method"), str):
+                raise Refused(INVALID_REQUEST, "not a JSON-RPC request")
+            params = request.get("params", [])
+            if not isinstance(params, list):
+                raise Refused(INVALID_PARAMS, "params must be a list")
+            return {"jsonrpc": "2.0", "id": rid, "result": self._dispatch(request["method"], params)}
+        except Refused as exc:
+            return {"jsonrpc": "2.0", "id": rid, "error": {"code": exc.code, "message": str(exc)}}
+
+    def _dispatch(self, method: str, params: list[Any]) -> Any:
+        if method == "eth_accounts":
+            return [self.signer.address]
+        if method == "eth_signTransaction":
+            if len(params) != 1 or not isinstance(params[0], dict):
+                raise Refused(INVALID_PARAMS, "eth_signTransaction takes one transaction object")
+            return self._sign(params[0])
+        raise Refused(METHOD_NOT_FOUND, f"method {method[:64]!r} is not served here")
+
+    def _sign(self, tx: dict[str, Any]) -> str:
+        sender = tx.get("from")
+        if not isinstance(sender, str) or sender.lower() != self.signer.address.lower():
+            raise Refused(INVALID_PARAMS, f"from must be {self.signer.address}")
+        chain_id = _quantity(tx, "chainId")
+        if chain_id not in self.chain_ids:
+            raise Refused(REFUSED, f"chain {chain_id} is not one this signer signs for")
+        to = tx.get("to")
+        if to is not None and (not isinstance(to, str) or len(to) != 42 or not to.startswith("0x")):
+            raise Refused(INVALID_PARAMS, "to must be an address or null")
+        data = tx.get("data", "0x")
+        if not isinstance(data, str) or not data.startswith("0x"):
+            raise Refused(INVALID_PARAMS, "data must be 0x-prefixed hex")
+        gas, nonce = _quantity(tx, "gas"), _quantity(tx, "nonce")
+        _quantity(tx, "value", required=False)
+        fees = Fees(_quantity(tx, "maxFeePerGas"), _quantity(tx, "maxPriorityFeePerGas"))
+        if fees.max_priority_fee_per_gas > fees.max_fee_per_gas:
+            raise Refused(INVALID_PARAMS, "maxPriorityFeePerGas above maxFeePerGas")
+        try:
+            self.budget.charge(chain_id, nonce, gas * fees.max_fee_per_gas)
+        except BudgetExceeded as exc:
+            log.warning("signature refused", reason=str(exc), nonce=nonce, chain_id=chain_id)
+            raise Refused(REFUSED, str(exc)) from None
+        try:
+            return "0x" + self.signer.sign_request(tx, fees).raw.hex()
+        except (ValueError, TypeError) as exc:  # eth-account's own checks of the fields
+            raise Refused(INVALID_PARAMS, f"cannot sign: {exc.__class__.__name__}") from None
+
+    async def http(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response(
+                {"jsonrpc": "2.0", "id": None, "error": {"code": PARSE_ERROR, "message": "parse error"}}
+            )
+        if isinstance(body, list):
+            if not body or len(body) > MAX_BATCH:
+                return web.json_response(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": None,
+                        "error": {
+                            "code": INVALID_REQUEST,
+                            "message": f"a batch holds 1..{MAX_BATCH} requests",
+                        },
+                    }
+                )
+            return web.json_response([self.handle(r) for r in body])
+        return web.json_response(self.handle(body))
+
+
+def make_app(service: SignerService) -> web.Application:
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app.router.add_post("/", service.http)
+    return app
+
+
+async def serve(
+    key: SecretRef, socket_path: Path, chain_ids: frozenset[int], max_fees_per_hour_wei: int | None
+) -> None:
+    """Serves until SIGTERM/SIGINT. The socket is 0660: the keeper's user (or, in the chart's
+    pod, its group) may ask for signatures; nobody else on the machine can."""
+    signer = TxSigner(Account.from_key(key.resolve()), chain_id=0)
+    service = SignerService(signer, chain_ids, FeeBudget(max_fees_per_hour_wei))
+    runner = web.AppRunner(make_app(service), access_log=None)
+    await runner.setup()
+    socket_path.unlink(missing_ok=True)
+    old = os.umask(0o117)
+    try:
+        await web.UnixSite(runner, str(socket_path)).start()
+    finally:
+        os.umask(old)
+    log.info("signer serving", address=signer.address, socket=str(socket_path), chains=sorted(chain_ids))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    socket_path.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m keepers.tx.signer_service`: what `keepers signer serve` runs, with no more
+    imports than signing needs (the keeper starts one per process)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="keepers signer serve", description=main.__doc__)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--key-env", metavar="VAR", help="the key is in this environment variable")
+    source.add_argument(
+        "--key-file", type=Path, metavar="PATH", help="the key is in this file (not world-readable)"
+    )
+    source.add_argument(
+        "--keystore", type=Path, metavar="PATH", help="an encrypted keystore (with a password)"
+    )
+    password = parser.add_mutually_exclusive_group()
+    password.add_argument("--password-file", type=Path, metavar="PATH")
+    password.add_argument("--password-env", metavar="VAR")
+    parser.add_argument("--socket", type=Path, required=True, help="the Unix socket to serve on")
+    parser.add_argument(
+        "--chain-id", type=int, action="append", required=True, help="a chain it signs for (repeat)"
+    )
+    parser.add_argument(
+        "--max-fees-per-hour-eth", type=float, metavar="ETH",
+        help="refuse signatures whose fees would pass this in any hour (default: no limit)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        key = SecretRef(
+            env=args.key_env, file=args.key_file, keystore=args.keystore,
+            password_file=args.password_file, password_env=args.password_env,
+        )  # fmt: skip
+    except ValueError as exc:
+        parser.error(str(exc).splitlines()[-1])
+    limit = None if args.max_fees_per_hour_eth is None else int(args.max_fees_per_hour_eth * 10**18)
+    try:
+        asyncio.run(serve(key, args.socket, frozenset(args.chain_id), limit))
+    except SecretError as exc:
+        print(f"keepers signer: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
