@@ -28,9 +28,10 @@ from bench.book import Book, behind_relay
 from bench.common import RESULTS, machine, write_results
 from keepers.chain.follower import ChainFollower
 from keepers.chain.http import SessionHTTPProvider
+from keepers.config.contracts import ContractAddresses
 from keepers.devnet.anvil import anvil_key
 from keepers.devnet.deploy import bind
-from keepers.runtime import ContractAddresses, event_decoder
+from keepers.runtime import event_decoder
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
 

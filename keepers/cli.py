@@ -116,11 +116,9 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     # The signer process starts before the runtime (and any plugin) is imported: libraries
     # that read the whole environment on import would otherwise copy a key variable first.
-    url, key = settings.signer_of(args.name)
-    child = None
-    if url is None and key is not None:
-        chain_id = settings.chains[settings.keepers[args.name].chain].chain_id
-        child = SignerProcess.spawn(key, chain_id, settings.signer_max_fees_per_hour_eth)
+    child = SignerProcess.of_keeper(settings, args.name)
+    if child is not None:
+        child.spawn()
 
     from keepers.obs.logging import configure_logging
     from keepers.runtime import run_keeper

@@ -25,6 +25,7 @@ from web3 import AsyncWeb3, Web3
 
 from keepers.chain.follower import ChainFollower
 from keepers.chain.http import SessionHTTPProvider
+from keepers.config.contracts import ContractAddresses
 from keepers.devnet.anvil import Anvil, anvil_key
 from keepers.devnet.deploy import Deployment
 from keepers.engine.candidates import candidates_for
@@ -32,7 +33,7 @@ from keepers.engine.decide import decide
 from keepers.engine.market import SnapshotReader
 from keepers.engine.plugins import build_strategy
 from keepers.engine.strategy import BlockContext
-from keepers.runtime import ContractAddresses, event_decoder
+from keepers.runtime import event_decoder
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
 from keepers.tx.actions import Action

@@ -6,7 +6,6 @@ build the same keeper against a temporary database and a local chain.
 
 from __future__ import annotations
 
-import json
 import signal
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -25,6 +24,7 @@ from keepers.chain.events import EventDecoder
 from keepers.chain.follower import ChainFollower
 from keepers.chain.rpc_pool import RpcPool
 from keepers.chain.source import BlockSource
+from keepers.config.contracts import ContractAddresses, contract_addresses
 from keepers.config.schema import ChainSettings, Settings, SubmissionMode
 from keepers.engine.candidates import candidates_for
 from keepers.engine.isolation import IsolatedStrategy
@@ -46,41 +46,10 @@ from keepers.tx.manager import TxManager
 from keepers.tx.records import TxRecords
 from keepers.tx.remote_signer import RemoteSigner
 from keepers.tx.routes import BundleRoute, MempoolRoute, Route
+from keepers.tx.signer import SignerError
 from keepers.tx.signer_process import SignerProcess
 
 log = structlog.get_logger("runtime")
-
-
-@dataclass(frozen=True)
-class ContractAddresses:
-    order_book: str | None
-    oracle: str | None
-    lending_market: str | None
-    vault: str | None
-    flash_liquidator: str | None
-    pools: tuple[str, ...]
-    builder_tip: str | None = None
-
-    def as_dict(self) -> dict[str, str]:
-        return {k: v for k, v in self.__dict__.items() if isinstance(v, str)}
-
-
-def contract_addresses(chain: ChainSettings) -> ContractAddresses:
-    c = chain.contracts
-    if c.deployment_file is not None:
-        dep = json.loads(c.deployment_file.read_text())
-        return ContractAddresses(
-            dep.get("order_book"),
-            dep.get("oracle"),
-            dep.get("lending_market"),
-            dep.get("vault"),
-            dep.get("flash_liquidator"),
-            tuple(p["address"] for p in dep.get("pools", [])),
-            dep.get("builder_tip") or None,
-        )
-    return ContractAddresses(
-        c.order_book, c.oracle, c.lending_market, c.vault, c.flash_liquidator, tuple(c.pools), c.builder_tip
-    )
 
 
 def poll_interval(chain: ChainSettings) -> float:
@@ -133,15 +102,22 @@ async def start_signer(
     """The keeper's signer: the one at its `signer_url`, else a signer process of its own
     started from its key's reference (`child`, if `keepers run` spawned it already). Either
     way this process never holds the key."""
-    url, key = settings.signer_of(name)
-    if url is not None:
+    child = child or SignerProcess.of_keeper(settings, name)
+    if child is None:
+        url, _key = settings.signer_of(name)
+        assert url is not None
         signer = RemoteSigner(url, chain_id)
         stack.push_async_callback(signer.close)
-        await signer.connect()
+        for wait in (0.5, 1, 2, 4, 8, 0):  # a sidecar starting beside us: wait for it, then fail
+            try:
+                await signer.connect()
+                break
+            except SignerError as exc:
+                if not wait:
+                    raise
+                log.warning("signer not answering yet", url=url, error=str(exc), retry_in=wait)
+                await anyio.sleep(wait)
         return signer, None
-    assert key is not None
-    if child is None:
-        child = SignerProcess(key, chain_id, settings.signer_max_fees_per_hour_eth)
     stack.callback(child.close)
     signer = RemoteSigner(child.url, chain_id)
     stack.push_async_callback(signer.close)

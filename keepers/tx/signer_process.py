@@ -3,16 +3,20 @@ the key), restarted if it dies, stopped with the keeper."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
 import structlog
 
+from keepers.config.contracts import contract_addresses
+from keepers.config.schema import Settings
 from keepers.config.secrets import SecretRef
 from keepers.tx.remote_signer import RemoteSigner
 from keepers.tx.signer import SignerError
@@ -24,10 +28,12 @@ START_TIMEOUT = 30.0
 
 
 def signer_args(
-    key: SecretRef, socket: Path, chain_id: int, max_fees_per_hour_eth: float | None
+    key: SecretRef, socket: Path, chain_id: int, max_fees_per_hour_eth: float | None, allow_to: Sequence[str]
 ) -> list[str]:
     """`keepers signer serve` arguments for a key reference: the reference, never the key."""
-    args = ["--socket", str(socket), "--chain-id", str(chain_id)]
+    args = ["--socket", str(socket), "--chain-id", str(chain_id), "--exit-with-parent"]
+    for address in allow_to:
+        args += ["--allow-to", address]
     for flag, value in (
         ("--key-env", key.env), ("--key-file", key.file), ("--keystore", key.keystore),
         ("--password-file", key.password_file), ("--password-env", key.password_env),
@@ -40,33 +46,42 @@ def signer_args(
 
 
 class SignerProcess:
-    def __init__(self, key: SecretRef, chain_id: int, max_fees_per_hour_eth: float | None) -> None:
+    def __init__(
+        self, key: SecretRef, chain_id: int, max_fees_per_hour_eth: float | None, allow_to: Sequence[str]
+    ) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="keepers-signer-"))  # 0700: ours alone
         self.socket = self._dir / "signer.sock"
         self._argv = [
             sys.executable, "-m", "keepers.tx.signer_service",
-            *signer_args(key, self.socket, chain_id, max_fees_per_hour_eth),
+            *signer_args(key, self.socket, chain_id, max_fees_per_hour_eth, allow_to),
         ]  # fmt: skip
         self._scrub = [v for v in (key.env, key.password_env) if v is not None]
         self._proc: subprocess.Popen[bytes] | None = None
         self.url = f"unix:{self.socket}"
 
     @classmethod
-    def spawn(cls, key: SecretRef, chain_id: int, max_fees_per_hour_eth: float | None) -> SignerProcess:
+    def of_keeper(cls, settings: Settings, name: str) -> SignerProcess | None:
+        """The signer process `[keepers.<name>]` starts for itself (None: it uses signer_url).
+        It signs for the keeper's chain, to the chain's contracts (and signer_allowed_to) only."""
+        url, key = settings.signer_of(name)
+        if url is not None or key is None:
+            return None
+        chain = settings.chains[settings.keepers[name].chain]
+        allow = contract_addresses(chain).every() + list(settings.signer_allowed_to)
+        return cls(key, chain.chain_id, settings.signer_max_fees_per_hour_eth, allow)
+
+    def spawn(self) -> None:
         """Starts the child, then takes the key's variables out of this process's environment:
         the child has them, and nothing here may read them again."""
-        child = cls(key, chain_id, max_fees_per_hour_eth)
-        child._proc = subprocess.Popen(child._argv, stdin=subprocess.DEVNULL)
-        for variable in child._scrub:
+        self._proc = _popen(self._argv)
+        for variable in self._scrub:
             scrub_environment(variable)
-        return child
 
     async def start(self, client: RemoteSigner) -> str:
         """Starts the child (unless spawned already) and waits until it answers; its address."""
         if self._proc is None:
-            self._proc = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL)
-            for variable in self._scrub:
-                scrub_environment(variable)
+            self.spawn()
+        assert self._proc is not None
         deadline = anyio.current_time() + START_TIMEOUT
         while True:
             if self._proc.poll() is not None:
@@ -97,7 +112,14 @@ class SignerProcess:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
         self.socket.unlink(missing_ok=True)
-        self._dir.rmdir()
+        with contextlib.suppress(OSError):  # the signer removed it already
+            self._dir.rmdir()
+
+
+def _popen(argv: list[str]) -> subprocess.Popen[bytes]:
+    # Its own session: a Ctrl-C meant for the keeper must not stop the signer while the keeper
+    # drains; the keeper stops it after, and it stops by itself if the keeper is killed.
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def scrub_environment(name: str) -> None:

@@ -6,6 +6,7 @@ and enforces the hourly spend limit. Strategy code never runs here."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -52,10 +53,20 @@ def _quantity(tx: dict[str, Any], field: str, required: bool = True) -> int:
 
 
 class SignerService:
-    def __init__(self, signer: TxSigner, chain_ids: frozenset[int], budget: FeeBudget) -> None:
+    def __init__(
+        self,
+        signer: TxSigner,
+        chain_ids: frozenset[int],
+        budget: FeeBudget,
+        allowed_to: frozenset[str] | None = None,
+    ) -> None:
         self.signer = signer
         self.chain_ids = chain_ids
         self.budget = budget
+        #: Where transactions may go (lowercase; its own address always, for no-op gap fills).
+        #: None: anywhere. A plugin in the keeper can ask for signatures, so this is what keeps
+        #: it from sending the keeper's funds elsewhere.
+        self.allowed_to = None if allowed_to is None else allowed_to | {signer.address.lower()}
 
     def handle(self, request: Any) -> dict[str, Any]:
         rid = request.get("id") if isinstance(request, dict) else None
@@ -88,6 +99,8 @@ class SignerService:
         to = tx.get("to")
         if to is not None and (not isinstance(to, str) or len(to) != 42 or not to.startswith("0x")):
             raise Refused(INVALID_PARAMS, "to must be an address or null")
+        if self.allowed_to is not None and (to is None or to.lower() not in self.allowed_to):
+            raise Refused(REFUSED, f"this signer does not sign transactions to {to}")
         data = tx.get("data", "0x")
         if not isinstance(data, str) or not data.startswith("0x"):
             raise Refused(INVALID_PARAMS, "data must be 0x-prefixed hex")
@@ -136,12 +149,17 @@ def make_app(service: SignerService) -> web.Application:
 
 
 async def serve(
-    key: SecretRef, socket_path: Path, chain_ids: frozenset[int], max_fees_per_hour_wei: int | None
+    key: SecretRef,
+    socket_path: Path,
+    chain_ids: frozenset[int],
+    max_fees_per_hour_wei: int | None,
+    allowed_to: frozenset[str] | None = None,
+    exit_with_parent: bool = False,
 ) -> None:
     """Serves until SIGTERM/SIGINT. The socket is 0660: the keeper's user (or, in the chart's
     pod, its group) may ask for signatures; nobody else on the machine can."""
     signer = TxSigner(Account.from_key(key.resolve()), chain_id=0)
-    service = SignerService(signer, chain_ids, FeeBudget(max_fees_per_hour_wei))
+    service = SignerService(signer, chain_ids, FeeBudget(max_fees_per_hour_wei), allowed_to)
     runner = web.AppRunner(make_app(service), access_log=None)
     await runner.setup()
     socket_path.unlink(missing_ok=True)
@@ -155,9 +173,19 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    parent = os.getppid()
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        except TimeoutError:
+            if exit_with_parent and os.getppid() != parent:
+                log.warning("the keeper that started this signer is gone; stopping")
+                break
     await runner.cleanup()
     socket_path.unlink(missing_ok=True)
+    if exit_with_parent:  # the private directory a keeper made for it, unless it was killed
+        with contextlib.suppress(OSError):
+            socket_path.parent.rmdir()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         "--max-fees-per-hour-eth", type=float, metavar="ETH",
         help="refuse signatures whose fees would pass this in any hour (default: no limit)",
     )  # fmt: skip
+    parser.add_argument(
+        "--allow-to", action="append", metavar="ADDRESS",
+        help="sign only transactions to these addresses (repeat; its own is always allowed); default: any",
+    )  # fmt: skip
+    parser.add_argument(
+        "--exit-with-parent", action="store_true", help="stop when the process that started it dies"
+    )
     args = parser.parse_args(argv)
     try:
         key = SecretRef(
@@ -195,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc).splitlines()[-1])
     limit = None if args.max_fees_per_hour_eth is None else int(args.max_fees_per_hour_eth * 10**18)
     try:
-        asyncio.run(serve(key, args.socket, frozenset(args.chain_id), limit))
+        allowed = None if args.allow_to is None else frozenset(a.lower() for a in args.allow_to)
+        asyncio.run(serve(key, args.socket, frozenset(args.chain_id), limit, allowed, args.exit_with_parent))
     except SecretError as exc:
         print(f"keepers signer: {exc}", file=sys.stderr)
         return 2

@@ -51,6 +51,8 @@ database_url = "{database_url or f"sqlite:///{workdir / 'run.sqlite'}"}"
 health_port = {health_port}
 drain_timeout = 10
 signer = {{ env = "TEST_SIGNER" }}
+# The test plugins' transfers go to a sink, not to a platform contract.
+signer_allowed_to = ["0x000000000000000000000000000000000000dEaD"]
 
 [chains.local]
 chain_id = 31337

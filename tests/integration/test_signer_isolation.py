@@ -34,6 +34,7 @@ from tests.helpers.keeper_process import KEEPER, KEEPER_KEY, keeper_config, rela
 pytestmark = pytest.mark.integration
 
 GWEI = 10**9
+SINK = "0x" + "11" * 20
 
 
 def _key_file(tmp_path: Path, key: str = KEEPER_KEY, mode: int = 0o600) -> Path:
@@ -46,7 +47,7 @@ def _key_file(tmp_path: Path, key: str = KEEPER_KEY, mode: int = 0o600) -> Path:
 def _record(nonce: int, gas: int = 21_000, chain_id: int = 31337) -> TxRecord:
     return TxRecord(
         idempotency_key=f"t{nonce}", chain_id=chain_id, signer=KEEPER.address.lower(), nonce=nonce,
-        state="unstarted", to="0x" + "11" * 20, data="0x", value=0, gas_limit=gas,
+        state="unstarted", to=SINK, data="0x", value=0, gas_limit=gas,
     )  # fmt: skip
 
 
@@ -133,14 +134,26 @@ def test_a_hostile_plugin_finds_no_key_in_the_keeper(tmp_path: Path, reference: 
             ]
             assert len(signers) == 1
             assert _memory_holds(signers[0], _key_needles(key)[:1]), "control: the signer holds it"
+            if reference == "env":  # killed: its signer must not outlive it
+                keeper.kill()
+                keeper.wait(timeout=30)
+                deadline = time.monotonic() + 15
+                while _alive(signers[0]) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert not _alive(signers[0]), "the signer outlived its keeper"
         finally:
             keeper.terminate()
             keeper.wait(timeout=30)
-        assert keeper.returncode == 0, _stderr(keeper)
-        assert (
-            not Path(f"/proc/{signers[0]}").exists()
-            or "Z" in Path(f"/proc/{signers[0]}/stat").read_text().split()[2]
-        )
+        if reference == "file":
+            assert keeper.returncode == 0, _stderr(keeper)
+            assert not _alive(signers[0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_the_signer_signs_its_own_transactions_within_its_budget(tmp_path: Path) -> None:
@@ -150,7 +163,7 @@ def test_the_signer_signs_its_own_transactions_within_its_budget(tmp_path: Path)
     budget_eth = 21_000 * 20 * GWEI * 2.5 / 10**18  # room for two nonces at 20 gwei, not three
 
     async def run() -> None:
-        child = SignerProcess(SecretRef(file=_key_file(tmp_path)), 31337, budget_eth)
+        child = SignerProcess(SecretRef(file=_key_file(tmp_path)), 31337, budget_eth, [SINK])
         signer = RemoteSigner(child.url, 31337)
         try:
             assert await child.start(signer) == KEEPER.address
@@ -164,6 +177,9 @@ def test_the_signer_signs_its_own_transactions_within_its_budget(tmp_path: Path)
             with pytest.raises(SignerError, match="spend limit"):
                 await signer.sign([(_record(2), fees)])
             await signer.sign([(_record(1), fees)])  # a nonce already counted still signs
+            elsewhere = _record(2).model_copy(update={"to": "0x" + "22" * 20})
+            with pytest.raises(SignerError, match="does not sign transactions to"):
+                await signer.sign([(elsewhere, fees)])  # a plugin sending the funds away
             with pytest.raises(SignerError, match="not one this signer signs for"):
                 await RemoteSigner(child.url, 1).sign([(_record(5, chain_id=1), fees)])
             other = RemoteSigner(child.url, 31337)
@@ -186,7 +202,7 @@ def test_the_signer_signs_its_own_transactions_within_its_budget(tmp_path: Path)
 
 def test_a_world_readable_key_file_is_refused(tmp_path: Path) -> None:
     async def run() -> None:
-        child = SignerProcess(SecretRef(file=_key_file(tmp_path, mode=0o644)), 31337, None)
+        child = SignerProcess(SecretRef(file=_key_file(tmp_path, mode=0o644)), 31337, None, [])
         signer = RemoteSigner(child.url, 31337)
         try:
             with pytest.raises(SignerError, match="exited with code 2"):

@@ -104,7 +104,7 @@ def test_secrets_are_referenced_never_inlined(docs: list[dict[str, Any]]):
             assert "value" not in env, f"{env['name']} must come from a Secret"
             assert env["valueFrom"]["secretKeyRef"]["name"]
         volumes = {v["name"]: v for v in d["spec"]["template"]["spec"]["volumes"]}
-        assert volumes["signer"]["secret"]["secretName"] == "keepers-signer"
+        assert volumes["signer"]["secret"]["secretName"].startswith("keepers-signer")
 
 
 def test_the_configmap_is_a_config_the_cli_accepts(tmp_path: Path):
@@ -123,7 +123,10 @@ def test_the_configmap_is_a_config_the_cli_accepts(tmp_path: Path):
     assert settings.keepers["limit-stop"].shards == 16
     assert settings.keepers["oracle"].shards == 0
     assert settings.chains["mainnet"].chain_id == 1
-    assert settings.signer.keystore == Path("/var/run/secrets/keepers/signer/keystore.json")
+    assert settings.signer is None, "the key is the sidecar's alone"
+    assert settings.signer_url == "unix:/run/keepers-signer/signer.sock"
+    assert settings.keepers["liquidation"].isolation == "process"
+    assert settings.keepers["liquidation"].strategy_timeout == 1.5
     assert settings.database_url.startswith("postgresql://")
 
 
@@ -155,3 +158,33 @@ def test_the_configmap_is_a_config_the_cli_accepts(tmp_path: Path):
 def test_bad_values_fail_at_install(values: dict[str, Any], complaint: str):
     with pytest.raises(HelmError, match=complaint):
         render(values)
+
+
+def test_the_key_is_mounted_into_the_signer_sidecar_only():
+    """The keeper container (where plugins run) shares a socket with the signer sidecar and
+    never mounts the key; the sidecar signs for the keeper's chain, to the chain's contracts
+    only, within its budget; a kind can have its own key."""
+    deployments = {
+        d["metadata"]["name"]: d for d in of_kind(render(_values("all-enabled-values.yaml")), "Deployment")
+    }
+    for name, d in deployments.items():
+        pod = d["spec"]["template"]["spec"]
+        (keeper,) = pod["containers"]
+        (sidecar,) = pod["initContainers"]
+        assert sidecar["restartPolicy"] == "Always", "a native sidecar: serving before the keeper starts"
+        assert {m["name"] for m in keeper["volumeMounts"]} >= {"signer-socket"}
+        assert "signer" not in {m["name"] for m in keeper["volumeMounts"]}
+        assert {m["name"] for m in sidecar["volumeMounts"]} == {"signer", "signer-socket"}
+        args = sidecar["args"]
+        assert args[:2] == ["signer", "serve"]
+        assert args[args.index("--chain-id") + 1] == "1"
+        assert args[args.index("--max-fees-per-hour-eth") + 1] == "0.5"
+        allowed = {args[i + 1] for i, a in enumerate(args) if a == "--allow-to"}
+        assert allowed == {
+            "0x0000000000000000000000000000000000000b00",
+            "0x0000000000000000000000000000000000000b01",
+        }
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        secret = "keepers-signer-liquidation" if name.endswith("-liquidation") else "keepers-signer"
+        assert volumes["signer"]["secret"]["secretName"] == secret
+        assert volumes["signer"]["secret"]["defaultMode"] == 0o400

@@ -28,16 +28,20 @@ app.kubernetes.io/component: {{ .kind }}
 {{- else -}}{{ .Values.serviceAccount.name | default "default" }}{{- end -}}
 {{- end -}}
 
-{{/* keepers.toml: the chart's settings plus the enabled keepers, the signer by file reference and
+{{/* keepers.toml: the chart's settings plus the enabled keepers, the signer sidecar's socket and
      the metrics port. database_url comes from the environment (KEEPERS__DATABASE_URL). */}}
 {{- define "keepers.config" -}}
 {{- $cfg := deepCopy .Values.settings -}}
 {{- $_ := set $cfg "metrics_port" .Values.metrics.port -}}
-{{- $_ := set $cfg "signer" (dict "keystore" "/var/run/secrets/keepers/signer/keystore.json" "password_file" "/var/run/secrets/keepers/signer/password") -}}
+{{- $_ := set $cfg "signer_url" "unix:/run/keepers-signer/signer.sock" -}}
 {{- $keepers := dict -}}
 {{- range $kind, $k := .Values.keepers -}}
 {{- if $k.enabled -}}
-{{- $_ := set $keepers $kind (dict "chain" $k.chain "strategy" $k.strategy "params" ($k.params | default dict) "shards" ($k.shards | default 0)) -}}
+{{- $keeper := dict "chain" $k.chain "strategy" $k.strategy "params" ($k.params | default dict) "shards" ($k.shards | default 0) -}}
+{{- range $key := list "isolation" "strategy_timeout" "memory_limit_mb" -}}
+{{- if hasKey $k $key -}}{{- $_ := set $keeper $key (index $k $key) -}}{{- end -}}
+{{- end -}}
+{{- $_ := set $keepers $kind $keeper -}}
 {{- end -}}
 {{- end -}}
 {{- $_ := set $cfg "keepers" $keepers -}}
