@@ -52,6 +52,11 @@ from keepers.tx.signer_process import SignerProcess
 log = structlog.get_logger("runtime")
 
 
+def stale_after(chain: ChainSettings) -> float:
+    """Seconds without a new head after which a keeper says it is not ready."""
+    return max(5 * chain.block_time, 10.0)
+
+
 def poll_interval(chain: ChainSettings) -> float:
     return chain.poll_interval or max(0.05, chain.block_time / 4)
 
@@ -241,6 +246,11 @@ async def run_keeper(settings: Settings, name: str, signer_child: SignerProcess 
                 return False, "draining"
             if built.loop.state.last_block < 0:
                 return False, "not synced yet"
+            # A node that stalls looks synced ("0 behind" its own stale head): the head's age
+            # says it. Unready, a Service stops sending this replica order-API traffic.
+            age, stale = built.loop.source.follower.head_age(), stale_after(built.chain)
+            if age > stale:
+                return False, f"no new head for {age:.0f}s (stale after {stale:.0f}s)"
             behind = metrics.BLOCKS_BEHIND.labels(built.loop.chain)._value.get()
             role = "leader" if built.elector.is_leader else "standby"
             if isinstance(built.elector, ShardSet):

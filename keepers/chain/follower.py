@@ -49,6 +49,8 @@ class DeepReorg(RuntimeError):
 
 #: Most changed order rows a Block carries (a catch-up over many orders: read the store).
 MAX_BLOCK_ORDERS = 10_000
+#: Seconds between head polls at most while the node fails.
+MAX_BACKOFF = 5.0
 
 
 class ChainFollower:
@@ -75,6 +77,8 @@ class ChainFollower:
         self.start_block = start_block
         self.page_size = page_size
         self.max_page_events = max_page_events
+        self.head_seen_at = time.monotonic()
+        metrics.HEAD_AGE.labels(self.label).set_function(self.head_age)
         # The first page is short and pages double while they stay light: the density of a
         # chain's logs is unknown until read.
         self._span = min(page_size, 32)
@@ -309,25 +313,53 @@ class ChainFollower:
     # ------------------------------------------------------------------ heads
 
     async def heads(self, ws_url: str | None, poll_interval: float) -> AsyncIterator[int]:
-        """New head numbers, rising: WebSocket first, polling when it fails."""
+        """New head numbers, rising: WebSocket first, polling when it fails or falls silent.
+        A node that refuses, stalls or answers garbage is waited out with backoff: the keeper
+        never exits because its RPC did (the head's age shows it, and readiness drops)."""
         last = -1
+        silence = max(20 * poll_interval, 10.0)  # a subscription quiet this long is broken
         while True:
             if ws_url:
                 try:
-                    async for head in _ws_heads(ws_url):
+                    async for head in _ws_heads(ws_url, silence):
                         if head > last:
                             last = head
+                            self._new_head()
                             yield head
-                except (OSError, ConnectionError, TimeoutError) as exc:
-                    log.warning("websocket heads failed; polling", error=str(exc))
+                except Exception as exc:  # noqa: BLE001 - any fault of the subscription: poll
+                    log.warning("websocket heads failed; polling", error=_fault(exc), chain=self.label)
             started = time.monotonic()
+            failures = 0
             # Poll until the WebSocket is worth retrying (30 s), or forever without one.
             while not ws_url or time.monotonic() - started < 30:
-                head = await self.head()
+                try:
+                    head = await self.head()
+                except Exception as exc:  # noqa: BLE001 - the node's fault, never the keeper's end
+                    failures += 1
+                    wait = min(poll_interval * 2**failures, MAX_BACKOFF)
+                    metrics.HEAD_POLL_FAILURES.labels(self.label).inc()
+                    log.warning("head poll failed; backing off", error=_fault(exc), retry_in=round(wait, 2),
+                                failures=failures, chain=self.label)  # fmt: skip
+                    await anyio.sleep(wait)
+                    continue
+                failures = 0
                 if head > last:
                     last = head
+                    self._new_head()
                     yield head
                 await anyio.sleep(poll_interval)
+
+    def _new_head(self) -> None:
+        self.head_seen_at = time.monotonic()
+
+    def head_age(self) -> float:
+        """Seconds since a new head arrived (since start, before the first)."""
+        return time.monotonic() - self.head_seen_at
+
+
+def _fault(exc: BaseException) -> str:
+    """What failed, short and without URLs' credentials (the pool's messages are redacted)."""
+    return f"{exc.__class__.__name__}: {str(exc)[:200]}"
 
 
 class ChainMoved(RuntimeError):
@@ -373,10 +405,15 @@ class _Page(NamedTuple):
     headers: list[Header]
 
 
-async def _ws_heads(url: str) -> AsyncIterator[int]:
+async def _ws_heads(url: str, silence: float) -> AsyncIterator[int]:
+    """Head numbers from a newHeads subscription; TimeoutError after `silence` seconds without one
+    (a socket can stay open and deliver nothing)."""
     async with AsyncWeb3(WebSocketProvider(url)) as ws:
         await ws.eth.subscribe("newHeads")
-        async for message in ws.socket.process_subscriptions():
+        messages = ws.socket.process_subscriptions().__aiter__()
+        while True:
+            with anyio.fail_after(silence):
+                message = await messages.__anext__()
             # web3 yields the header as an AttributeDict: a Mapping, not a dict.
             result = message.get("result") if isinstance(message, Mapping) else None
             number = result.get("number") if isinstance(result, Mapping) else None

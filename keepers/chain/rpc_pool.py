@@ -156,11 +156,15 @@ class RpcPool(AsyncJSONBaseProvider):
         ep.requests += 1
         try:
             response = await ep.provider.make_request(method, params)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:  # ValueError: not JSON
             self._fault(ep, method, f"{ep.label}: {exc.__class__.__name__}")
             reasons.append(f"{ep.label}: {exc.__class__.__name__}")
             return None
-        error = response.get("error") if isinstance(response, dict) else None
+        if not isinstance(response, dict) or ("result" not in response and "error" not in response):
+            self._fault(ep, method, f"{ep.label}: not a JSON-RPC answer")
+            reasons.append(f"{ep.label}: not a JSON-RPC answer")
+            return None
+        error = response.get("error")
         if isinstance(error, dict) and int(error.get("code", 0)) in ENDPOINT_FAULT_CODES:
             self._fault(ep, method, f"{ep.label}: {error.get('message')}")
             reasons.append(f"{ep.label}: {error.get('code')}")

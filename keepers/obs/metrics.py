@@ -17,6 +17,14 @@ REORG_DEPTH = Histogram(
     ["chain"],
     buckets=(1, 2, 3, 5, 8, 13, 21, 64),
 )
+HEAD_AGE = Gauge(
+    "keepers_head_age_seconds", "Seconds since the keeper saw a new head (a stalled node grows it)", ["chain"]
+)
+HEAD_POLL_FAILURES = Counter(
+    "keepers_head_poll_failures_total",
+    "Polls for the head that failed (the keeper backs off and retries)",
+    ["chain"],
+)
 BLOCK_ERRORS = Counter(
     "keepers_block_errors_total", "Blocks skipped because a read failed", ["chain", "keeper"]
 )

@@ -1,0 +1,117 @@
+"""A JSON-RPC node that misbehaves on demand: an HTTP proxy of ours in front of a real node
+(toxiproxy is not packaged here), switched between faults while a keeper uses it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from types import TracebackType
+from typing import Literal
+
+import aiohttp
+from aiohttp import web
+
+from keepers.devnet.anvil import free_port
+
+Mode = Literal["pass", "latency", "429", "503", "garbage", "truncated", "drop", "stall", "behind", "refuse"]
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, latency: float = 2.0) -> None:
+        self.upstream = upstream
+        self.latency = latency
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.mode: Mode = "pass"
+        self.requests = 0
+        self._frozen_head: str | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def set(self, mode: Mode) -> None:
+        """Switches the fault (refuse closes the listening socket; anything else reopens it)."""
+        if mode == "behind" and self.mode != "behind":
+            self._frozen_head = None
+        self._call(self._listen(mode != "refuse"))
+        self.mode = mode
+
+    def __enter__(self) -> FaultProxy:
+        self._thread.start()
+        self._call(self._start())
+        return self
+
+    def __exit__(
+        self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+    ) -> None:
+        self._call(self._stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    def _call(self, coro: object) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)  # type: ignore[arg-type]
+
+    async def _start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        await self._listen(True)
+
+    async def _listen(self, on: bool) -> None:
+        assert self._runner is not None
+        if on and self._site is None:
+            self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+            await self._site.start()
+        elif not on and self._site is not None:
+            await self._site.stop()
+            self._site = None
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        mode = self.mode
+        if mode == "stall":
+            await asyncio.sleep(3600)
+        if mode in ("429", "503"):
+            return web.Response(status=int(mode), text="busy, try later")
+        if mode == "drop":
+            assert request.transport is not None
+            request.transport.abort()  # the connection dies without an answer
+            return web.Response()
+        body = await request.read()
+        assert self._session is not None
+        async with self._session.post(
+            self.upstream, data=body, headers={"Content-Type": "application/json"}
+        ) as upstream:
+            data = await upstream.read()
+        if mode == "latency":
+            await asyncio.sleep(self.latency)
+        elif mode == "garbage":
+            return web.Response(body=b"<html><body>502 Bad Gateway</body></html>", content_type="text/html")
+        elif mode == "truncated":
+            return web.Response(body=data[: len(data) // 2], content_type="application/json")
+        elif mode == "behind":
+            data = self._stale_head(body, data)
+        return web.Response(body=data, content_type="application/json")
+
+    def _stale_head(self, body: bytes, data: bytes) -> bytes:
+        """A node that stopped following: eth_blockNumber keeps answering the same number."""
+        try:
+            call, answer = json.loads(body), json.loads(data)
+        except ValueError:
+            return data
+        if isinstance(call, dict) and call.get("method") == "eth_blockNumber" and isinstance(answer, dict):
+            self._frozen_head = self._frozen_head or answer.get("result")
+            answer["result"] = self._frozen_head
+            return json.dumps(answer).encode()
+        return data

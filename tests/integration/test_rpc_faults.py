@@ -1,0 +1,91 @@
+"""RPC faults (issue: reliability). Who attacks: nothing malicious, the world: a node that
+refuses connections, rate-limits, answers HTML or half a JSON document, drops connections,
+stalls, or stops following the chain. What must hold: the keeper process never exits for it,
+says so (a log line and a metric per fault, readiness when the head goes stale), backs off,
+and fills again once the node is back."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+from web3 import Web3
+
+from keepers.devnet.anvil import free_port
+from tests.helpers.fault_proxy import FaultProxy, Mode
+from tests.helpers.keeper_process import keeper_config, relayed_chain, start_keeper
+
+pytestmark = pytest.mark.integration
+
+SINK = Web3.to_checksum_address("0x000000000000000000000000000000000000dEaD")
+FAULTS: list[Mode] = ["503", "429", "garbage", "truncated", "drop", "refuse", "latency", "behind"]
+
+
+def _ready(port: int) -> tuple[int, str]:
+    try:
+        r = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        return r.status_code, r.text
+    except requests.RequestException as exc:
+        return 0, str(exc)
+
+
+def _metric(port: int, name: str) -> float:
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def _until(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for: {what}")
+
+
+def _lands(chain: Web3) -> Callable[[], bool]:
+    """True once the sink's balance rose from now: a keeper transfer landed."""
+    before = chain.eth.get_balance(SINK)
+    return lambda: chain.eth.get_balance(SINK) > before
+
+
+def test_the_keeper_outlives_every_rpc_fault_and_fills_again(tmp_path: Path) -> None:
+    port = free_port()
+    with relayed_chain(tmp_path) as (anvil, relay), FaultProxy(relay.url) as node:
+        cfg = keeper_config(tmp_path, node.url, health_port=port)
+        # Only the RPC goes through the faulty node; bundles go to the relay itself.
+        cfg.write_text(cfg.read_text().replace(f'relays = ["{node.url}"]', f'relays = ["{relay.url}"]'))
+        keeper = start_keeper(cfg)
+        chain = Web3(Web3.HTTPProvider(anvil.url))
+        try:
+            _until("the keeper is ready", lambda: _ready(port)[0] == 200)
+            _until("a transfer lands", _lands(chain))
+            for fault in FAULTS:
+                node.set(fault)
+                time.sleep(3)
+                assert keeper.poll() is None, f"the keeper exited on {fault}: {keeper.stderr.read()[-2000:]}"  # type: ignore[union-attr]
+                node.set("pass")
+                _until(f"a transfer lands after {fault}", _lands(chain))
+            assert _metric(port, "keepers_head_poll_failures_total") > 0
+            assert _metric(port, "keepers_rpc_errors_total") > 0
+
+            # A node that stalls: answers never come. Readiness drops once the head is stale
+            # (10 s at this block time), and comes back with the node.
+            node.set("stall")
+            _until("readiness drops on a stale head", lambda: _ready(port)[0] == 503, timeout=40)
+            assert "no new head" in _ready(port)[1]
+            assert _metric(port, "keepers_head_age_seconds") > 10
+            assert keeper.poll() is None
+            node.set("pass")
+            _until("ready again", lambda: _ready(port)[0] == 200, timeout=60)
+            _until("a transfer lands after the stall", _lands(chain))
+        finally:
+            keeper.terminate()
+            out, err = keeper.communicate(timeout=60)
+        assert keeper.returncode == 0, err[-3000:]
+        assert "head poll failed; backing off" in out + err
+        assert "Traceback" not in out + err, (out + err)[-3000:]
