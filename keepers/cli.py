@@ -38,6 +38,7 @@ def _devnet(args: argparse.Namespace) -> int:
             summary_json=args.summary_json,
             orders_per_block=args.orders_per_block,
             chains=args.chains,
+            kill_every=args.kill_every,
         )
     )
 
@@ -314,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     devnet.add_argument(
         "--chains", type=int, choices=(1, 2), default=1,
         help="2 adds a Polygon-like chain whose keepers use the public mempool with fee bumping",
+    )  # fmt: skip
+    devnet.add_argument(
+        "--kill-every", type=float, metavar="SECONDS",
+        help="kill -9 a random keeper this often; the devnet restarts it with backoff, as a supervisor would",
     )  # fmt: skip
     devnet.add_argument("--workdir", type=Path, default=Path(".devnet"), help="config, store, logs")
     devnet.add_argument("--metrics-snapshot", type=Path, help="write every keeper's metrics here at the end")

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,9 @@ STRATEGIES = {
 #: anvil account index of each kind's funds key (0 deploys, 1-7 are users and the market).
 KEY_INDEX = {"limit-stop": 9, "twap": 10, "iceberg": 11, "rebalancer": 12, "liquidation": 13, "oracle": 14}
 ACCOUNTS = 20
+#: Seconds before a keeper that died is started again; doubled for each death in a row (one
+#: that ran STABLE_SECONDS starts over), up to RESTART_BACKOFF_MAX: a supervisor's backoff.
+RESTART_BACKOFF, RESTART_BACKOFF_MAX, STABLE_SECONDS = 0.5, 8.0, 30.0
 
 
 def keeper_address(kind: str) -> str:
@@ -133,6 +137,16 @@ class Proc:
     popen: subprocess.Popen[bytes]
     port: int | None = None
     log: Path | None = None
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    #: Supervision: restarts done, kills the devnet itself sent, exit codes of processes that
+    #: died (not stopped by us), and when the dead one may start again.
+    restarts: int = 0
+    kills: int = 0
+    deaths: list[int] = field(default_factory=list)
+    started_at: float = field(default_factory=time.monotonic)
+    restart_at: float | None = None
+    backoff: float = RESTART_BACKOFF
 
     @property
     def url(self) -> str:
@@ -166,7 +180,7 @@ class Cluster:
             [sys.executable, "-m", "keepers.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the devnet only; it stops the others in order
         )  # fmt: skip
-        return Proc(name, popen, port, log)
+        return Proc(name, popen, port, log, argv=args, env=env)
 
     def start_relay(self, anvil_url: str, block_time: float) -> str:
         port = free_port()
@@ -199,6 +213,47 @@ class Cluster:
             env = {**base, "KEEPERS__HEALTH_PORT": str(port), "KEEPERS__METRICS_PORT": str(port)}
             self.keepers[name] = self._spawn(name, ["run", name, "--config", str(config)], env, port)
 
+    def supervise(self) -> list[str]:
+        """Starts again every keeper that died, after its backoff; the names restarted now."""
+        now, restarted = time.monotonic(), []
+        for name, proc in self.keepers.items():
+            if proc.alive():
+                continue
+            if proc.restart_at is None:
+                proc.deaths.append(proc.popen.returncode)
+                if now - proc.started_at > STABLE_SECONDS:
+                    proc.backoff = RESTART_BACKOFF
+                proc.restart_at = now + proc.backoff
+                proc.backoff = min(proc.backoff * 2, RESTART_BACKOFF_MAX)
+            elif now >= proc.restart_at:
+                fresh = self._spawn(name, proc.argv, proc.env, proc.port)
+                proc.popen, proc.started_at, proc.restart_at = fresh.popen, now, None
+                proc.restarts += 1
+                restarted.append(name)
+        return restarted
+
+    def revive_all(self, timeout: float = 60.0) -> None:
+        """Supervises until every keeper is up and ready again (before the final stop)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.supervise()
+            if all(p.alive() and p.restart_at is None for p in self.keepers.values()) and not self.wait_ready(
+                5
+            ):
+                return
+            time.sleep(0.2)
+
+    def kill_one(self, pick: Callable[[list[str]], str]) -> str | None:
+        """kill -9 to one live keeper (chosen by `pick`): the fault the devnet can inject."""
+        alive = [n for n, p in self.keepers.items() if p.alive()]
+        if not alive:
+            return None
+        name = pick(alive)
+        proc = self.keepers[name]
+        proc.popen.kill()
+        proc.kills += 1
+        return name
+
     def wait_ready(self, timeout: float = 90.0) -> list[str]:
         """Waits until every keeper answers /readyz 200; returns the ones that did not."""
         deadline = time.monotonic() + timeout
@@ -212,12 +267,15 @@ class Cluster:
 
     def health(self, name: str) -> KeeperHealth:
         proc = self.keepers[name]
+        restarts = f" (restarted {proc.restarts}x)" if proc.restarts else ""
         if not proc.alive():
-            return KeeperHealth(name, False, False, f"exited with {proc.popen.returncode}")
+            return KeeperHealth(
+                name, False, False, f"exited with {proc.popen.returncode}; restarting{restarts}"
+            )
         try:
             r = requests.get(f"{proc.url}/readyz", timeout=1)
             body = r.json()
-            return KeeperHealth(name, True, r.status_code == 200, str(body.get("reason", "")))
+            return KeeperHealth(name, True, r.status_code == 200, str(body.get("reason", "")) + restarts)
         except (requests.RequestException, ValueError):
             return KeeperHealth(name, True, False, "not answering yet")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import signal
 import sys
 import threading
@@ -68,6 +69,8 @@ class Options:
     summary_json: Path | None = None
     orders_per_block: int = 2
     chains: int = 1
+    #: kill -9 a random keeper this often (seconds); the devnet restarts it as a supervisor would.
+    kill_every: float | None = None
 
 
 @dataclass
@@ -189,6 +192,11 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
     scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
     monitors = [(run, _users(run, opts, scheduler)) for run in runs]
     firsts = {run.plan.name: mon.last_block for run, mon in monitors}
+    if opts.kill_every:
+        rng = random.Random(opts.seed + 2)  # noqa: S311 - which keeper dies, reproducibly
+        scheduler.add_job(
+            lambda: cluster.kill_one(rng.choice), "interval", seconds=opts.kill_every, id="chaos"
+        )
     scheduler.start()
     metrics: dict[str, dict[str, float]] = {}
     health = {name: cluster.health(name) for name in cluster.keepers}
@@ -197,6 +205,9 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
         view = None if plain else LiveView(console, started, opts.blocks).__enter__()
         try:
             while not stop.is_set():
+                for name in cluster.supervise():
+                    if plain:
+                        print(f"supervisor: {name} restarted ({cluster.keepers[name].restarts}x)", flush=True)
                 for run, mon in monitors:
                     for b in mon.poll():
                         if plain:
@@ -222,7 +233,8 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
                 view.__exit__()
     finally:
         scheduler.shutdown(wait=True)
-    _settle([mon for _run, mon in monitors], opts.block_time)
+    _settle([mon for _run, mon in monitors], opts.block_time, cluster)
+    cluster.revive_all()  # a keeper killed late is stopped cleanly too, after its restart
     metrics = {name: cluster.metrics(name) for name in cluster.keepers}
     if opts.metrics_snapshot:
         opts.metrics_snapshot.write_text(json.dumps(metrics, indent=2, sort_keys=True))
@@ -235,11 +247,20 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
         gaps = _nonce_gaps(opts.workdir.resolve() / "keepers.sqlite", run)
         sent = submission_totals(run.plan.submission, {k: metrics.get(k, {}) for k in run.keepers})
         title = f"{run.plan.name} summary (chain {run.dep.chain_id}, {run.plan.submission})"
-        console.print(summary_table(summary, ours, gaps, sent, submission=run.plan.submission, title=title))
+        supervised = (sum(cluster.keepers[k].kills for k in run.keepers),
+                      sum(cluster.keepers[k].restarts for k in run.keepers))  # fmt: skip
+        console.print(
+            summary_table(
+                summary, ours, gaps, sent, submission=run.plan.submission, title=title, supervised=supervised
+            )
+        )
         for m in summary.misses:
             console.print(f"  order {m.order_id} ({m.kind}): {m.why}")
         result = summary.as_json()
         result.update(
+            keeper_restarts={k: cluster.keepers[k].restarts for k in run.keepers},
+            keeper_kills={k: cluster.keepers[k].kills for k in run.keepers},
+            keeper_deaths={k: cluster.keepers[k].deaths for k in run.keepers},
             chain_id=run.dep.chain_id,
             submission=run.plan.submission,
             keeper_exit_codes=ours,
@@ -255,7 +276,7 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
     return 1 if failed else 0
 
 
-def _settle(monitors: list[FillMonitor], block_time: float) -> None:
+def _settle(monitors: list[FillMonitor], block_time: float, cluster: Cluster) -> None:
     """Traders and the market have stopped: the referee follows SETTLE_BLOCKS to
     SETTLE_MAX_BLOCKS more blocks, until no executable order awaits its verdict, so a fill
     still in flight lands and is judged late (with its reason), not unfilled. Bounded by
@@ -268,6 +289,7 @@ def _settle(monitors: list[FillMonitor], block_time: float) -> None:
         return followed >= SETTLE_MAX_BLOCKS or (followed >= SETTLE_BLOCKS and not mon.awaiting_verdict())
 
     while time.monotonic() < deadline:
+        cluster.supervise()
         for mon in monitors:
             mon.poll()
         if all(settled(mon, start) for mon, start in zip(monitors, starts, strict=True)):

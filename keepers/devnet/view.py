@@ -143,7 +143,7 @@ def plain_line(b: BlockStats, mon: FillMonitor) -> str:
 
 def summary_table(s: Summary, exit_codes: Mapping[str, int | None], nonce_gaps: Mapping[str, list[int]],
                   submitted: tuple[int, int, int], *, submission: str = "flashbots",
-                  title: str = "devnet summary") -> Table:  # fmt: skip
+                  title: str = "devnet summary", supervised: tuple[int, int] = (0, 0)) -> Table:  # fmt: skip
     t = Table(title=title, show_header=False)
     t.add_column("what")
     t.add_column("value", justify="right")
@@ -167,5 +167,6 @@ def summary_table(s: Summary, exit_codes: Mapping[str, int | None], nonce_gaps: 
     )
     t.add_row(f"{_unit(submission)} sent / included / missed", " / ".join(map(str, submitted)))
     t.add_row("nonce gaps", str(sum(len(g) for g in nonce_gaps.values())))
+    t.add_row("keepers killed / restarted by the supervisor", " / ".join(map(str, supervised)))
     t.add_row("keeper exit codes", ", ".join(f"{k} {c}" for k, c in exit_codes.items()))
     return t
