@@ -142,6 +142,8 @@ class TxManager:
         self.fees = fees
         self.route = route
         self.chain = chain
+        for status in Status:  # every outcome's series exists from the start, at 0: an alert on
+            metrics.ACTIONS.labels(chain, str(status))  # "none included" can see a fresh deployment
         self.confirmations = confirmations
         self.max_target_blocks = max(1, max_target_blocks)
         self.block_time = block_time
