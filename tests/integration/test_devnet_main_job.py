@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from keepers.config.schema import KEEPER_KINDS
+from keepers.devnet.anvil import anvil_key
+from keepers.devnet.cluster import ACCOUNTS
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +71,13 @@ def test_sixty_blocks_every_executable_order_filled_within_limits(tmp_path):
     assert code == 0, tail
     dep = json.loads((tmp_path / "devnet" / "deployment.json").read_text())
     assert set(dep["tokens"]) == {"WETH", "WBTC", "USDC", "DAI"}, "the addresses operators configure from"
+    # No key material in any log line or metric of the run (funds keys of every kind, the
+    # users' keys), in any case, with or without 0x.
+    keys = [anvil_key(i).removeprefix("0x").lower() for i in range(ACCOUNTS)]
+    texts = {p.name: p.read_text().lower() for p in (tmp_path / "devnet" / "logs").glob("*.log")}
+    texts["metrics"] = metrics_file.read_text().lower()
+    leaks = [(name, i) for name, text in texts.items() for i, k in enumerate(keys) if k in text]
+    assert leaks == [], f"key material in: {leaks}"
     # Every keeper served metrics to the end.
     metrics = json.loads(metrics_file.read_text())
     assert set(metrics) == set(KEEPER_KINDS)
