@@ -105,21 +105,28 @@ def _start_chain(plan: ChainPlan, first: bool, opts: Options, workdir: Path, nod
     dep = deploy_platform(w3, anvil_key(0), updaters=(keeper_address("oracle"),))
     deployment = workdir / ("deployment.json" if first else f"deployment-{plan.name}.json")
     write_deployment(dep, deployment)
-    console.print(
-        f"anvil        {anvil.url} ({plan.name}, chain {dep.chain_id}); deployed in "
-        f"{time.monotonic() - started:.1f}s"
-    )
     if plan.submission == "flashbots":
+        console.print(
+            f"anvil        {anvil.url} ({plan.name}, chain {dep.chain_id}; internal: the relay builds"
+            f" its blocks, so send through the relay); deployed in {time.monotonic() - started:.1f}s"
+        )
         w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
         url = cluster.start_relay(anvil.url, opts.block_time)
         console.print(f"relay        {url} ({plan.name}: bundles; a block every {opts.block_time:g}s)")
+        console.print(
+            f"rpc          {url} ({plan.name}: for wallets and scripts; what you send here is mined)"
+        )
     else:
         # Interval mining replaces automine: a block every block_time from the node's own mempool.
         answer = w3.provider.make_request("evm_setIntervalMining", [int(opts.block_time)])  # type: ignore[arg-type]
         if "error" in answer:
             raise RuntimeError(f"anvil refused interval mining: {answer['error']}")
         url = anvil.url
-        console.print(f"mempool      {url} ({plan.name}: public transactions, EIP-1559 fee bumps)")
+        console.print(
+            f"anvil        {anvil.url} ({plan.name}, chain {dep.chain_id});"
+            f" deployed in {time.monotonic() - started:.1f}s"
+        )
+        console.print(f"rpc          {url} ({plan.name}: public mempool, for wallets, scripts and keepers)")
     return ChainRun(ChainEndpoint(plan, url, deployment, dep.tokens["WETH"]), dep)
 
 
