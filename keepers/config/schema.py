@@ -197,8 +197,8 @@ class Settings(Strict):
     #: Or a signer already running: `unix:/path.sock` (the chart's sidecar, `keepers signer
     #: serve`) or `http(s)://` (Web3Signer, Clef): anything serving eth_signTransaction.
     signer_url: SignerUrl | None = None
-    #: The signer process a keeper starts refuses signatures whose fees (gas x maxFeePerGas,
-    #: counted once per nonce) would pass this in any hour. A signer at signer_url has its own.
+    #: The signer process a keeper starts refuses signatures whose cost (gas x maxFeePerGas plus
+    #: value, counted once per nonce) would pass this in any hour. A signer at signer_url has its own.
     signer_max_fees_per_hour_eth: float | None = Field(default=None, gt=0)
     #: The signer process a keeper starts signs transactions only to its chain's contracts (and
     #: its own address): a plugin that asks it to send the funds elsewhere is refused. These

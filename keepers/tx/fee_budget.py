@@ -1,7 +1,7 @@
-"""The signer's spend limit: the most fees its signatures can cost in any hour.
+"""The signer's spend limit: the most its signatures can cost in any hour, fees and value.
 
-A nonce lands at most once, so what one nonce can cost is the largest `gas x maxFeePerGas` of
-any transaction signed for it; signing it again (a bundle re-targeted, a fee bumped) only
+A nonce lands at most once, so what one nonce can cost is the largest `gas x maxFeePerGas +
+value` of any transaction signed for it; signing it again (a bundle re-targeted, a fee bumped) only
 counts the difference. A nonce's cost stays in the window for an hour after its last signature.
 """
 

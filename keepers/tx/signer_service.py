@@ -105,12 +105,13 @@ class SignerService:
         if not isinstance(data, str) or not data.startswith("0x"):
             raise Refused(INVALID_PARAMS, "data must be 0x-prefixed hex")
         gas, nonce = _quantity(tx, "gas"), _quantity(tx, "nonce")
-        _quantity(tx, "value", required=False)
+        value = _quantity(tx, "value", required=False)
         fees = Fees(_quantity(tx, "maxFeePerGas"), _quantity(tx, "maxPriorityFeePerGas"))
         if fees.max_priority_fee_per_gas > fees.max_fee_per_gas:
             raise Refused(INVALID_PARAMS, "maxPriorityFeePerGas above maxFeePerGas")
         try:
-            self.budget.charge(chain_id, nonce, gas * fees.max_fee_per_gas)
+            # What a signature can cost: its fees and the value it moves (a builder tip, say).
+            self.budget.charge(chain_id, nonce, gas * fees.max_fee_per_gas + value)
         except BudgetExceeded as exc:
             log.warning("signature refused", reason=str(exc), nonce=nonce, chain_id=chain_id)
             raise Refused(REFUSED, str(exc)) from None
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--max-fees-per-hour-eth", type=float, metavar="ETH",
-        help="refuse signatures whose fees would pass this in any hour (default: no limit)",
+        help="refuse signatures whose fees and value would pass this in any hour (default: no limit)",
     )  # fmt: skip
     parser.add_argument(
         "--allow-to", action="append", metavar="ADDRESS",
