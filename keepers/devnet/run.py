@@ -25,8 +25,10 @@ from types import FrameType
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 from rich.console import Console
+from sqlmodel import Session, select
 from web3 import Web3
 
+from keepers.chain.artifacts import load_artifact
 from keepers.config.schema import KEEPER_KINDS
 from keepers.devnet.anvil import Anvil, anvil_key
 from keepers.devnet.cluster import (
@@ -45,6 +47,7 @@ from keepers.devnet.public import PublicSender, account, chain_id_cached
 from keepers.devnet.traders import TraderSim
 from keepers.devnet.view import ChainView, LiveView, plain_line, submission_totals, summary_table
 from keepers.store.engine import make_engine
+from keepers.store.tables import Cursor, Order
 from keepers.tx.records import TxRecords
 
 log = structlog.get_logger("devnet")
@@ -252,6 +255,9 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
         summary = mon.finish()
         ours = {k: codes[k] for k in run.keepers}
         gaps = _nonce_gaps(opts.workdir.resolve() / "keepers.sqlite", run)
+        mismatches = _store_mismatches(opts.workdir.resolve() / "keepers.sqlite", run)
+        for mismatch in mismatches:
+            console.print(f"  [red]store differs from the chain[/red]: {mismatch}")
         sent = submission_totals(run.plan.submission, {k: metrics.get(k, {}) for k in run.keepers})
         title = f"{run.plan.name} summary (chain {run.dep.chain_id}, {run.plan.submission})"
         supervised = (sum(cluster.keepers[k].kills for k in run.keepers),
@@ -265,6 +271,7 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
             console.print(f"  order {m.order_id} ({m.kind}): {m.why}")
         result = summary.as_json()
         result.update(
+            store_mismatches=mismatches,
             keeper_restarts={k: cluster.keepers[k].restarts for k in run.keepers},
             keeper_kills={k: cluster.keepers[k].kills for k in run.keepers},
             keeper_deaths={k: cluster.keepers[k].deaths for k in run.keepers},
@@ -277,7 +284,7 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
         results[run.plan.name] = result
         unfilled = [m for m in summary.misses if m.filled_block is None]
         unclean = any(c != 0 for c in ours.values())
-        failed |= bool(unfilled or summary.below_limit or any(gaps.values()) or unclean)
+        failed |= bool(unfilled or summary.below_limit or any(gaps.values()) or unclean or mismatches)
     if opts.summary_json:
         opts.summary_json.write_text(json.dumps({"ok": not failed, "chains": results}, indent=2))
     return 1 if failed else 0
@@ -302,6 +309,36 @@ def _settle(monitors: list[FillMonitor], block_time: float, cluster: Cluster) ->
         if all(settled(mon, start) for mon, start in zip(monitors, starts, strict=True)):
             return
         time.sleep(0.1)
+
+
+def _store_mismatches(database: Path, run: ChainRun) -> list[str]:
+    """Every order in the store against the chain's `getOrder` at the furthest block the
+    keepers' followers applied: the store must equal the chain (remaining amount; open only
+    while something remains, filled or cancelled only when nothing does), whatever was killed
+    along the way."""
+    engine = make_engine(f"sqlite:///{database}")
+    chain_id = run.dep.chain_id
+    with Session(engine) as s:
+        cursors = s.exec(select(Cursor).where(Cursor.chain_id == chain_id)).all()
+        orders = s.exec(select(Order).where(Order.chain_id == chain_id)).all()
+    if not cursors:
+        return ["no follower cursor in the store"]
+    at = max(c.block_number for c in cursors)
+    w3 = _web3(run.endpoint.url)
+    book = w3.eth.contract(
+        address=Web3.to_checksum_address(run.dep.order_book), abi=load_artifact("OrderBook").abi
+    )
+    out = []
+    for o in orders:
+        if o.placed_block > at:
+            continue  # placed after the last applied block (a lagging store is not a wrong one)
+        remaining = int(book.functions.getOrder(o.order_id).call(block_identifier=at)[1])
+        still_open = o.status in ("open", "armed", "partially_filled")
+        closed = o.status in ("filled", "cancelled")  # "expired" keeps its escrow until refunded
+        if remaining != o.remaining or (still_open and remaining == 0) or (closed and remaining > 0):
+            store = f"store {o.status} remaining {o.remaining}"
+            out.append(f"order {o.order_id}: {store}, chain remaining {remaining} at block {at}")
+    return out
 
 
 def _nonce_gaps(database: Path, run: ChainRun) -> dict[str, list[int]]:

@@ -1,9 +1,10 @@
 """Crash loop (issue: reliability). The main job while the devnet kill -9s a random keeper every
 few seconds, at whatever point of its cycle it is (deciding, signing, sending, committing,
 catching up), and restarts it with backoff as a supervisor would. Must hold after every
-restart: nothing filled below its limit, no executable order left unfilled, no nonce gap, every
-death one of ours (SIGKILL, never a crash of its own), every keeper drains and exits 0 at the
-end. KEEPERS_DEEP=1 runs it long enough for 100+ kills."""
+restart: nothing filled below its limit, no executable order left unfilled, no nonce gap, the
+store equal to the chain (every order against getOrder), every death one of ours (SIGKILL,
+never a crash of its own), every keeper drains and exits 0 at the end. KEEPERS_DEEP=1 runs it
+long enough for 100+ kills."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def test_keepers_killed_at_random_lose_nothing(tmp_path):
     assert s["unfilled_executable"] == [], s["unfilled_executable"]
     assert s["fills_below_limit"] == []
     assert s["nonce_gaps"] == {k: [] for k in KEEPER_KINDS}, s["nonce_gaps"]
+    assert s["store_mismatches"] == [], "the store equals the chain after every restart"
     assert s["keeper_exit_codes"] == dict.fromkeys(KEEPER_KINDS, 0), tail
     assert s["fills"] > 0
     assert result["ok"], tail

@@ -39,6 +39,7 @@ def _judge(
     assert s["unfilled_executable"] == [], f"executable orders left unfilled: {s['unfilled_executable']}"
     assert s["fills_below_limit"] == [], "a fill below the trader's limit"
     assert s["nonce_gaps"] == {k: [] for k in keepers}, s["nonce_gaps"]
+    assert s["store_mismatches"] == [], "the store equals the chain"
     assert s["keeper_exit_codes"] == dict.fromkeys(keepers, 0), "every keeper drained and exited 0"
 
     # The run did real work: orders of every kind placed, most filled, and filled promptly.
@@ -146,6 +147,7 @@ def test_under_load_nothing_is_lost(tmp_path, chains: int):
         )
         assert s["fills_below_limit"] == [], f"{name}: a fill below the trader's limit"
         assert s["nonce_gaps"] == {k: [] for k in keepers}, s["nonce_gaps"]
+        assert s["store_mismatches"] == [], f"{name}: the store equals the chain"
         assert s["keeper_exit_codes"] == dict.fromkeys(keepers, 0), (
             f"{name}: every keeper drained and exited 0"
         )
