@@ -117,6 +117,9 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     # The signer process starts before the runtime (and any plugin) is imported: libraries
     # that read the whole environment on import would otherwise copy a key variable first.
+    if not settings.keepers[args.name].enabled:
+        print(f"keepers: keepers.{args.name}.enabled = false: switched off in {args.config}", file=sys.stderr)
+        return 2
     child = SignerProcess.of_keeper(settings, args.name)
     if child is not None:
         child.spawn()

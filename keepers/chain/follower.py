@@ -336,7 +336,7 @@ class ChainFollower:
                     head = await self.head()
                 except Exception as exc:  # noqa: BLE001 - the node's fault, never the keeper's end
                     failures += 1
-                    wait = min(poll_interval * 2**failures, MAX_BACKOFF)
+                    wait = min(poll_interval * 2 ** min(failures, 16), MAX_BACKOFF)
                     metrics.HEAD_POLL_FAILURES.labels(self.label).inc()
                     log.warning("head poll failed; backing off", error=_fault(exc), retry_in=round(wait, 2),
                                 failures=failures, chain=self.label)  # fmt: skip

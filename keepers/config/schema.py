@@ -201,8 +201,8 @@ class Settings(Strict):
     #: value, counted once per nonce) would pass this in any hour. A signer at signer_url has its own.
     signer_max_fees_per_hour_eth: float | None = Field(default=None, gt=0)
     #: The signer process a keeper starts signs transactions only to its chain's contracts (and
-    #: its own address): a plugin that asks it to send the funds elsewhere is refused. These
-    #: addresses are allowed as well.
+    #: its own address), and value only to the builder tip contract: a plugin that asks it to
+    #: send the funds elsewhere is refused. These addresses are allowed as well, value included.
     signer_allowed_to: list[Address] = Field(default_factory=list)
     chains: dict[str, ChainSettings] = Field(min_length=1)
     keepers: dict[str, KeeperSettings] = Field(default_factory=dict)

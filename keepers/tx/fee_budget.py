@@ -36,6 +36,8 @@ class FeeBudget:
 
     def charge(self, chain_id: int, nonce: int, cost_wei: int) -> None:
         """Books a signature costing at most `cost_wei`, or refuses it."""
+        if self.limit_wei is None:
+            return  # nothing to enforce, nothing to keep (a caller cannot grow it without bound)
         now = self._clock()
         self._expire()
         key = (chain_id, nonce)

@@ -622,7 +622,11 @@ class TxManager:
                 "max_priority_fee_per_gas": bumped.max_priority_fee_per_gas,
             }
         )
-        (signed,) = await self._sign([rec])
+        try:
+            (signed,) = await self._sign([rec])
+        except SignerError as exc:  # refused (its budget) or away: no bump this round, retried next
+            log.warning("fee bump not signed", tx=rec.id, error=str(exc))
+            return []
         await self.route.send_raw(signed.raw)
         fields = {
             "tx_hash": signed.tx_hash, "target_block": head + 1, "max_fee_per_gas": bumped.max_fee_per_gas,
@@ -741,7 +745,11 @@ class TxManager:
 
     async def _send_now(self, rec: TxRecord, head: int) -> None:
         """Sends one record by itself (gap fills, no-op replacements)."""
-        (signed,) = await self._sign([rec])
+        try:
+            (signed,) = await self._sign([rec])
+        except SignerError as exc:  # one refusal must not end the settlement of every other record
+            log.warning("not signed; left for the next round", tx=rec.id, nonce=rec.nonce, error=str(exc))
+            return
         group = bundle_hash([signed.raw]) if isinstance(self.route, BundleRoute) else None
         if not await self._mark_sent([rec], [signed], head + 1, group):
             return

@@ -95,6 +95,8 @@ class RemoteSigner:
             raise SignerError(f"signer at {self.url} unreachable: {exc.__class__.__name__}") from None
         if isinstance(answers, dict):  # a signer that answers a batch with one error
             answers = [answers]
+        if not isinstance(answers, list):
+            raise SignerError(f"signer at {self.url} answered no JSON-RPC batch")
         by_id = {a.get("id"): a for a in answers if isinstance(a, dict)}
         results = []
         for i in ids:

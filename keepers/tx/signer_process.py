@@ -4,8 +4,8 @@ the key), restarted if it dies, stopped with the keeper."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +19,7 @@ from keepers.config.contracts import contract_addresses
 from keepers.config.schema import Settings
 from keepers.config.secrets import SecretRef
 from keepers.tx.remote_signer import RemoteSigner
+from keepers.tx.scrub import scrub_environment
 from keepers.tx.signer import SignerError
 
 log = structlog.get_logger("signer")
@@ -28,12 +29,19 @@ START_TIMEOUT = 30.0
 
 
 def signer_args(
-    key: SecretRef, socket: Path, chain_id: int, max_fees_per_hour_eth: float | None, allow_to: Sequence[str]
+    key: SecretRef,
+    socket: Path,
+    chain_id: int,
+    max_fees_per_hour_eth: float | None,
+    allow_to: Sequence[str],
+    value_to: Sequence[str] = (),
 ) -> list[str]:
     """`keepers signer serve` arguments for a key reference: the reference, never the key."""
-    args = ["--socket", str(socket), "--chain-id", str(chain_id), "--exit-with-parent"]
+    args = ["--socket", str(socket), "--chain-id", str(chain_id), "--parent-pid", str(os.getpid())]
     for address in allow_to:
         args += ["--allow-to", address]
+    for address in value_to:
+        args += ["--allow-value-to", address]
     for flag, value in (
         ("--key-env", key.env), ("--key-file", key.file), ("--keystore", key.keystore),
         ("--password-file", key.password_file), ("--password-env", key.password_env),
@@ -47,13 +55,18 @@ def signer_args(
 
 class SignerProcess:
     def __init__(
-        self, key: SecretRef, chain_id: int, max_fees_per_hour_eth: float | None, allow_to: Sequence[str]
+        self,
+        key: SecretRef,
+        chain_id: int,
+        max_fees_per_hour_eth: float | None,
+        allow_to: Sequence[str],
+        value_to: Sequence[str] = (),
     ) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="keepers-signer-"))  # 0700: ours alone
         self.socket = self._dir / "signer.sock"
         self._argv = [
             sys.executable, "-m", "keepers.tx.signer_service",
-            *signer_args(key, self.socket, chain_id, max_fees_per_hour_eth, allow_to),
+            *signer_args(key, self.socket, chain_id, max_fees_per_hour_eth, allow_to, value_to),
         ]  # fmt: skip
         self._scrub = [v for v in (key.env, key.password_env) if v is not None]
         self._proc: subprocess.Popen[bytes] | None = None
@@ -67,8 +80,13 @@ class SignerProcess:
         if url is not None or key is None:
             return None
         chain = settings.chains[settings.keepers[name].chain]
-        allow = contract_addresses(chain).every() + list(settings.signer_allowed_to)
-        return cls(key, chain.chain_id, settings.signer_max_fees_per_hour_eth, allow)
+        contracts = contract_addresses(chain)
+        allow = contracts.every() + list(settings.signer_allowed_to)
+        # Value goes to the builder tip contract and to what the operator allowed, nowhere else.
+        value_to = ([contracts.builder_tip] if contracts.builder_tip else []) + list(
+            settings.signer_allowed_to
+        )
+        return cls(key, chain.chain_id, settings.signer_max_fees_per_hour_eth, allow, value_to)
 
     def spawn(self) -> None:
         """Starts the child, then takes the key's variables out of this process's environment:
@@ -106,7 +124,7 @@ class SignerProcess:
 
     def close(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
+            self._proc.send_signal(signal.SIGUSR1)  # it ignores SIGTERM: see signer_service.serve
             try:
                 self._proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -120,33 +138,3 @@ def _popen(argv: list[str]) -> subprocess.Popen[bytes]:
     # Its own session: a Ctrl-C meant for the keeper must not stop the signer while the keeper
     # drains; the keeper stops it after, and it stops by itself if the keeper is killed.
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def scrub_environment(name: str) -> None:
-    """Removes a variable from this process's environment and zeroes its value where it was:
-    in os.environ's copy and in the C environment block (which /proc/self/environ shows), so
-    code loaded later in this process (a strategy plugin) cannot read it back."""
-    key = os.fsencode(name)
-    value = os.environb.get(key) if os.supports_bytes_environ else None
-    libc = ctypes.CDLL(None)
-    environ = ctypes.POINTER(ctypes.c_char_p).in_dll(libc, "environ")
-    prefix = key + b"="
-    i = 0
-    while environ[i] is not None:
-        entry = environ[i]
-        assert entry is not None
-        if entry.startswith(prefix):
-            address = ctypes.cast(environ, ctypes.POINTER(ctypes.c_void_p))[i]
-            assert address is not None
-            ctypes.memset(address + len(prefix), 0, len(entry) - len(prefix))
-        i += 1
-    os.environ.pop(name, None)
-    if value is not None:
-        _zero_bytes(value)
-
-
-def _zero_bytes(value: bytes) -> None:
-    # CPython keeps a bytes object's contents inline after its header; a freed object's bytes
-    # stay in the heap until reused, so they are zeroed before the last reference goes.
-    offset = sys.getsizeof(b"") - 1
-    ctypes.memset(id(value) + offset, 0, len(value))

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from eth_account import Account
 from keepers.config.secrets import SecretError, SecretRef
 from keepers.tx.fee_budget import BudgetExceeded, FeeBudget
 from keepers.tx.fees import Fees
+from keepers.tx.scrub import scrub_environment
 from keepers.tx.signer import TxSigner
 
 log = structlog.get_logger("signer")
@@ -32,6 +35,7 @@ PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, REFUSED = (
     -32000,
 )
 MAX_BATCH = 256
+PR_SET_DUMPABLE = 4
 
 
 class Refused(Exception):
@@ -52,21 +56,27 @@ def _quantity(tx: dict[str, Any], field: str, required: bool = True) -> int:
         raise Refused(INVALID_PARAMS, f"{field} must be a hex quantity") from None
 
 
+@dataclass(frozen=True)
+class Policy:
+    """What the signer signs. A plugin in the keeper can ask for signatures, so this, not the
+    key's absence, is what keeps it from sending the keeper's funds elsewhere."""
+
+    chain_ids: frozenset[int]
+    #: Where transactions may go (lowercase; its own address always, for no-op gap fills);
+    #: None: anywhere (only with --allow-any).
+    allowed_to: frozenset[str] | None = frozenset()
+    #: Where a transaction may carry value (a builder tip contract); nowhere else.
+    value_to: frozenset[str] = frozenset()
+
+
 class SignerService:
-    def __init__(
-        self,
-        signer: TxSigner,
-        chain_ids: frozenset[int],
-        budget: FeeBudget,
-        allowed_to: frozenset[str] | None = None,
-    ) -> None:
+    def __init__(self, signer: TxSigner, policy: Policy, budget: FeeBudget) -> None:
         self.signer = signer
-        self.chain_ids = chain_ids
+        self.chain_ids = policy.chain_ids
         self.budget = budget
-        #: Where transactions may go (lowercase; its own address always, for no-op gap fills).
-        #: None: anywhere. A plugin in the keeper can ask for signatures, so this is what keeps
-        #: it from sending the keeper's funds elsewhere.
-        self.allowed_to = None if allowed_to is None else allowed_to | {signer.address.lower()}
+        own = signer.address.lower()
+        self.allowed_to = None if policy.allowed_to is None else policy.allowed_to | {own}
+        self.value_to = policy.value_to
 
     def handle(self, request: Any) -> dict[str, Any]:
         rid = request.get("id") if isinstance(request, dict) else None
@@ -106,6 +116,10 @@ class SignerService:
             raise Refused(INVALID_PARAMS, "data must be 0x-prefixed hex")
         gas, nonce = _quantity(tx, "gas"), _quantity(tx, "nonce")
         value = _quantity(tx, "value", required=False)
+        if value and (to is None or to.lower() not in self.value_to):
+            raise Refused(
+                REFUSED, f"this signer sends value only to {', '.join(sorted(self.value_to)) or 'nobody'}"
+            )
         fees = Fees(_quantity(tx, "maxFeePerGas"), _quantity(tx, "maxPriorityFeePerGas"))
         if fees.max_priority_fee_per_gas > fees.max_fee_per_gas:
             raise Refused(INVALID_PARAMS, "maxPriorityFeePerGas above maxFeePerGas")
@@ -150,17 +164,19 @@ def make_app(service: SignerService) -> web.Application:
 
 
 async def serve(
-    key: SecretRef,
-    socket_path: Path,
-    chain_ids: frozenset[int],
-    max_fees_per_hour_wei: int | None,
-    allowed_to: frozenset[str] | None = None,
-    exit_with_parent: bool = False,
+    key: SecretRef, socket_path: Path, policy: Policy, max_per_hour_wei: int | None, parent: int | None = None
 ) -> None:
-    """Serves until SIGTERM/SIGINT. The socket is 0660: the keeper's user (or, in the chart's
-    pod, its group) may ask for signatures; nobody else on the machine can."""
+    """Serves until SIGTERM/SIGINT, or, started by a keeper (`parent`), until that keeper is
+    gone or stops it with SIGUSR1: a service manager's SIGTERM to the whole group must not stop
+    the signer while the keeper still drains. The socket is 0660: the keeper's user (or, in the
+    chart's pod, its group) may ask for signatures; nobody else on the machine can."""
+    if parent is not None and os.getppid() != parent:
+        return  # the keeper died while this process started
     signer = TxSigner(Account.from_key(key.resolve()), chain_id=0)
-    service = SignerService(signer, chain_ids, FeeBudget(max_fees_per_hour_wei), allowed_to)
+    for variable in (key.env, key.password_env):
+        if variable is not None:
+            scrub_environment(variable)  # /proc/<pid>/environ of this process too
+    service = SignerService(signer, policy, FeeBudget(max_per_hour_wei))
     runner = web.AppRunner(make_app(service), access_log=None)
     await runner.setup()
     socket_path.unlink(missing_ok=True)
@@ -169,24 +185,35 @@ async def serve(
         await web.UnixSite(runner, str(socket_path)).start()
     finally:
         os.umask(old)
-    log.info("signer serving", address=signer.address, socket=str(socket_path), chains=sorted(chain_ids))
+    log.info(
+        "signer serving", address=signer.address, socket=str(socket_path), chains=sorted(policy.chain_ids)
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGUSR1,) if parent is not None else (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    parent = os.getppid()
+    if parent is not None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: None)
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=1.0)
         except TimeoutError:
-            if exit_with_parent and os.getppid() != parent:
+            if parent is not None and os.getppid() != parent:
                 log.warning("the keeper that started this signer is gone; stopping")
                 break
     await runner.cleanup()
     socket_path.unlink(missing_ok=True)
-    if exit_with_parent:  # the private directory a keeper made for it, unless it was killed
+    if parent is not None:  # the private directory a keeper made for it, unless it was killed
         with contextlib.suppress(OSError):
             socket_path.parent.rmdir()
+
+
+def _not_dumpable() -> None:
+    """Linux: other processes of the same user (the keeper, a plugin in it) can then neither
+    read this process's memory or environment in /proc nor attach a debugger to it."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,13 +242,20 @@ def main(argv: list[str] | None = None) -> int:
         help="refuse signatures whose fees and value would pass this in any hour (default: no limit)",
     )  # fmt: skip
     parser.add_argument(
-        "--allow-to", action="append", metavar="ADDRESS",
-        help="sign only transactions to these addresses (repeat; its own is always allowed); default: any",
+        "--allow-to", action="append", default=[], metavar="ADDRESS",
+        help="sign transactions to this address (repeat; its own is always allowed)",
+    )  # fmt: skip
+    parser.add_argument("--allow-any", action="store_true", help="sign transactions to any address")
+    parser.add_argument(
+        "--allow-value-to", action="append", default=[], metavar="ADDRESS",
+        help="a transaction may carry value to this address (repeat; a builder tip contract)",
     )  # fmt: skip
     parser.add_argument(
-        "--exit-with-parent", action="store_true", help="stop when the process that started it dies"
-    )
+        "--parent-pid", type=int, metavar="PID",
+        help="started by this keeper: stop when it is gone (or on SIGUSR1), not on SIGTERM",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    _not_dumpable()
     try:
         key = SecretRef(
             env=args.key_env, file=args.key_file, keystore=args.keystore,
@@ -230,9 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc).splitlines()[-1])
     limit = None if args.max_fees_per_hour_eth is None else int(args.max_fees_per_hour_eth * 10**18)
+    policy = Policy(
+        frozenset(args.chain_id),
+        None if args.allow_any else frozenset(a.lower() for a in args.allow_to),
+        frozenset(a.lower() for a in args.allow_value_to),
+    )
     try:
-        allowed = None if args.allow_to is None else frozenset(a.lower() for a in args.allow_to)
-        asyncio.run(serve(key, args.socket, frozenset(args.chain_id), limit, allowed, args.exit_with_parent))
+        asyncio.run(serve(key, args.socket, policy, limit, args.parent_pid))
     except SecretError as exc:
         print(f"keepers signer: {exc}", file=sys.stderr)
         return 2

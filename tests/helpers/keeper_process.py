@@ -74,8 +74,9 @@ strategy = "{strategy}"
     return cfg
 
 
-def start_keeper(cfg: Path, **env: str) -> subprocess.Popen[str]:
-    """`keepers run limit-stop` with the test plugins importable and the keeper's key in env."""
+def start_keeper(cfg: Path, log: Path | None = None, **env: str) -> subprocess.Popen[str]:
+    """`keepers run limit-stop` with the test plugins importable and the keeper's key in env;
+    its output to `log` if given (a pipe nobody reads fills up and stops the keeper), else pipes."""
     full = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")]),
@@ -83,10 +84,11 @@ def start_keeper(cfg: Path, **env: str) -> subprocess.Popen[str]:
         "TEST_REPUTATION": Account.create().key.hex(),
         **env,
     }
+    out = log.open("w") if log is not None else subprocess.PIPE
     return subprocess.Popen(
         [sys.executable, "-m", "keepers.cli", "run", "limit-stop", "--config", str(cfg)],
         env=full,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=out,
+        stderr=subprocess.STDOUT if log is not None else subprocess.PIPE,
         text=True,
     )

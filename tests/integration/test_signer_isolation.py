@@ -28,7 +28,7 @@ from keepers.tx.fees import Fees
 from keepers.tx.remote_signer import RemoteSigner
 from keepers.tx.signer import SignerError, TxSigner
 from keepers.tx.signer_process import SignerProcess
-from keepers.tx.signer_service import SignerService
+from keepers.tx.signer_service import Policy, SignerService
 from tests.helpers.keeper_process import KEEPER, KEEPER_KEY, keeper_config, relayed_chain, start_keeper
 
 pytestmark = pytest.mark.integration
@@ -180,6 +180,8 @@ def test_the_signer_signs_its_own_transactions_within_its_budget(tmp_path: Path)
             elsewhere = _record(2).model_copy(update={"to": "0x" + "22" * 20})
             with pytest.raises(SignerError, match="does not sign transactions to"):
                 await signer.sign([(elsewhere, fees)])  # a plugin sending the funds away
+            with pytest.raises(SignerError, match="sends value only to"):
+                await signer.sign([(_record(2).model_copy(update={"value": 10**18}), fees)])
             with pytest.raises(SignerError, match="not one this signer signs for"):
                 await RemoteSigner(child.url, 1).sign([(_record(5, chain_id=1), fees)])
             other = RemoteSigner(child.url, 31337)
@@ -253,7 +255,8 @@ _TX_FIELDS = st.fixed_dictionaries(
     )
 )
 def test_the_signer_answers_any_request_with_a_result_or_an_error(request: object) -> None:
-    service = SignerService(TxSigner(Account.from_key(KEEPER_KEY), 0), frozenset({31337}), FeeBudget(10**18))
+    policy = Policy(frozenset({31337}), None, frozenset())
+    service = SignerService(TxSigner(Account.from_key(KEEPER_KEY), 0), policy, FeeBudget(10**18))
     answer = service.handle(request)
     assert set(answer) == {"jsonrpc", "id", "error"} or set(answer) == {"jsonrpc", "id", "result"}
     if "result" in answer and isinstance(request, dict) and request.get("method") == "eth_signTransaction":

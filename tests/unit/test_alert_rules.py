@@ -31,7 +31,10 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def _leaders(except_kind: str = "") -> list[dict[str, str]]:
     kinds = ["iceberg", "limit-stop", "liquidation", "oracle", "rebalancer", "twap"]
     return [
-        {"series": f'keepers_leader{{chain="mainnet",keeper="{k}",pod="{k}-0"}}', "values": "1x40"}
+        {
+            "series": f'keepers_leader{{chain="mainnet",keeper="{k}",namespace="keepers",pod="{k}-0"}}',
+            "values": "1x40",
+        }
         for k in kinds
         if k != except_kind
     ]
@@ -111,7 +114,11 @@ def test_alerts_fire_when_they_must_and_not_otherwise(tmp_path: Path) -> None:
                     "alertname": "KeeperDown",
                     "exp_alerts": [
                         {
-                            "exp_labels": {"severity": "critical", "keeper": "oracle"},
+                            "exp_labels": {
+                                "severity": "critical",
+                                "keeper": "oracle",
+                                "namespace": "keepers",
+                            },
                             "exp_annotations": {
                                 "summary": "No replica of oracle reports metrics",
                                 "runbook": "README.md#keeperdown",

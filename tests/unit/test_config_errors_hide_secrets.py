@@ -21,6 +21,7 @@ from keepers.config.secrets import SecretRef
 TEMPLATE = """\
 database_url = {database_url}
 signer = {signer}
+signer_allowed_to = [{allowed_0}]
 
 [chains.main]
 chain_id = 1
@@ -58,6 +59,7 @@ VALID = {
     "pool_0": '"0x0000000000000000000000000000000000000c00"',
     "pool_1": '"0x0000000000000000000000000000000000000c01"',
     "keeper_signer": '{ env = "LIMIT_STOP_SIGNER" }',
+    "allowed_0": '"0x0000000000000000000000000000000000000d00"',
 }
 
 #: Placeholder -> the key path an error about it must name.
@@ -70,6 +72,7 @@ ADDRESSES = {
     "builder_tip": "chains.main.contracts.builder_tip",
     "pool_0": "chains.main.contracts.pools.0",
     "pool_1": "chains.main.contracts.pools.1",
+    "allowed_0": "signer_allowed_to.0",
 }
 SECRET_REFS = {
     "signer": "signer",
@@ -205,7 +208,10 @@ def test_a_secret_in_a_url_is_named_not_shown(workdir: Path, key_hex: str, field
 
 
 @settings(max_examples=20, deadline=None)
-@given(key_hex=private_keys, field=st.sampled_from([f for f in ADDRESSES if not f.startswith("pool")]))
+@given(
+    key_hex=private_keys,
+    field=st.sampled_from([f for f in ADDRESSES if not f.startswith(("pool", "allowed"))]),
+)  # lists: not settable from env
 def test_a_private_key_from_the_environment_is_named_not_shown(
     workdir: Path, key_hex: str, field: str
 ) -> None:

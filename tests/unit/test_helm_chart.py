@@ -175,8 +175,8 @@ def test_the_key_is_mounted_into_the_signer_sidecar_only():
         assert {m["name"] for m in keeper["volumeMounts"]} >= {"signer-socket"}
         assert "signer" not in {m["name"] for m in keeper["volumeMounts"]}
         assert {m["name"] for m in sidecar["volumeMounts"]} == {"signer", "signer-socket"}
+        assert sidecar["command"] == ["python", "-m", "keepers.tx.signer_service"]
         args = sidecar["args"]
-        assert args[:2] == ["signer", "serve"]
         assert args[args.index("--chain-id") + 1] == "1"
         assert args[args.index("--max-fees-per-hour-eth") + 1] == "0.5"
         allowed = {args[i + 1] for i, a in enumerate(args) if a == "--allow-to"}
@@ -188,3 +188,5 @@ def test_the_key_is_mounted_into_the_signer_sidecar_only():
         secret = "keepers-signer-liquidation" if name.endswith("-liquidation") else "keepers-signer"
         assert volumes["signer"]["secret"]["secretName"] == secret
         assert volumes["signer"]["secret"]["defaultMode"] == 0o400
+        # scrypt of a standard keystore needs ~256 MiB: a smaller limit would never serve.
+        assert sidecar["resources"]["limits"]["memory"] == "384Mi"
