@@ -232,16 +232,17 @@ class Cluster:
                 restarted.append(name)
         return restarted
 
-    def revive_all(self, timeout: float = 60.0) -> None:
-        """Supervises until every keeper is up and ready again (before the final stop)."""
-        deadline = time.monotonic() + timeout
+    def revive_all(self, timeout: float = 60.0) -> bool:
+        """Supervises until every keeper is up and ready again; whether any was not."""
+        deadline, revived = time.monotonic() + timeout, False
         while time.monotonic() < deadline:
-            self.supervise()
-            if all(p.alive() and p.restart_at is None for p in self.keepers.values()) and not self.wait_ready(
-                5
-            ):
-                return
+            revived |= bool(self.supervise())
+            down = [p for p in self.keepers.values() if not p.alive() or p.restart_at is not None]
+            if not down and not self.wait_ready(5):
+                return revived
+            revived = True  # down, or up but not ready yet (restarted, catching up)
             time.sleep(0.2)
+        return revived
 
     def kill_one(self, pick: Callable[[list[str]], str]) -> str | None:
         """kill -9 to one live keeper (chosen by `pick`): the fault the devnet can inject."""

@@ -300,6 +300,12 @@ class FillMonitor:
             self.summary.lapsed += 1  # out of reach again before anyone could fill it
             order.executable_since, order.checks_executable = None, 0
 
+    def judge_from(self, block: int) -> None:
+        """Restarts the clock of every executable open order at `block` (keepers restarted)."""
+        for o in self.orders.values():
+            if o.executable_since is not None and o.executable_since < block:
+                o.executable_since = block
+
     def awaiting_verdict(self) -> bool:
         """Some open order is executable but not yet for UNFILLED_AFTER blocks."""
         return any(

@@ -243,8 +243,13 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
                 view.__exit__()
     finally:
         scheduler.shutdown(wait=True)
+    if cluster.revive_all():
+        # Keepers were down when the traders stopped: an order is judged from the block all
+        # of them were back (unfilled if still open UNFILLED_AFTER blocks after the restart).
+        for _run, mon in monitors:
+            mon.poll()
+            mon.judge_from(mon.last_block)
     _settle([mon for _run, mon in monitors], opts.block_time, cluster)
-    cluster.revive_all()  # a keeper killed late is stopped cleanly too, after its restart
     metrics = {name: cluster.metrics(name) for name in cluster.keepers}
     if opts.metrics_snapshot:
         opts.metrics_snapshot.write_text(json.dumps(metrics, indent=2, sort_keys=True))
