@@ -52,7 +52,8 @@ def _record(nonce: int, gas: int = 21_000, chain_id: int = 31337) -> TxRecord:
 
 
 def _memory_holds(pid: int, needles: list[bytes]) -> list[str]:
-    """Which needles occur anywhere in the readable memory of process `pid`."""
+    """Which needles occur anywhere in the readable memory of process `pid` (the plugin has its
+    own reader: it is third-party code and imports nothing of the tests)."""
     hits = set()
     with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
         for line in maps:

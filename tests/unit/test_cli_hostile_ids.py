@@ -13,14 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlmodel import Session
 
-from keepers.chain.events import Event
 from keepers.cli import main
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
 from keepers.store.projection import store_events
+from tests.helpers.order_events import BOOK, placed
 
-BOOK = "0x00000000000000000000000000000000000000b0"
-OWNER = "0x00000000000000000000000000000000000000aa"
 #: A small id, and the largest one SQLite's INTEGER column holds.
 STORED = (7, 2**63 - 1)
 ID_ERROR = "keepers orders show: error: argument order_id: "
@@ -37,15 +35,6 @@ contracts = {{ order_book = "{book}" }}
 """
 
 
-def _placed(order_id: int, block: int) -> Event:
-    params = {
-        "kind": 0, "amountIn": 10**18, "minAmountOut": 1, "expiry": 0, "keeperFeeBps": 10,
-        "triggerOrClip": 0, "start": 0, "interval": 0, "slices": 0, "toleranceBps": 0,
-    }  # fmt: skip
-    args = {"id": order_id, "owner": OWNER, "market": 1, "params": params}
-    return Event(block, f"0xb{block}", f"0x{block:064x}", 0, BOOK, "OrderBook", "OrderPlaced", args)
-
-
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("cli")
@@ -53,7 +42,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     engine = make_engine(f"sqlite:///{db}")
     migrate(engine)
     with Session(engine) as s, s.begin():
-        store_events(s, 1, [_placed(order_id, 10 + i) for i, order_id in enumerate(STORED)])
+        store_events(s, 1, [placed(order_id, 10 + i) for i, order_id in enumerate(STORED)])
     engine.dispose()
     path = tmp / "keepers.toml"
     path.write_text(CONFIG.format(db=db, book=BOOK))

@@ -18,26 +18,15 @@ from hypothesis import strategies as st
 from sqlmodel import Session
 from yarl import URL
 
-from keepers.chain.events import Event
 from keepers.obs.health import make_health_app
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
 from keepers.store.projection import store_events
+from tests.helpers.order_events import OWNER, placed
 
 CHAIN = 1
-BOOK = "0x00000000000000000000000000000000000000b0"
-OWNER = "0x00000000000000000000000000000000000000aa"
 #: A small id, and the largest one SQLite's INTEGER column holds (one more cannot be stored).
 STORED = (7, 2**63 - 1)
-
-
-def _placed(order_id: int, block: int) -> Event:
-    params = {
-        "kind": 0, "amountIn": 10**18, "minAmountOut": 1, "expiry": 0, "keeperFeeBps": 10,
-        "triggerOrClip": 0, "start": 0, "interval": 0, "slices": 0, "toleranceBps": 0,
-    }  # fmt: skip
-    args = {"id": order_id, "owner": OWNER, "market": 1, "params": params}
-    return Event(block, f"0xb{block}", f"0x{block:064x}", 0, BOOK, "OrderBook", "OrderPlaced", args)
 
 
 class Api:
@@ -67,7 +56,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('api') / 's.sqlite'}")
     migrate(engine)
     with Session(engine) as s, s.begin():
-        store_events(s, CHAIN, [_placed(order_id, 10 + i) for i, order_id in enumerate(STORED)])
+        store_events(s, CHAIN, [placed(order_id, 10 + i) for i, order_id in enumerate(STORED)])
 
     async def ready() -> tuple[bool, str]:
         return True, "ok"
