@@ -47,7 +47,15 @@ from keepers.tx.chain import ChainReads, Web3Reads
 from keepers.tx.crash import crash_point
 from keepers.tx.fees import FeeEstimator, Fees, FeeTooHigh
 from keepers.tx.flashbots import bundle_hash
-from keepers.tx.records import Intent, LedgerUpdate, Move, ReconcileReport, TxRecords, action_key_of
+from keepers.tx.records import (
+    NO_OP_GAS,
+    Intent,
+    LedgerUpdate,
+    Move,
+    ReconcileReport,
+    TxRecords,
+    action_key_of,
+)
 from keepers.tx.routes import BundleRoute, MempoolRoute, Route
 from keepers.tx.signer import SignedTx, Signer, SignerError
 from keepers.tx.states import FROM, MINED, PENDING, TxState
@@ -597,7 +605,12 @@ class TxManager:
         fees = Fees(int(rec.max_fee_per_gas), int(rec.max_priority_fee_per_gas))
         market = await self.fees.estimate()
         if head >= deadline and rec.route != "gap-fill":
+            # Replacing needs +12.5% on both fields; never past the configured maximum fee. A
+            # replacement the node refuses at the cap waits, bumped later, as a gap fill.
             bumped = fees.bumped(market)
+            cap = self.fees.max_fee
+            if bumped.max_fee_per_gas > cap:
+                bumped = Fees(cap, min(bumped.max_priority_fee_per_gas, cap))
             cancel = await anyio.to_thread.run_sync(
                 lambda: self.records.supersede(
                     rec.id or 0, "replaced by a no-op after the deadline",
@@ -732,7 +745,11 @@ class TxManager:
     async def _fill_gaps(self, gaps: Sequence[int], head: int) -> None:
         """A no-op self-transfer on every gap nonce, sent at once (a bundle of its own for the
         next block; if it misses, its nonce is freed again and the next round retries)."""
-        fees = await self.fees.estimate()
+        try:
+            fees = self.fees.capped(await self.fees.estimate(), NO_OP_GAS, None)
+        except FeeTooHigh as exc:  # a base-fee spike: the gap waits for fees under the cap
+            log.warning("gap fill waits", error=str(exc), nonces=gaps)
+            return
         for nonce in gaps:
             key = f"gap:{self.chain}:{nonce}:{uuid.uuid4().hex[:8]}"
             claim = partial(

@@ -40,6 +40,8 @@ LEDGER: Table = ActionLedger.__table__  # type: ignore[attr-defined]
 
 # Statements built once (building a statement costs more than running it). Bind names differ
 # from column names: an INSERT or UPDATE reserves those for its own values.
+#: Gas of a no-op (a transfer of 0 to itself): what gap fills and replacements cost.
+NO_OP_GAS = 21_000
 _IS_SIGNER = (COUNTERS.c.chain_id == bindparam("w_chain"), COUNTERS.c.signer == bindparam("w_signer"))
 _BY_KEYS = core_select(TX_RECORDS).where(TX_RECORDS.c.idempotency_key.in_(bindparam("keys", expanding=True)))
 _COUNTER_FOR_UPDATE = core_select(COUNTERS.c.next_nonce).where(*_IS_SIGNER).with_for_update()
@@ -612,7 +614,7 @@ class TxRecords:
     ) -> TxRecord:
         record = TxRecord(
             fence_token=token, idempotency_key=key, chain_id=self.chain_id, signer=self.signer, nonce=nonce,
-            state=TxState.UNSTARTED, route="gap-fill", to=self.signer, gas_limit=21_000,
+            state=TxState.UNSTARTED, route="gap-fill", to=self.signer, gas_limit=NO_OP_GAS,
             max_fee_per_gas=fees[0], max_priority_fee_per_gas=fees[1], deadline_block=deadline,
         )  # fmt: skip
         session.add(record)

@@ -19,7 +19,7 @@ from keepers.devnet.anvil import DEFAULT_KEYS, Anvil, free_port
 from keepers.relay.server import RelayThread
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
-from keepers.store.tables import TxAttempt
+from keepers.store.tables import TxAttempt, TxRecord
 from keepers.tx.actions import Action, Call
 from keepers.tx.fees import FeeEstimator, Fees
 from keepers.tx.flashbots import FlashbotsClient
@@ -355,3 +355,56 @@ def test_a_public_transaction_past_its_deadline_is_replaced_by_a_no_op(tmp_path)
         assert receipts_to == {KEEPER.address}, (
             "the nonce went to a no-op self-transfer, not the late payment"
         )
+
+
+def test_a_base_fee_spike_signs_nothing_above_the_cap_and_leaves_no_gap(tmp_path):
+    """Gas spike: the base fee jumps from ~1 to 50 gwei between two blocks, ten times the
+    configured cap (5 gwei). A transaction sent just before stays pending: no bump and no
+    replacement is signed above the cap; an action during the spike is refused before it takes
+    a nonce; the no-op replacing the stuck one lands once the base fee falls back, so the
+    nonce is used exactly once and no gap is left."""
+    cap = 5
+    with Anvil(block_time=1) as a:
+        engine = make_engine(f"sqlite:///{tmp_path / 'g.sqlite'}")
+        migrate(engine)
+        records = TxRecords(engine, 31337, KEEPER.address)
+        txm, sync = _public(a, records)
+        stuck = Action("before-spike", (Call(to=SINK, value=1, gas_limit=21_000),), ETH, deadline_blocks=3)
+        during = Action("during-spike", (Call(to=SINK, value=1, gas_limit=21_000),), ETH)
+        seen: list[Outcome] = []
+
+        class _Low(FeeEstimator):
+            async def estimate(self, blocks: int = 10, percentile: float = 50.0) -> Fees:
+                return Fees(1, 1)  # sent under the coming base fee: it sits in the pool
+
+        async def go() -> None:
+            txm.fees = _Low(txm.w3, max_fee_gwei=cap)
+            seen.extend(await _step(txm, sync, [stuck]))
+            answer = sync.provider.make_request("anvil_setNextBlockBaseFeePerGas", [hex(50 * GWEI)])  # type: ignore[arg-type]
+            assert "error" not in answer, answer
+            txm.fees = FeeEstimator(txm.w3, max_fee_gwei=cap)
+            start = sync.eth.block_number
+            with anyio.fail_after(20):
+                while sync.eth.block_number <= start:  # the spiked block
+                    await anyio.sleep(0.05)
+            seen.extend(await _step(txm, sync, [during]))
+            last = sync.eth.block_number
+            with anyio.fail_after(90):  # 50 -> 5 gwei falls 12.5% a block: ~18 blocks
+                while sync.eth.get_transaction_count(KEEPER.address) < 1:
+                    if sync.eth.block_number > last:
+                        last = sync.eth.block_number
+                        seen.extend(await _step(txm, sync))
+                    await anyio.sleep(0.05)
+
+        anyio.run(go)
+        refused = _ended(seen, "during-spike")
+        assert refused.status is Status.REJECTED
+        assert "cap" in refused.reason
+        assert _ended(seen, "before-spike").status is Status.MISSED, "replaced by a no-op at its deadline"
+        assert sync.eth.get_transaction_count(KEEPER.address) == 1, "the nonce used once, no gap"
+        assert records.next_nonce() == 1, "the refused action took no nonce"
+        with Session(engine) as s:
+            signed = [int(t.max_fee_per_gas) for t in s.exec(select(TxAttempt)).all()]
+            signed += [int(r.max_fee_per_gas) for r in s.exec(select(TxRecord)).all()]
+        assert signed
+        assert max(signed) <= cap * GWEI, f"signed above the cap: {max(signed)} wei/gas"
