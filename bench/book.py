@@ -160,7 +160,11 @@ def behind_relay(
         config = work / "keepers.toml"
         endpoint = ChainEndpoint(CHAINS[0], relay, deployment, book.dep.tokens["WETH"])
         write_config(
-            config, chains=[endpoint], database=work / "k.sqlite", block_time=block_time, params=params
+            config,
+            chains=[endpoint],
+            database_url=f"sqlite:///{work / 'k.sqlite'}",
+            block_time=block_time,
+            params=params,
         )
         yield cluster, relay, config
     finally:

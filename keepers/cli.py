@@ -39,6 +39,7 @@ def _devnet(args: argparse.Namespace) -> int:
             orders_per_block=args.orders_per_block,
             chains=args.chains,
             kill_every=args.kill_every,
+            database_url=args.database_url,
         )
     )
 
@@ -323,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--kill-every", type=float, metavar="SECONDS",
         help="kill -9 a random keeper this often; the devnet restarts it with backoff, as a supervisor would",
     )  # fmt: skip
+    devnet.add_argument(
+        "--database-url", help="the keepers' store, e.g. postgresql://... (default: SQLite in the workdir)"
+    )
     devnet.add_argument("--workdir", type=Path, default=Path(".devnet"), help="config, store, logs")
     devnet.add_argument("--metrics-snapshot", type=Path, help="write every keeper's metrics here at the end")
     devnet.add_argument("--summary-json", type=Path, help="write the summary here as JSON")

@@ -83,7 +83,7 @@ def write_config(
     path: Path,
     *,
     chains: list[ChainEndpoint],
-    database: Path,
+    database_url: str,
     block_time: float,
     params: dict[str, dict[str, int]] | None = None,
 ) -> None:
@@ -91,7 +91,7 @@ def write_config(
     strategy parameters per keeper kind (the benchmarks raise `max_orders` with it)."""
     lines = [
         "# Written by `keepers devnet`: local chains, one key per keeper kind.",
-        f'database_url = "sqlite:///{database}"',
+        f'database_url = "{database_url}"',
         "drain_timeout = 10",
         'signer = { env = "KEEPERS_SIGNER_KEY" }',
     ]

@@ -74,6 +74,11 @@ class Options:
     chains: int = 1
     #: kill -9 a random keeper this often (seconds); the devnet restarts it as a supervisor would.
     kill_every: float | None = None
+    #: The keepers' shared store (default: a SQLite file in the workdir).
+    database_url: str | None = None
+
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.workdir.resolve() / 'keepers.sqlite'}"
 
 
 @dataclass
@@ -158,7 +163,7 @@ def run_devnet(opts: Options) -> int:
             ]
             config = workdir / "keepers.toml"
             write_config(
-                config, chains=[r.endpoint for r in runs], database=workdir / "keepers.sqlite",
+                config, chains=[r.endpoint for r in runs], database_url=opts.store_url(),
                 block_time=opts.block_time,
             )  # fmt: skip
             cluster.start_keepers(config, [name for r in runs for name in r.keepers])
@@ -259,8 +264,8 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
     for run, mon in monitors:
         summary = mon.finish()
         ours = {k: codes[k] for k in run.keepers}
-        gaps = _nonce_gaps(opts.workdir.resolve() / "keepers.sqlite", run)
-        mismatches = _store_mismatches(opts.workdir.resolve() / "keepers.sqlite", run)
+        gaps = _nonce_gaps(opts.store_url(), run)
+        mismatches = _store_mismatches(opts.store_url(), run)
         for mismatch in mismatches:
             console.print(f"  [red]store differs from the chain[/red]: {mismatch}")
         sent = submission_totals(run.plan.submission, {k: metrics.get(k, {}) for k in run.keepers})
@@ -316,12 +321,12 @@ def _settle(monitors: list[FillMonitor], block_time: float, cluster: Cluster) ->
         time.sleep(0.1)
 
 
-def _store_mismatches(database: Path, run: ChainRun) -> list[str]:
+def _store_mismatches(database_url: str, run: ChainRun) -> list[str]:
     """Every order in the store against the chain's `getOrder` at the furthest block the
     keepers' followers applied: the store must equal the chain (remaining amount; open only
     while something remains, filled or cancelled only when nothing does), whatever was killed
     along the way."""
-    engine = make_engine(f"sqlite:///{database}")
+    engine = make_engine(database_url)
     chain_id = run.dep.chain_id
     with Session(engine) as s:
         cursors = s.exec(select(Cursor).where(Cursor.chain_id == chain_id)).all()
@@ -346,8 +351,8 @@ def _store_mismatches(database: Path, run: ChainRun) -> list[str]:
     return out
 
 
-def _nonce_gaps(database: Path, run: ChainRun) -> dict[str, list[int]]:
-    engine = make_engine(f"sqlite:///{database}")
+def _nonce_gaps(database_url: str, run: ChainRun) -> dict[str, list[int]]:
+    engine = make_engine(database_url)
     return {
         run.plan.keeper_name(kind): TxRecords(engine, run.dep.chain_id, keeper_address(kind)).gaps()
         for kind in KEEPER_KINDS

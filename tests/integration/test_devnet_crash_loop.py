@@ -21,9 +21,12 @@ pytestmark = pytest.mark.integration
 DEEP = bool(os.environ.get("KEEPERS_DEEP"))
 
 
-def test_keepers_killed_at_random_lose_nothing(tmp_path):
+def test_keepers_killed_at_random_lose_nothing(tmp_path, db_url: str):
+    """On SQLite and on PostgreSQL (a fresh database, the `db_url` fixture)."""
     blocks, every = (240, 2.0) if DEEP else (40, 3.0)
-    result, tail, code = _devnet(tmp_path, "--blocks", str(blocks), "--kill-every", str(every))
+    result, tail, code = _devnet(
+        tmp_path, "--blocks", str(blocks), "--kill-every", str(every), "--database-url", db_url
+    )
     s = result["chains"]["devnet"]
     kills = sum(s["keeper_kills"].values())
     assert kills >= (100 if DEEP else 8), s["keeper_kills"]
