@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -408,8 +408,10 @@ class _Page(NamedTuple):
 async def _ws_heads(url: str, silence: float) -> AsyncIterator[int]:
     """Head numbers from a newHeads subscription; TimeoutError after `silence` seconds without one
     (a socket can stay open and deliver nothing)."""
-    async with AsyncWeb3(WebSocketProvider(url)) as ws:
-        await ws.eth.subscribe("newHeads")
+    async with AsyncExitStack() as stack:
+        with anyio.fail_after(silence):  # a node can also fall silent while connecting
+            ws = await stack.enter_async_context(AsyncWeb3(WebSocketProvider(url)))
+            await ws.eth.subscribe("newHeads")
         messages = ws.socket.process_subscriptions().__aiter__()
         while True:
             with anyio.fail_after(silence):

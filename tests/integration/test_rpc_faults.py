@@ -16,7 +16,7 @@ import requests
 from web3 import Web3
 
 from keepers.devnet.anvil import free_port
-from tests.helpers.fault_proxy import FaultProxy, Mode
+from tests.helpers.fault_proxy import FaultProxy, Mode, TcpProxy
 from tests.helpers.keeper_process import keeper_config, relayed_chain, start_keeper
 
 pytestmark = pytest.mark.integration
@@ -91,3 +91,30 @@ def test_the_keeper_outlives_every_rpc_fault_and_fills_again(tmp_path: Path) -> 
         assert keeper.returncode == 0, text[-3000:]
         assert "head poll failed; backing off" in text
         assert "Traceback" not in text, text[-3000:]
+
+
+def test_a_websocket_that_falls_silent_is_left_for_polling(tmp_path: Path) -> None:
+    """Heads by subscription through a pipe that goes quiet without closing: after 20 poll
+    intervals (at least 10 s) of silence the keeper polls instead, says so, and fills again."""
+    port = free_port()
+    with relayed_chain(tmp_path) as (anvil, relay), TcpProxy(anvil.port) as pipe:
+        cfg = keeper_config(tmp_path, relay.url, health_port=port)
+        ws = f'ws_url = "ws://127.0.0.1:{pipe.port}"\n'
+        cfg.write_text(cfg.read_text().replace("block_time = 0.3\n", "block_time = 0.3\n" + ws, 1))
+        log = tmp_path / "keeper.log"
+        keeper = start_keeper(cfg, log=log)
+        chain = Web3(Web3.HTTPProvider(anvil.url))
+        try:
+            _until("the keeper is ready", lambda: _ready(port)[0] == 200)
+            _until("a transfer lands", _lands(chain))
+            pipe.silent = True
+            time.sleep(2)  # what was in flight lands; from here on only polling can see heads
+            _until("a transfer lands with the subscription silent", _lands(chain), timeout=60)
+            assert keeper.poll() is None
+        finally:
+            keeper.terminate()
+            keeper.wait(timeout=60)
+        text = log.read_text()
+        assert keeper.returncode == 0, text[-3000:]
+        assert "websocket heads failed; polling" in text
+        assert "TimeoutError" in text
