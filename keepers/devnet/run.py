@@ -45,10 +45,11 @@ from keepers.devnet.market import MarketDriver
 from keepers.devnet.monitor import UNFILLED_AFTER, FillMonitor
 from keepers.devnet.public import PublicSender, account, chain_id_cached
 from keepers.devnet.traders import TraderSim
-from keepers.devnet.view import ChainView, LiveView, plain_line, submission_totals, summary_table
+from keepers.devnet.view import ChainView, LiveView, plain_line, summary_table
 from keepers.store.engine import make_engine
-from keepers.store.tables import Cursor, Order
+from keepers.store.tables import Cursor, Order, TxRecord
 from keepers.tx.records import TxRecords
+from keepers.tx.states import TxState
 
 log = structlog.get_logger("devnet")
 
@@ -268,7 +269,7 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
         mismatches = _store_mismatches(opts.store_url(), run)
         for mismatch in mismatches:
             console.print(f"  [red]store differs from the chain[/red]: {mismatch}")
-        sent = submission_totals(run.plan.submission, {k: metrics.get(k, {}) for k in run.keepers})
+        sent = _submitted(opts.store_url(), run)
         title = f"{run.plan.name} summary (chain {run.dep.chain_id}, {run.plan.submission})"
         supervised = (sum(cluster.keepers[k].kills for k in run.keepers),
                       sum(cluster.keepers[k].restarts for k in run.keepers))  # fmt: skip
@@ -349,6 +350,29 @@ def _store_mismatches(database_url: str, run: ChainRun) -> list[str]:
             store = f"store {o.status} remaining {o.remaining}"
             out.append(f"order {o.order_id}: {store}, chain remaining {remaining} at block {at}")
     return out
+
+
+def _submitted(database_url: str, run: ChainRun) -> tuple[int, int, int]:
+    """Sent, included and missed from the store, which outlives the keepers' processes (their
+    metrics restart at 0): bundles on a Flashbots chain (by content: a re-targeted bundle is one),
+    transactions on a mempool chain."""
+    engine = make_engine(database_url)
+    chain_id = run.dep.chain_id
+    with Session(engine) as s:
+        rows = s.exec(
+            select(TxRecord.bundle_hash, TxRecord.tx_hash, TxRecord.state).where(
+                TxRecord.chain_id == chain_id
+            )
+        ).all()
+    landed = {TxState.CONFIRMED.value, TxState.FINALIZED.value}
+    groups: dict[str, set[str]] = {}
+    for bundle, tx, state in rows:
+        key = bundle if run.plan.submission == "flashbots" else tx
+        if key:
+            groups.setdefault(key, set()).add(state)
+    included = sum(1 for states in groups.values() if states & landed)
+    missed = sum(1 for states in groups.values() if states == {TxState.DROPPED.value})
+    return len(groups), included, missed
 
 
 def _nonce_gaps(database_url: str, run: ChainRun) -> dict[str, list[int]]:
