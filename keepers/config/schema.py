@@ -200,9 +200,9 @@ class Settings(Strict):
     #: The signer process a keeper starts refuses signatures whose cost (gas x maxFeePerGas plus
     #: value, counted once per nonce) would pass this in any hour. A signer at signer_url has its own.
     signer_max_fees_per_hour_eth: float | None = Field(default=None, gt=0)
-    #: The signer process a keeper starts signs transactions only to its chain's contracts (and
-    #: its own address), and value only to the builder tip contract: a plugin that asks it to
-    #: send the funds elsewhere is refused. These addresses are allowed as well, value included.
+    #: The signer process a keeper starts signs only its kind's calls on the chain's contracts
+    #: (and no-ops to itself), value only to the builder tip contract: a plugin that asks it to
+    #: send the funds elsewhere is refused. To these addresses it signs anything, value included.
     signer_allowed_to: list[Address] = Field(default_factory=list)
     chains: dict[str, ChainSettings] = Field(min_length=1)
     keepers: dict[str, KeeperSettings] = Field(default_factory=dict)

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import anyio
@@ -35,9 +35,15 @@ def signer_args(
     max_fees_per_hour_eth: float | None,
     allow_to: Sequence[str],
     value_to: Sequence[str] = (),
+    kind: str | None = None,
+    contracts: Mapping[str, str] | None = None,
 ) -> list[str]:
     """`keepers signer serve` arguments for a key reference: the reference, never the key."""
     args = ["--socket", str(socket), "--chain-id", str(chain_id), "--parent-pid", str(os.getpid())]
+    if kind is not None:
+        args += ["--kind", kind]
+    for role, address in (contracts or {}).items():
+        args += ["--contract", f"{role}={address}"]
     for address in allow_to:
         args += ["--allow-to", address]
     for address in value_to:
@@ -61,12 +67,16 @@ class SignerProcess:
         max_fees_per_hour_eth: float | None,
         allow_to: Sequence[str],
         value_to: Sequence[str] = (),
+        kind: str | None = None,
+        contracts: Mapping[str, str] | None = None,
     ) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="keepers-signer-"))  # 0700: ours alone
         self.socket = self._dir / "signer.sock"
         self._argv = [
             sys.executable, "-m", "keepers.tx.signer_service",
-            *signer_args(key, self.socket, chain_id, max_fees_per_hour_eth, allow_to, value_to),
+            *signer_args(
+                key, self.socket, chain_id, max_fees_per_hour_eth, allow_to, value_to, kind, contracts
+            ),
         ]  # fmt: skip
         self._scrub = [v for v in (key.env, key.password_env) if v is not None]
         self._proc: subprocess.Popen[bytes] | None = None
@@ -75,18 +85,20 @@ class SignerProcess:
     @classmethod
     def of_keeper(cls, settings: Settings, name: str) -> SignerProcess | None:
         """The signer process `[keepers.<name>]` starts for itself (None: it uses signer_url).
-        It signs for the keeper's chain, to the chain's contracts (and signer_allowed_to) only."""
+        It signs for the keeper's chain the calls of the keeper's kind on the chain's contracts
+        (signer_service.KIND_CALLS), and anything to signer_allowed_to."""
         url, key = settings.signer_of(name)
         if url is not None or key is None:
             return None
         chain = settings.chains[settings.keepers[name].chain]
         contracts = contract_addresses(chain)
-        allow = contracts.every() + list(settings.signer_allowed_to)
+        extra = list(settings.signer_allowed_to)
         # Value goes to the builder tip contract and to what the operator allowed, nowhere else.
-        value_to = ([contracts.builder_tip] if contracts.builder_tip else []) + list(
-            settings.signer_allowed_to
-        )
-        return cls(key, chain.chain_id, settings.signer_max_fees_per_hour_eth, allow, value_to)
+        value_to = ([contracts.builder_tip] if contracts.builder_tip else []) + extra
+        return cls(
+            key, chain.chain_id, settings.signer_max_fees_per_hour_eth, extra, value_to,
+            settings.kind_of(name), contracts.as_dict(),
+        )  # fmt: skip
 
     def spawn(self) -> None:
         """Starts the child, then takes the key's variables out of this process's environment:

@@ -56,15 +56,60 @@ def _quantity(tx: dict[str, Any], field: str, required: bool = True) -> int:
         raise Refused(INVALID_PARAMS, f"{field} must be a hex quantity") from None
 
 
+#: What each keeper kind may call, by contract role: the artifact and its functions. A plugin
+#: of that kind asks for the same calls as the built-in strategies; anything else (a claim of
+#: the keeper's balances, an approval, a transfer) is refused.
+KIND_CALLS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
+    "limit-stop": {"order_book": ("OrderBook", ("executeBatchAtLeast",))},
+    "twap": {"order_book": ("OrderBook", ("executeBatchAtLeast",))},
+    "iceberg": {"order_book": ("OrderBook", ("executeBatchAtLeast",))},
+    "rebalancer": {"vault": ("RebalancingVault", ("rebalance",))},
+    "liquidation": {"flash_liquidator": ("FlashLiquidator", ("liquidate",))},
+    "oracle": {"oracle": ("PriceOracle", ("updatePrices",))},
+}
+#: What every kind may call: the builder's payment.
+EVERY_KIND_CALLS = {"builder_tip": ("BuilderTip", ("tip",))}
+
+
+def _abi_type(param: dict[str, Any]) -> str:
+    """An ABI input's canonical type (tuples spelled out, as selectors need them)."""
+    kind = str(param["type"])
+    if kind.startswith("tuple"):
+        return "(" + ",".join(_abi_type(c) for c in param["components"]) + ")" + kind[len("tuple") :]
+    return kind
+
+
+def kind_calls(kind: str, contracts: dict[str, str]) -> frozenset[tuple[str, str]]:
+    """(address, selector) pairs a keeper of `kind` may have signed, for these contract
+    addresses by role (order_book, vault, ...); the selectors come from the compiled ABIs."""
+    from eth_utils.abi import function_signature_to_4byte_selector
+
+    from keepers.chain.artifacts import load_artifact
+
+    out = set()
+    for role, (artifact, functions) in {**KIND_CALLS.get(kind, {}), **EVERY_KIND_CALLS}.items():
+        address = contracts.get(role)
+        if not address:
+            continue
+        for entry in load_artifact(artifact).abi:
+            if entry.get("type") == "function" and entry.get("name") in functions:
+                types = ",".join(_abi_type(i) for i in entry["inputs"])
+                selector = function_signature_to_4byte_selector(f"{entry['name']}({types})")
+                out.add((address.lower(), "0x" + selector.hex()))
+    return frozenset(out)
+
+
 @dataclass(frozen=True)
 class Policy:
     """What the signer signs. A plugin in the keeper can ask for signatures, so this, not the
     key's absence, is what keeps it from sending the keeper's funds elsewhere."""
 
     chain_ids: frozenset[int]
-    #: Where transactions may go (lowercase; its own address always, for no-op gap fills);
-    #: None: anywhere (only with --allow-any).
+    #: Where transactions may go, any call (lowercase; its own address always, for no-op gap
+    #: fills); None: anywhere (only with --allow-any).
     allowed_to: frozenset[str] | None = frozenset()
+    #: (address, selector) pairs allowed besides: the calls of the keeper's kind.
+    allowed_calls: frozenset[tuple[str, str]] = frozenset()
     #: Where a transaction may carry value (a builder tip contract); nowhere else.
     value_to: frozenset[str] = frozenset()
 
@@ -76,6 +121,7 @@ class SignerService:
         self.budget = budget
         own = signer.address.lower()
         self.allowed_to = None if policy.allowed_to is None else policy.allowed_to | {own}
+        self.allowed_calls = policy.allowed_calls
         self.value_to = policy.value_to
 
     def handle(self, request: Any) -> dict[str, Any]:
@@ -109,11 +155,12 @@ class SignerService:
         to = tx.get("to")
         if to is not None and (not isinstance(to, str) or len(to) != 42 or not to.startswith("0x")):
             raise Refused(INVALID_PARAMS, "to must be an address or null")
-        if self.allowed_to is not None and (to is None or to.lower() not in self.allowed_to):
-            raise Refused(REFUSED, f"this signer does not sign transactions to {to}")
         data = tx.get("data", "0x")
         if not isinstance(data, str) or not data.startswith("0x"):
             raise Refused(INVALID_PARAMS, "data must be 0x-prefixed hex")
+        anywhere = self.allowed_to is None or (to is not None and to.lower() in self.allowed_to)
+        if not anywhere and (to is None or (to.lower(), data[:10].lower()) not in self.allowed_calls):
+            raise Refused(REFUSED, f"this signer does not sign {data[:10]} on {to}")
         gas, nonce = _quantity(tx, "gas"), _quantity(tx, "nonce")
         value = _quantity(tx, "value", required=False)
         if value and (to is None or to.lower() not in self.value_to):
@@ -247,6 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--allow-any", action="store_true", help="sign transactions to any address")
     parser.add_argument(
+        "--kind", help="the keeper kind it signs for: the calls of that kind on the --contract addresses"
+    )
+    parser.add_argument(
+        "--contract", action="append", default=[], metavar="ROLE=ADDRESS",
+        help="a contract by role (order_book, vault, flash_liquidator, oracle, builder_tip; repeat)",
+    )  # fmt: skip
+    parser.add_argument(
         "--allow-value-to", action="append", default=[], metavar="ADDRESS",
         help="a transaction may carry value to this address (repeat; a builder tip contract)",
     )  # fmt: skip
@@ -264,10 +318,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc).splitlines()[-1])
     limit = None if args.max_fees_per_hour_eth is None else int(args.max_fees_per_hour_eth * 10**18)
+    try:
+        contracts = dict(c.split("=", 1) for c in args.contract)
+    except ValueError:
+        parser.error("--contract takes ROLE=ADDRESS")
+    if args.kind and args.kind not in KIND_CALLS:
+        parser.error(f"--kind: one of {', '.join(KIND_CALLS)}")
     policy = Policy(
-        frozenset(args.chain_id),
-        None if args.allow_any else frozenset(a.lower() for a in args.allow_to),
-        frozenset(a.lower() for a in args.allow_value_to),
+        chain_ids=frozenset(args.chain_id),
+        allowed_to=None if args.allow_any else frozenset(a.lower() for a in args.allow_to),
+        allowed_calls=kind_calls(args.kind, contracts) if args.kind else frozenset(),
+        value_to=frozenset(a.lower() for a in args.allow_value_to),
     )
     try:
         asyncio.run(serve(key, args.socket, policy, limit, args.parent_pid))

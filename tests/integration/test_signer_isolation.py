@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from web3 import Web3
 
+from keepers.chain.artifacts import load_artifact
 from keepers.config.secrets import SecretRef
 from keepers.store.tables import TxRecord
 from keepers.tx.fee_budget import FeeBudget
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.integration
 
 GWEI = 10**9
 SINK = "0x" + "11" * 20
+BOOK = "0x" + "b0" * 20
 
 
 def _key_file(tmp_path: Path, key: str = KEEPER_KEY, mode: int = 0o600) -> Path:
@@ -164,7 +166,10 @@ def test_the_signer_signs_its_own_transactions_within_its_budget(tmp_path: Path)
     budget_eth = 21_000 * 20 * GWEI * 2.5 / 10**18  # room for two nonces at 20 gwei, not three
 
     async def run() -> None:
-        child = SignerProcess(SecretRef(file=_key_file(tmp_path)), 31337, budget_eth, [SINK])
+        child = SignerProcess(
+            SecretRef(file=_key_file(tmp_path)), 31337, budget_eth, [SINK], kind="limit-stop",
+            contracts={"order_book": BOOK},
+        )  # fmt: skip
         signer = RemoteSigner(child.url, 31337)
         try:
             assert await child.start(signer) == KEEPER.address
@@ -179,8 +184,18 @@ def test_the_signer_signs_its_own_transactions_within_its_budget(tmp_path: Path)
                 await signer.sign([(_record(2), fees)])
             await signer.sign([(_record(1), fees)])  # a nonce already counted still signs
             elsewhere = _record(2).model_copy(update={"to": "0x" + "22" * 20})
-            with pytest.raises(SignerError, match="does not sign transactions to"):
+            with pytest.raises(SignerError, match="does not sign 0x"):
                 await signer.sign([(elsewhere, fees)])  # a plugin sending the funds away
+            # On the order book, the calls of a limit-stop keeper only: a fill, not a claim of the
+            # keeper's balances to the plugin's address.
+            book = Web3().eth.contract(abi=load_artifact("OrderBook").abi)
+            fill = book.encode_abi("executeBatchAtLeast", [[], SINK, 1])
+            claim = book.encode_abi("claim", [SINK, "0x" + "33" * 20])
+            call = _record(2).model_copy(update={"to": BOOK, "data": fill})
+            with pytest.raises(SignerError, match="does not sign 0x"):
+                await signer.sign([(call.model_copy(update={"data": claim}), fees)])
+            with pytest.raises(SignerError, match="spend limit"):  # the fill's shape passes the policy
+                await signer.sign([(call, fees)])
             with pytest.raises(SignerError, match="sends value only to"):
                 await signer.sign([(_record(2).model_copy(update={"value": 10**18}), fees)])
             with pytest.raises(SignerError, match="not one this signer signs for"):
@@ -256,7 +271,7 @@ _TX_FIELDS = st.fixed_dictionaries(
     )
 )
 def test_the_signer_answers_any_request_with_a_result_or_an_error(request: object) -> None:
-    policy = Policy(frozenset({31337}), None, frozenset())
+    policy = Policy(chain_ids=frozenset({31337}), allowed_to=None)
     service = SignerService(TxSigner(Account.from_key(KEEPER_KEY), 0), policy, FeeBudget(10**18))
     answer = service.handle(request)
     assert set(answer) == {"jsonrpc", "id", "error"} or set(answer) == {"jsonrpc", "id", "result"}

@@ -179,11 +179,13 @@ def test_the_key_is_mounted_into_the_signer_sidecar_only():
         args = sidecar["args"]
         assert args[args.index("--chain-id") + 1] == "1"
         assert args[args.index("--max-fees-per-hour-eth") + 1] == "0.5"
-        allowed = {args[i + 1] for i, a in enumerate(args) if a == "--allow-to"}
-        assert allowed == {
-            "0x0000000000000000000000000000000000000b00",
-            "0x0000000000000000000000000000000000000b01",
+        assert args[args.index("--kind") + 1] == name.removeprefix("prod-keepers-")
+        contracts = {args[i + 1] for i, a in enumerate(args) if a == "--contract"}
+        assert contracts == {
+            "order_book=0x0000000000000000000000000000000000000b00",
+            "oracle=0x0000000000000000000000000000000000000b01",
         }
+        assert "--allow-to" not in args, "nothing signed beyond the kind's own calls unless allowed"
         volumes = {v["name"]: v for v in pod["volumes"]}
         secret = "keepers-signer-liquidation" if name.endswith("-liquidation") else "keepers-signer"
         assert volumes["signer"]["secret"]["secretName"] == secret
