@@ -21,11 +21,6 @@ class ContractAddresses:
     def as_dict(self) -> dict[str, str]:
         return {k: v for k, v in self.__dict__.items() if isinstance(v, str)}
 
-    def every(self) -> list[str]:
-        """Every address: what a keeper's own signer may sign transactions to."""
-        singles = (self.order_book, self.oracle, self.lending_market, self.vault, self.flash_liquidator)
-        return [a for a in (*singles, self.builder_tip) if a] + list(self.pools)
-
 
 def contract_addresses(chain: ChainSettings) -> ContractAddresses:
     c = chain.contracts
