@@ -34,6 +34,7 @@ from keepers.store.ledger import Ledger
 from keepers.store.tables import Order
 from keepers.tx.actions import Action
 from keepers.tx.manager import Outcome, Status, TxManager
+from keepers.tx.signer import SignerError
 
 log = structlog.get_logger("keeper")
 
@@ -243,7 +244,10 @@ class KeeperLoop:
             log.warning("submission fenced: the lease was lost", block=head, error=str(exc))
             return
         except Exception as exc:
-            log.exception("submission failed", block=head, error=repr(exc))
+            if _outside_fault(exc):  # the node or the signer: retried at the next head, no bug
+                log.warning("submission waits: a node or signer fault", block=head, error=repr(exc)[:300])
+            else:
+                log.exception("submission failed", block=head, error=repr(exc))
             return
         self._record(outcomes)
 
@@ -275,3 +279,10 @@ class KeeperLoop:
             log.warning("maintenance failed", error=repr(exc))
         finally:
             self._maintaining = False
+
+
+def _outside_fault(exc: BaseException) -> bool:
+    """A fault of something outside the keeper (an RPC node, the signer), alone or grouped."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_outside_fault(e) for e in exc.exceptions)
+    return isinstance(exc, (OSError, TimeoutError, SignerError))
