@@ -109,13 +109,13 @@ def test_a_websocket_that_falls_silent_is_left_for_polling(tmp_path: Path) -> No
             _until("the keeper is ready", lambda: _ready(port)[0] == 200)
             _until("a transfer lands", _lands(chain))
             pipe.silent = True
-            time.sleep(2)  # what was in flight lands; from here on only polling can see heads
-            _until("a transfer lands with the subscription silent", _lands(chain), timeout=60)
+            notice = "websocket heads failed; polling"
+            _until("the keeper notices the silence", lambda: notice in log.read_text(), timeout=60)
+            _until("a transfer lands once it polls", _lands(chain), timeout=60)
             assert keeper.poll() is None
         finally:
             keeper.terminate()
             keeper.wait(timeout=60)
         text = log.read_text()
         assert keeper.returncode == 0, text[-3000:]
-        assert "websocket heads failed; polling" in text
         assert "TimeoutError" in text
