@@ -206,6 +206,16 @@ class Relay:
             self.builder.last_timestamp = max(self.builder.last_timestamp, int(time.time()))
             self.builder.last_timestamp += int(params[0]) if params else 0
             return hex(self.builder.last_timestamp)
+        if method in CHAIN_REWRITES:
+            # A reorg or rollback replaces blocks: never beside a build or a reader (a reader
+            # would see a chain that is half gone, a build would mine on it).
+            async with self.gate.write(), self.lock:
+                answer = await self.rpc.raw(payload)
+                latest = await self.rpc("eth_getBlockByNumber", "latest", False)
+                self.builder.last_timestamp = max(self.builder.last_timestamp, int(latest["timestamp"], 16))
+                await self.rpc("anvil_dropAllTransactions")  # the pool is empty outside a build
+            log.info("chain rewritten", method=method, head=int(latest["number"], 16))
+            return answer
         if method == "relay_pendingBundles":
             return [{"bundleHash": b.hash, "blockNumber": hex(b.block)} for b in self.state.bundles]
         # Everything else is the node's business.
@@ -288,9 +298,12 @@ class Relay:
         }
 
 
+#: Devnet methods that replace blocks: run alone, under the node's write gate.
+CHAIN_REWRITES = frozenset({"anvil_reorg", "anvil_rollback"})
+
 #: Methods the relay answers itself; everything else is proxied to the node.
 OWN_METHODS = SIGNED_METHODS | {"eth_sendRawTransaction", "relay_buildBlock", "relay_advanceTime",
-                                "relay_pendingBundles"}  # fmt: skip
+                                "relay_pendingBundles"} | CHAIN_REWRITES  # fmt: skip
 
 
 def make_app(relay: Relay) -> web.Application:
