@@ -45,11 +45,15 @@ from keepers.tx.flashbots import FlashbotsClient
 from keepers.tx.manager import TxManager
 from keepers.tx.records import TxRecords
 from keepers.tx.remote_signer import RemoteSigner
-from keepers.tx.routes import BundleRoute, MempoolRoute, Route
+from keepers.tx.routes import BundleRoute, MempoolRoute, RelayFallback, Route
 from keepers.tx.signer import SignerError
 from keepers.tx.signer_process import SignerProcess
 
 log = structlog.get_logger("runtime")
+
+
+class StartError(RuntimeError):
+    """The keeper cannot start on what a valid config points at (`keepers run` exits 1)."""
 
 
 def stale_after(chain: ChainSettings) -> float:
@@ -161,7 +165,7 @@ async def build_keeper(
     w3: AsyncWeb3[Any] = AsyncWeb3(pool)
     chain_id = int(await w3.eth.chain_id)
     if chain_id != chain.chain_id:
-        raise ValueError(f"chains.{ks.chain}: RPC reports chain id {chain_id}, config says {chain.chain_id}")
+        raise StartError(f"chains.{ks.chain}: RPC reports chain id {chain_id}, config says {chain.chain_id}")
 
     addrs = contract_addresses(chain)
     follower = ChainFollower(
@@ -181,6 +185,7 @@ async def build_keeper(
             chain=ks.chain, keeper=name,
         )  # fmt: skip
     route: Route
+    fallback: RelayFallback | None = None
     max_target_blocks = 3
     if chain.submission is SubmissionMode.FLASHBOTS:
         assert chain.flashbots is not None
@@ -188,9 +193,20 @@ async def build_keeper(
         reputation = Account.from_key(chain.flashbots.reputation_key.resolve())
         if reputation.address == signer.address:
             raise ValueError(f"chains.{ks.chain}.flashbots.reputation_key must not be the funds key")
-        client = FlashbotsClient([str(u) for u in chain.flashbots.relays], reputation, session)
+        # A bundle is for one block: a relay that cannot answer within a fraction of it is down
+        # for this block (three tries, then the fallback counts it).
+        timeout = min(5.0, max(0.25, chain.block_time / 4))
+        client = FlashbotsClient(
+            [str(u) for u in chain.flashbots.relays], reputation, session, timeout=timeout, backoff=0.05
+        )
         route = BundleRoute(client, builders=chain.flashbots.builders)
         max_target_blocks = chain.flashbots.target_blocks
+        if chain.flashbots.fallback == "private":
+            assert chain.private_rpc is not None
+            private = MempoolRoute(AsyncWeb3(RpcPool([chain.private_rpc])), private=True)
+            fallback = RelayFallback(private, chain.flashbots.fallback_after_blocks)
+        elif chain.flashbots.fallback == "public":
+            fallback = RelayFallback(MempoolRoute(w3), chain.flashbots.fallback_after_blocks)
     elif chain.submission is SubmissionMode.PRIVATE:
         assert chain.private_rpc is not None
         route = MempoolRoute(AsyncWeb3(RpcPool([chain.private_rpc])), private=True)
@@ -209,6 +225,7 @@ async def build_keeper(
         builder_tip=addrs.builder_tip,
         keeper=kind,
         strategy=ks.strategy,
+        fallback=fallback,
     )
 
     loop = KeeperLoop(

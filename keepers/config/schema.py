@@ -70,6 +70,13 @@ class FlashbotsSettings(Strict):
     target_blocks: int = Field(default=3, ge=1, le=25)
     #: Builders a relay should share each bundle with (eth_sendBundle's `builders`).
     builders: list[str] = Field(default_factory=list)
+    #: Where actions go while no relay takes bundles: "none" (they wait for a relay), the
+    #: chain's `private_rpc`, or its public mempool (fee bumping, no-op replacement; no builder
+    #: payment and no atomicity: one call per action). The relays are tried again with a
+    #: simulation every few blocks and take over once one answers.
+    fallback: Literal["none", "private", "public"] = "none"
+    #: Blocks in a row whose bundle no relay took before the fallback route is used.
+    fallback_after_blocks: int = Field(default=2, ge=1, le=100)
 
 
 class RpcEndpoint(Strict):
@@ -132,6 +139,8 @@ class ChainSettings(Strict):
             )
         if self.submission is SubmissionMode.PRIVATE and not self.private_rpc:
             raise ValueError("submission = 'private' needs private_rpc")
+        if self.flashbots is not None and self.flashbots.fallback == "private" and not self.private_rpc:
+            raise ValueError("flashbots.fallback = 'private' needs private_rpc")
         return self
 
 

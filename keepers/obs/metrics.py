@@ -41,6 +41,11 @@ INCLUSION_BLOCKS = Histogram(
 )
 SIGNER_BALANCE = Gauge("keepers_signer_balance_wei", "Balance of the funds key", ["chain"])
 NONCE_ALLOCATIONS = Counter("keepers_nonce_allocations_total", "Nonces allocated", ["chain"])
+RELAY_FALLBACK = Gauge(
+    "keepers_relay_fallback",
+    "1 while actions go by the fallback route: no relay takes bundles",
+    ["chain", "keeper"],
+)
 NONCE_GAPS = Gauge("keepers_nonce_gaps", "Free nonces below the highest pending one", ["chain"])
 TX_STATE = Gauge("keepers_transactions", "Our transactions by state", ["chain", "state"])
 STRATEGY_ERRORS = Counter(

@@ -120,9 +120,13 @@ def keeper_settings(
     key: str,
     database_url: str,
     poll_interval: float = 0.02,
+    flashbots: dict[str, Any] | None = None,
+    confirmations: int = 0,
 ) -> Settings:
     """Settings for one keeper on a devnet behind the local relay (keys in files under
-    `keys_dir`, as an operator would reference them)."""
+    `keys_dir`, as an operator would reference them); `flashbots` overrides keys of its
+    [flashbots] table (relays behind a fault proxy, a fallback route); `confirmations` is the
+    depth at which the keeper's transactions are final (0: at inclusion, as on the devnet)."""
     keys_dir.mkdir(parents=True, exist_ok=True)
     signer, reputation = keys_dir / "signer.key", keys_dir / "reputation.key"
     for path, value in ((signer, key), (reputation, Account.create().key.to_0x_hex())):
@@ -140,8 +144,12 @@ def keeper_settings(
                     "block_time": 1.0,
                     "poll_interval": poll_interval,
                     "submission": "flashbots",
-                    "flashbots": {"relays": [relay_url], "reputation_key": {"file": str(reputation)}},
-                    "confirmations": 0,
+                    "flashbots": {
+                        "relays": [relay_url],
+                        "reputation_key": {"file": str(reputation)},
+                        **(flashbots or {}),
+                    },
+                    "confirmations": confirmations,
                     "contracts": {
                         "order_book": dep.order_book,
                         "oracle": dep.oracle,
@@ -349,7 +357,7 @@ class Devnet:
     @contextmanager
     def keeper(
         self, kind: str, strategy: str, params: dict[str, Any] | None = None, *, key: str | None = None,
-        db: str | None = None,
+        db: str | None = None, flashbots: dict[str, Any] | None = None, confirmations: int = 0,
     ) -> Iterator[KeeperHarness]:  # fmt: skip
         """Runs a keeper for `kind` with a strategy plugin until the block exits: built from
         settings by the runtime's own factory, as `keepers run` builds it."""
@@ -367,6 +375,8 @@ class Devnet:
             params,
             key=key or anvil_key(KEEPER_KEY_INDEX),
             database_url=db or f"sqlite:///{self.workdir / f'keeper-{kind}-{stamp}.sqlite'}",
+            flashbots=flashbots,
+            confirmations=confirmations,
         )
         harness_holder: dict[str, KeeperHarness] = {}
         started = threading.Event()

@@ -135,13 +135,17 @@ class FlashbotsClient:
                             resp.request_info, resp.history, status=resp.status, message=await resp.text()
                         )
                     payload = await resp.json(content_type=None)
-            except (TimeoutError, aiohttp.ClientError) as exc:
+                if not isinstance(payload, dict) or not ("result" in payload or "error" in payload):
+                    raise ValueError(f"not a JSON-RPC answer: {str(payload)[:80]}")
+            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:  # ValueError: not JSON
                 last = exc
                 await asyncio.sleep(self.backoff * 2**attempt)
                 continue
             if "error" in payload:
-                err = payload["error"]
-                raise RelayError(url, method, int(err.get("code", 0)), str(err.get("message", "")))
+                err = (
+                    payload["error"] if isinstance(payload["error"], dict) else {"message": payload["error"]}
+                )
+                raise RelayError(url, method, int(err.get("code", 0) or 0), str(err.get("message", "")))
             return payload["result"]
         raise RelayUnavailable(f"{method} at {url}: {last!r} after {self.attempts} attempts")
 
@@ -161,7 +165,13 @@ class FlashbotsClient:
         }
         if timestamp is not None:
             params["timestamp"] = timestamp
-        return Simulation.from_json(await self._rpc(self.relays[0], "eth_callBundle", [params]))
+        answer = await self._rpc(self.relays[0], "eth_callBundle", [params])
+        try:
+            return Simulation.from_json(answer)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RelayUnavailable(
+                f"eth_callBundle at {self.relays[0]}: malformed result ({exc!r})"
+            ) from None
 
     async def send_bundle(
         self,
@@ -193,8 +203,10 @@ class FlashbotsClient:
         for url, res in zip(self.relays, results, strict=True):
             if isinstance(res, BaseException):
                 out[url] = res if isinstance(res, Exception) else RuntimeError(repr(res))
+            elif isinstance(res, dict) and isinstance(res.get("bundleHash"), str):
+                out[url] = res["bundleHash"]
             else:
-                out[url] = str(res["bundleHash"])
+                out[url] = RelayUnavailable(f"eth_sendBundle at {url}: malformed result {str(res)[:80]}")
         return out
 
     async def cancel_bundle(self, replacement_uuid: str) -> None:

@@ -56,7 +56,7 @@ from keepers.tx.records import (
     TxRecords,
     action_key_of,
 )
-from keepers.tx.routes import BundleRoute, MempoolRoute, Route
+from keepers.tx.routes import BundleRoute, MempoolRoute, RelayFallback, Route
 from keepers.tx.signer import SignedTx, Signer, SignerError
 from keepers.tx.states import FROM, MINED, PENDING, TxState
 
@@ -142,6 +142,7 @@ class TxManager:
         keeper: str = "",
         strategy: str = "",
         reads: ChainReads | None = None,
+        fallback: RelayFallback | None = None,
     ) -> None:
         self.w3 = w3
         self.chain_reads: ChainReads = reads or Web3Reads(w3)
@@ -149,7 +150,10 @@ class TxManager:
         self.signer = signer
         self.fees = fees
         self.route = route
+        #: Where actions go while no relay takes bundles (a bundle route only).
+        self.fallback = fallback if isinstance(route, BundleRoute) else None
         self.chain = chain
+        metrics.RELAY_FALLBACK.labels(chain, keeper).set(0)
         for status in Status:  # every outcome's series exists from the start, at 0: an alert on
             metrics.ACTIONS.labels(chain, str(status))  # "none included" can see a fresh deployment
         self.confirmations = confirmations
@@ -185,6 +189,16 @@ class TxManager:
         fees = [Fees(int(r.max_fee_per_gas), int(r.max_priority_fee_per_gas)) for r in records]
         return await self.signer.sign(list(zip(records, fees, strict=True)))
 
+    @property
+    def _mempool(self) -> MempoolRoute | None:
+        """The route of transactions sent one by one (fee bumps, replacements, fallback)."""
+        if isinstance(self.route, MempoolRoute):
+            return self.route
+        return self.fallback.route if self.fallback is not None else None
+
+    def _bundles_now(self) -> bool:
+        return isinstance(self.route, BundleRoute) and not (self.fallback and self.fallback.active)
+
     # --------------------------------------------------------------- submit
 
     async def submit(self, actions: Sequence[Action], head: int, timestamp: int) -> list[Outcome]:
@@ -192,11 +206,13 @@ class TxManager:
         the block after the chain's latest (which may be past `head` by now)."""
         async with self._lock:
             head, timestamp = await self._latest(head, timestamp)
+            route = self.route if self._bundles_now() else self._mempool
+            assert route is not None
             prepared: list[tuple[Action, Fees]] = []
             outcomes: list[Outcome] = []
             rejected: list[ActionLedger] = []
             for action in actions:
-                ready, reason = await self._prepare(action)
+                ready, reason = await self._prepare(action, route)
                 if ready is None:
                     outcomes.append(
                         Outcome(
@@ -210,10 +226,10 @@ class TxManager:
             if rejected:
                 await anyio.to_thread.run_sync(self.records.record_ledger, rejected)
                 metrics.ACTIONS.labels(self.chain, "rejected").inc(len(rejected))
-            if isinstance(self.route, BundleRoute):
+            if isinstance(route, BundleRoute):
                 outcomes += await self._submit_bundle(prepared, head, timestamp)
             else:
-                outcomes += await self._submit_mempool(prepared, head)
+                outcomes += await self._submit_mempool(prepared, head, route, timestamp)
             return outcomes
 
     async def _latest(self, head: int, timestamp: int) -> tuple[int, int]:
@@ -223,8 +239,8 @@ class TxManager:
             return head, timestamp
         return max(head, latest[0]), max(timestamp, latest[1])
 
-    async def _prepare(self, action: Action) -> tuple[tuple[Action, Fees] | None, str]:
-        if isinstance(self.route, MempoolRoute):
+    async def _prepare(self, action: Action, route: Route) -> tuple[tuple[Action, Fees] | None, str]:
+        if isinstance(route, MempoolRoute):
             if len(action.calls) != 1:
                 return None, "the mempool route sends one call per action"
             # No bundle, so no atomic builder payment: here the priority fee is the whole bid.
@@ -281,7 +297,7 @@ class TxManager:
             earned_wei=action.expected_value_wei if status == "pending" else 0, coinbase_wei=0,
         )  # fmt: skip
 
-    def _intents(self, prepared: Sequence[tuple[Action, Fees]], head: int) -> list[Intent]:
+    def _intents(self, prepared: Sequence[tuple[Action, Fees]], head: int, route: str) -> list[Intent]:
         intents = []
         for action, fees in prepared:
             deadline = head + min(max(action.deadline_blocks, 1), self.max_target_blocks)
@@ -289,7 +305,7 @@ class TxManager:
                 intents.append(
                     Intent(
                         idempotency_key=f"{action.idempotency_key}#{i}", to=call.to, data=call.data,
-                        value=call.value, gas_limit=call.gas_limit, route=self.route.kind,
+                        value=call.value, gas_limit=call.gas_limit, route=route,
                         max_fee_per_gas=fees.max_fee_per_gas,
                         max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
                         target_block=head + 1, deadline_block=deadline,
@@ -297,8 +313,10 @@ class TxManager:
                 )  # fmt: skip
         return intents
 
-    async def _allocate(self, prepared: Sequence[tuple[Action, Fees]], head: int) -> list[TxRecord]:
-        intents = self._intents(prepared, head)
+    async def _allocate(
+        self, prepared: Sequence[tuple[Action, Fees]], head: int, route: Route
+    ) -> list[TxRecord]:
+        intents = self._intents(prepared, head, route.kind)
         ledger = [self._ledger_row(a, head, "pending") for a, _ in prepared]
         records = await anyio.to_thread.run_sync(self.records.allocate, intents, ledger)
         metrics.NONCE_ALLOCATIONS.labels(self.chain).inc(len(records))
@@ -317,7 +335,7 @@ class TxManager:
         self._carry = []
         if not prepared and not carry:
             return []
-        fresh = await self._allocate(prepared, head) if prepared else []
+        fresh = await self._allocate(prepared, head, self.route) if prepared else []
         outcomes: list[Outcome] = []
         target = head + 1
         carried_at = {r.id: at for r, at in carry}
@@ -370,6 +388,14 @@ class TxManager:
         metrics.BUNDLES.labels(self.chain, "sent").inc()
         if not sent.accepted:
             log.warning("no relay took the bundle", target=target, errors=list(sent.errors))
+        if self.fallback is not None:
+            self.fallback.sent(sent.accepted)
+            if self.fallback.active and self.fallback.refused == self.fallback.after:
+                log.warning(
+                    "relays refuse bundles; sending by the fallback route",
+                    route=self.fallback.route.kind, blocks=self.fallback.refused,
+                )  # fmt: skip
+                metrics.RELAY_FALLBACK.labels(self.chain, self.keeper).set(1)
         self._own[group] = [r.id or 0 for r in batch]
         for key in {action_key_of(r) for r in batch}:
             action = self._actions.get(key)
@@ -461,18 +487,22 @@ class TxManager:
         ]  # fmt: skip
         return set(await anyio.to_thread.run_sync(lambda: self.records.apply(moves, attempts=attempts)))
 
-    async def _submit_mempool(self, prepared: Sequence[tuple[Action, Fees]], head: int) -> list[Outcome]:
+    async def _submit_mempool(
+        self, prepared: Sequence[tuple[Action, Fees]], head: int, route: MempoolRoute, timestamp: int
+    ) -> list[Outcome]:
+        self._carry = []  # bundles are not carried by a mempool route (settle dropped them)
         if not prepared:
             return []
-        batch = sorted(await self._allocate(prepared, head), key=lambda r: r.nonce)
+        batch = sorted(await self._allocate(prepared, head, route), key=lambda r: r.nonce)
         signed = await self._sign(batch)
         crash_point("after-sign")
-        assert isinstance(self.route, MempoolRoute)
+        if self.fallback is not None and self.fallback.probe_due(head):
+            await self._probe_relay([s.raw for s in signed], head, timestamp)
         moved = await self._mark_sent(batch, signed, head + 1, None)
         for r, s in zip(batch, signed, strict=True):
             if r.id not in moved:
                 continue
-            sent = await self.route.send_raw(s.raw)
+            sent = await route.send_raw(s.raw)
             if not sent.accepted:
                 log.info("node refused a send", tx_hash=s.tx_hash, errors=list(sent.errors))
         crash_point("after-send")
@@ -480,6 +510,17 @@ class TxManager:
             Outcome(action_key_of(r), Status.SENT, tx_hashes=[s.tx_hash])
             for r, s in zip(batch, signed, strict=True)
         ]
+
+    async def _probe_relay(self, raws: list[bytes], head: int, timestamp: int) -> None:
+        """Asks the first relay to simulate what goes by the fallback now: if it answers,
+        bundles take over from the next block (this block's transactions go as they are)."""
+        assert self.fallback is not None
+        assert isinstance(self.route, BundleRoute)
+        sim = await self.route.simulate(raws, head + 1, timestamp + max(1, int(self.block_time)))
+        self.fallback.probed(head, sim is not None)
+        if sim is not None:
+            log.warning("a relay answers again; bundles from the next block", head=head)
+            metrics.RELAY_FALLBACK.labels(self.chain, self.keeper).set(0)
 
     # ---------------------------------------------------------------- settle
 
@@ -589,8 +630,9 @@ class TxManager:
         if state is TxState.UNSTARTED:
             # Never sent (its process died before the send) and its block has passed.
             return [Move(tx_id, TxState.DROPPED, "never sent; its block has passed", target_at_most=head)]
-        if rec.route in ("bundle", "gap-fill") and isinstance(self.route, BundleRoute):
-            if deadline > head and rec.bundle_hash in self._own:
+        if rec.route in ("bundle", "gap-fill") and rec.bundle_hash is not None:
+            # A bundle (a gap fill sent by a mempool route has no bundle hash: it is bumped).
+            if deadline > head and rec.bundle_hash in self._own and self._bundles_now():
                 self._carry.append((rec, head))  # sent again with this block's bundle
                 return []
             reason = f"bundle missed its blocks (settled at {head})"
@@ -601,7 +643,9 @@ class TxManager:
         """A public or private transaction not mined yet: bump its fees, or at its deadline
         replace it with a no-op that keeps the nonce (so it can neither land late nor leave a
         gap)."""
-        assert isinstance(self.route, MempoolRoute)
+        route = self._mempool
+        if route is None:  # sent by a fallback this process was not configured with
+            return [Move(rec.id or 0, TxState.DROPPED, "no mempool route to follow it", target_at_most=head)]
         fees = Fees(int(rec.max_fee_per_gas), int(rec.max_priority_fee_per_gas))
         market = await self.fees.estimate()
         if head >= deadline and rec.route != "gap-fill":
@@ -622,7 +666,7 @@ class TxManager:
                 self._superseded.add(action_key_of(rec))
             # Already dropped by supersede: the move only tells the settlement it ended here.
             return [Move(rec.id or 0, TxState.DROPPED, "replaced by a no-op after the deadline")]
-        if head - (rec.target_block or head) < self.route.bump_after_blocks:
+        if head - (rec.target_block or head) < route.bump_after_blocks:
             return []
         try:
             bumped = self.fees.capped(fees.bumped(market), rec.gas_limit, None)
@@ -640,7 +684,7 @@ class TxManager:
         except SignerError as exc:  # refused (its budget) or away: no bump this round, retried next
             log.warning("fee bump not signed", tx=rec.id, error=str(exc))
             return []
-        await self.route.send_raw(signed.raw)
+        await route.send_raw(signed.raw)
         fields = {
             "tx_hash": signed.tx_hash, "target_block": head + 1, "max_fee_per_gas": bumped.max_fee_per_gas,
             "max_priority_fee_per_gas": bumped.max_priority_fee_per_gas,
@@ -661,7 +705,7 @@ class TxManager:
         reorged: set[int] = set()
         for m in moves:
             if after.get(m.tx_id) in FROM[m.target] or m.target is TxState.DROPPED:
-                if after.get(m.tx_id) is TxState.CONFIRMED and m.target is TxState.UNCONFIRMED:
+                if after.get(m.tx_id) in MINED and m.target is TxState.UNCONFIRMED:
                     reorged.add(m.tx_id)
                 after[m.tx_id] = m.target
         by_action: dict[str, list[TxRecord]] = defaultdict(list)
@@ -767,10 +811,11 @@ class TxManager:
         except SignerError as exc:  # one refusal must not end the settlement of every other record
             log.warning("not signed; left for the next round", tx=rec.id, nonce=rec.nonce, error=str(exc))
             return
-        group = bundle_hash([signed.raw]) if isinstance(self.route, BundleRoute) else None
+        mempool = None if self._bundles_now() else self._mempool
+        group = bundle_hash([signed.raw]) if mempool is None else None
         if not await self._mark_sent([rec], [signed], head + 1, group):
             return
-        if isinstance(self.route, BundleRoute):
+        if mempool is not None:
+            await mempool.send_raw(signed.raw)
+        elif isinstance(self.route, BundleRoute):
             await self.route.send([signed.raw], head + 1, str(uuid.uuid4()))
-        else:
-            await self.route.send_raw(signed.raw)

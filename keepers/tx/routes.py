@@ -78,3 +78,36 @@ class MempoolRoute:
 
 
 Route = BundleRoute | MempoolRoute
+
+#: Blocks between simulations that ask whether a relay is back, while the fallback is in use.
+PROBE_EVERY_BLOCKS = 5
+
+
+class RelayFallback:
+    """When the relays stop taking bundles (down, slow past their timeout, answering errors):
+    after `after` blocks in a row whose bundle no relay took, actions go by the fallback route;
+    every PROBE_EVERY_BLOCKS blocks a simulation asks the first relay whether it is back, and
+    bundles take over again once it answers. One per transaction manager: its submits are
+    serialised, so this needs no lock."""
+
+    def __init__(self, route: MempoolRoute, after: int) -> None:
+        self.route = route
+        self.after = max(1, after)
+        self.refused = 0  # blocks in a row whose bundle no relay took
+        self.probed_at = 0
+
+    @property
+    def active(self) -> bool:
+        return self.refused >= self.after
+
+    def sent(self, accepted: bool) -> None:
+        """Whether a relay took this block's bundle."""
+        self.refused = 0 if accepted else self.refused + 1
+
+    def probe_due(self, head: int) -> bool:
+        return self.active and head - self.probed_at >= PROBE_EVERY_BLOCKS
+
+    def probed(self, head: int, answered: bool) -> None:
+        self.probed_at = head
+        if answered:
+            self.refused = 0

@@ -14,7 +14,11 @@ from aiohttp import web
 
 from keepers.devnet.anvil import free_port
 
-Mode = Literal["pass", "latency", "429", "503", "garbage", "truncated", "drop", "stall", "behind", "refuse"]
+FORWARDED_HEADERS = {"content-type", "x-flashbots-signature"}
+
+Mode = Literal[
+    "pass", "latency", "429", "503", "garbage", "truncated", "drop", "stall", "behind", "refuse", "rpc-error"
+]
 
 
 class FaultProxy:
@@ -82,17 +86,21 @@ class FaultProxy:
         mode = self.mode
         if mode == "stall":
             await asyncio.sleep(3600)
+        if mode == "rpc-error":  # a JSON-RPC error for everything, the request not passed on
+            return web.json_response(
+                {"jsonrpc": "2.0", "id": 1, "error": {"code": -32603, "message": "internal"}}
+            )
         if mode in ("429", "503"):
             return web.Response(status=int(mode), text="busy, try later")
-        if mode == "drop":
+        if mode in ("drop", "refuse"):  # refuse: a kept-alive connection dies too
             assert request.transport is not None
             request.transport.abort()  # the connection dies without an answer
             return web.Response()
         body = await request.read()
         assert self._session is not None
-        async with self._session.post(
-            self.upstream, data=body, headers={"Content-Type": "application/json"}
-        ) as upstream:
+        # A relay's signature header goes along: it signs exactly these body bytes.
+        headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS}
+        async with self._session.post(self.upstream, data=body, headers=headers) as upstream:
             data = await upstream.read()
         if mode == "latency":
             await asyncio.sleep(self.latency)

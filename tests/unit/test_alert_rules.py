@@ -57,6 +57,7 @@ def test_alerts_fire_when_they_must_and_not_otherwise(tmp_path: Path) -> None:
         {"series": 'keepers_blocks_behind_head{chain="mainnet",pod="a"}', "values": "0x40"},
         {"series": 'keepers_actions_total{chain="mainnet",outcome="included",pod="a"}', "values": "0+2x40"},
         {"series": 'keepers_actions_total{chain="mainnet",outcome="missed",pod="a"}', "values": "0+1x40"},
+        {"series": 'keepers_relay_fallback{chain="mainnet",keeper="limit-stop",pod="a"}', "values": "0x40"},
     ]
     stalled = [
         *_leaders(),
@@ -70,7 +71,36 @@ def test_alerts_fire_when_they_must_and_not_otherwise(tmp_path: Path) -> None:
         {"series": 'keepers_actions_total{chain="mainnet",outcome="included",pod="a"}', "values": "0x40"},
         {"series": 'keepers_actions_total{chain="mainnet",outcome="rejected",pod="a"}', "values": "0+3x40"},
     ]
+    relay_down = [
+        *_leaders(),
+        # No relay takes bundles from minute 3 on: the keeper sends by its fallback route.
+        {
+            "series": 'keepers_relay_fallback{chain="mainnet",keeper="limit-stop",pod="a"}',
+            "values": "0x3 1x30",
+        },
+    ]
     tests = [
+        {
+            "interval": "1m",
+            "input_series": relay_down,
+            "alert_rule_test": [
+                {"eval_time": "6m", "alertname": "KeeperRelayFallback", "exp_alerts": []},
+                {
+                    "eval_time": "10m",
+                    "alertname": "KeeperRelayFallback",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {"severity": "warning", "chain": "mainnet", "keeper": "limit-stop"},
+                            "exp_annotations": {
+                                "summary": "limit-stop on mainnet has sent by its fallback route"
+                                " for 5 minutes: no relay takes bundles",
+                                "runbook": "README.md#keeperrelayfallback",
+                            },
+                        }
+                    ],
+                },
+            ],
+        },
         {
             "interval": "1m",
             "input_series": healthy,
@@ -82,6 +112,7 @@ def test_alerts_fire_when_they_must_and_not_otherwise(tmp_path: Path) -> None:
                     "KeeperNoInclusion",
                     "KeeperBehindHead",
                     "KeeperNoLeader",
+                    "KeeperRelayFallback",
                 )
             ],
         },
