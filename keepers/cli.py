@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -19,14 +20,24 @@ from keepers.devnet.deploy import DeployError
 from keepers.engine.plugins import PluginError
 from keepers.toolchain import ToolchainError
 
+#: Exit codes (README, "Running a keeper"): 0 ok; 1 a failure found in what a valid config
+#: points at (an RPC or relay, the store, the signer, an order that is not there); 2 the command
+#: line or the config is wrong (everything `keepers config check` finds offline).
+EXIT_FAILED, EXIT_USAGE = 1, 2
+#: The config file when --config is not given.
+CONFIG_ENV = "KEEPERS_CONFIG"
+
 
 def _devnet(args: argparse.Namespace) -> int:
     from keepers.devnet.run import Options, main
 
     if args.chains > 1 and args.block_time != int(args.block_time):
         # The public chain's anvil mines on its own interval, which anvil takes in whole seconds.
-        print("keepers: --chains 2 needs a whole-second --block-time", file=sys.stderr)
-        return 2
+        _error("--chains 2 needs a whole-second --block-time")
+        return EXIT_USAGE
+    if (args.reorg_every is not None and args.reorg_every < 1) or not 1 <= args.reorg_depth <= 64:
+        _error("--reorg-every takes at least 1 block, --reorg-depth 1 to 64")
+        return EXIT_USAGE
     return main(
         Options(
             workdir=args.workdir,
@@ -40,28 +51,39 @@ def _devnet(args: argparse.Namespace) -> int:
             chains=args.chains,
             kill_every=args.kill_every,
             database_url=args.database_url,
+            reorg_every=args.reorg_every,
+            reorg_depth=args.reorg_depth,
         )
     )
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    try:
-        settings = load_config(args.file)
-    except ConfigError as exc:
-        print(f"{args.file}: invalid ({len(exc.problems)} problem(s))", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
-    print(f"{args.file}: ok")
+    import json
+
+    from keepers.config.check import check_config
+
+    report = check_config(args.config, keeper=args.keeper, online=args.online)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+        return report.exit_code
+    for problem in [*report.problems, *report.failures]:
+        _error(str(problem))
+    settings = report.settings
+    if settings is None or report.exit_code:
+        return report.exit_code
+    checked = "offline and online" if args.online else "offline (--online also asks the RPCs and relays)"
+    print(f"{args.config}: ok, {checked}")
     for name, chain in settings.chains.items():
         rpcs = len(chain.rpc)
         print(f"  chain {name}: id {chain.chain_id}, {rpcs} RPC endpoint(s), submission {chain.submission}")
     for name, k in settings.keepers.items():
-        state = "enabled" if k.enabled else "disabled"
+        state = "checked" if name in report.keepers else "enabled" if k.enabled else "disabled"
         kind = "" if settings.kind_of(name) == name else f" ({settings.kind_of(name)})"
         print(f"  keeper {name}{kind}: strategy {k.strategy} on {k.chain} ({state})")
     signing = settings.signer_url or (settings.signer.describe() if settings.signer else "each keeper's own")
     print(f"  signer: {signing}; database: {settings.database_url.split(':', 1)[0]}")
+    for note in report.notes:
+        print(f"  {note}")
     return 0
 
 
@@ -82,8 +104,8 @@ def _signer_address(args: argparse.Namespace) -> int:
     settings = load_config(args.config)
     name = args.name or next(iter(settings.keepers), None)
     if name is None or name not in settings.keepers:
-        print(f"keepers: no keeper {name!r} in {args.config}", file=sys.stderr)
-        return 2
+        _error(f"{args.config}: no keeper {name!r}")
+        return EXIT_USAGE
     url, key = settings.signer_of(name)
     try:
         if url is not None:
@@ -100,30 +122,38 @@ def _signer_address(args: argparse.Namespace) -> int:
         else:
             assert key is not None
             print(Account.from_key(key.resolve()).address)
-    except (SecretError, SignerError) as exc:
-        print(f"keepers: {exc}", file=sys.stderr)
-        return 2
+    except SecretError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except SignerError as exc:
+        _error(str(exc))
+        return EXIT_FAILED
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
     import anyio
 
+    from keepers.config.check import Locator, check_offline, check_strategies, keepers_to_check
     from keepers.tx.signer_process import SignerProcess
 
+    # What `keepers config check --keeper NAME` refuses, refused here the same way (exit 2),
+    # before anything starts; only the funds key is checked without being read.
     settings = load_config(args.config)
-    if args.name not in settings.keepers:
-        configured = ", ".join(settings.keepers) or "none"
-        print(f"keepers: {args.config}: no [keepers.{args.name}] (configured: {configured})", file=sys.stderr)
-        return 2
+    where = Locator(args.config, os.environ)
+    names, problems = keepers_to_check(settings, where, args.name)
+    problems += check_offline(settings, where, names, os.environ, read_funds_keys=False)
+    if problems:
+        raise ConfigError(problems)
     # The signer process starts before the runtime (and any plugin) is imported: libraries
     # that read the whole environment on import would otherwise copy a key variable first.
-    if not settings.keepers[args.name].enabled:
-        print(f"keepers: keepers.{args.name}.enabled = false: switched off in {args.config}", file=sys.stderr)
-        return 2
     child = SignerProcess.of_keeper(settings, args.name)
     if child is not None:
         child.spawn()
+    if problems := check_strategies(settings, where, names):
+        if child is not None:
+            child.close()
+        raise ConfigError(problems)
 
     from keepers.obs.logging import configure_logging
     from keepers.runtime import run_keeper
@@ -133,10 +163,20 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _strategies_list(_args: argparse.Namespace) -> int:
+def _strategies_list(args: argparse.Namespace) -> int:
+    import json
+
     from keepers.engine.plugins import PluginError, list_plugins
 
     plugins = list_plugins()
+    if args.json:
+        print(json.dumps([
+            {"error": str(p)} if isinstance(p, PluginError) else
+            {"name": p.name, "kind": p.kind, "target": p.target, "distribution": p.distribution,
+             "version": p.version}
+            for p in plugins
+        ], indent=2))  # fmt: skip
+        return 1 if any(isinstance(p, PluginError) for p in plugins) else 0
     if not plugins:
         print("no strategies registered under the keepers.strategies entry point group")
     failed = 0
@@ -149,10 +189,20 @@ def _strategies_list(_args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _shown_db(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL sqlalchemy cannot parse: show its scheme only
+        return url.split(":", 1)[0] + "://..."
+
+
 def _store_for(config: Path, chain: str | None) -> tuple[Engine, int, str]:
-    """The config's database (migrated) and the chain id to read, by chain name."""
+    """The config's database and the chain id to read, by chain name. Read-only: a store whose
+    schema is not this package's is refused (SchemaError), never migrated from here."""
     from keepers.store.engine import make_engine
-    from keepers.store.migrations import migrate
+    from keepers.store.migrations import SchemaError, require_current
 
     settings = load_config(config)
     names = list(settings.chains)
@@ -161,8 +211,12 @@ def _store_for(config: Path, chain: str | None) -> tuple[Engine, int, str]:
         raise ConfigError(
             [Problem(str(config), None, "chains", f"no chain {name!r} (have: {', '.join(names)})")]
         )
-    engine = make_engine(settings.database_url)
-    migrate(engine)
+    url = settings.database_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        # Connecting would create an empty file where the operator expected their store.
+        raise SchemaError(f"no store at {url}: check database_url, or create it with `keepers db migrate`")
+    engine = make_engine(url)
+    require_current(engine)
     return engine, settings.chains[name].chain_id, name
 
 
@@ -187,8 +241,8 @@ def _orders_show(args: argparse.Namespace) -> int:
     engine, chain_id, name = _store_for(args.config, args.chain)
     view = order_status(engine, chain_id, args.order_id)
     if view is None:
-        print(f"no order {args.order_id} on {name} (chain {chain_id}) in the store", file=sys.stderr)
-        return 1
+        _error(f"no order {args.order_id} on {name} (chain {chain_id}) in the store")
+        return EXIT_FAILED
     if args.json:
         print(json.dumps(view.as_json(), indent=2))
         return 0
@@ -218,6 +272,16 @@ def _pnl(args: argparse.Namespace) -> int:
     engine, _chain_id, _name = _store_for(args.config, None)
     since = dt.date.today() - dt.timedelta(days=args.days - 1) if args.days else None
     rows = Ledger(engine).pnl(since)
+    if args.json:
+        import json
+
+        print(json.dumps([
+            {"day": r.day.isoformat(), "chain_id": r.chain_id, "keeper": r.keeper, "strategy": r.strategy,
+             "actions": r.actions, "landed": r.included, "earned_wei": r.earned_wei,
+             "spent_wei": r.spent_wei, "net_wei": r.net_wei}
+            for r in rows
+        ], indent=2))  # fmt: skip
+        return 0
     if not rows:
         print("no actions recorded")
         return 0
@@ -232,6 +296,17 @@ def _pnl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db_migrate(args: argparse.Namespace) -> int:
+    from keepers.store.engine import make_engine
+    from keepers.store.migrations import LATEST, migrate
+
+    settings = load_config(args.config)
+    applied = migrate(make_engine(settings.database_url))
+    done = f"applied {', '.join(map(str, applied))}" if applied else "nothing to apply"
+    print(f"{_shown_db(settings.database_url)}: {done}; schema at version {LATEST}")
+    return 0
+
+
 def _replay(args: argparse.Namespace) -> int:
     # keepers.replay is imported here, not at the top: it pulls in the whole runtime, and
     # `keepers run` moves its key out of the environment before that happens.
@@ -240,8 +315,8 @@ def _replay(args: argparse.Namespace) -> int:
     try:
         return _replay_record(args) if args.replay_command == "record" else _replay_run(args)
     except ReplayError as exc:
-        print(f"keepers: {exc}", file=sys.stderr)
-        return 2
+        _error(str(exc))
+        return EXIT_USAGE
 
 
 def _replay_record(args: argparse.Namespace) -> int:
@@ -303,6 +378,18 @@ def _relay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_config() -> Path | None:
+    value = os.environ.get(CONFIG_ENV)
+    return Path(value) if value else None
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, default=_default_config(), metavar="FILE",
+        help=f"the config file (default: ${CONFIG_ENV})",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keepers", description=__doc__)
     parser.add_argument("--version", action="version", version=f"keepers {__version__}")
@@ -325,6 +412,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="kill -9 a random keeper this often; the devnet restarts it with backoff, as a supervisor would",
     )  # fmt: skip
     devnet.add_argument(
+        "--reorg-every", type=int, metavar="BLOCKS",
+        help="reorg the chain this often (anvil_reorg through the relay); the users and the referee follow",
+    )  # fmt: skip
+    devnet.add_argument(
+        "--reorg-depth", type=int, default=3, metavar="D",
+        help="each reorg replaces 1 to D blocks, drawn from --seed (default 3)",
+    )  # fmt: skip
+    devnet.add_argument(
         "--database-url", help="the keepers' store, e.g. postgresql://... (default: SQLite in the workdir)"
     )
     devnet.add_argument("--workdir", type=Path, default=Path(".devnet"), help="config, store, logs")
@@ -334,35 +429,57 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
-    check = config_sub.add_parser("check", help="validate a config file; name every bad key")
-    check.add_argument("file", type=Path)
+    check = config_sub.add_parser(
+        "check", help="prove a config can start: keys, strategies and params, secrets, files, URLs"
+    )
+    check.add_argument(
+        "config", nargs="?", type=Path, default=_default_config(), metavar="FILE",
+        help="the config file (default: $KEEPERS_CONFIG)",
+    )  # fmt: skip
+    check.add_argument(
+        "--keeper", metavar="NAME", help="only what `keepers run NAME` needs (default: every enabled keeper)"
+    )
+    check.add_argument(
+        "--online", action="store_true",
+        help="also ask each RPC, WebSocket and relay: chain id, and code at every contract address",
+    )  # fmt: skip
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(func=_config_check)
 
     run = sub.add_parser("run", help="run one keeper process")
     kinds = ", ".join(KEEPER_KINDS)
     run.add_argument("name", help=f"a [keepers.<name>] of the config; by default its kind ({kinds})")
-    run.add_argument("--config", type=Path, required=True)
+    _config_option(run)
     run.set_defaults(func=_run)
 
     strategies = sub.add_parser("strategies", help="strategy plugins")
     strategies_sub = strategies.add_subparsers(dest="strategies_command", required=True)
-    strategies_sub.add_parser(
-        "list", help="registered strategies, their kind, source and version"
-    ).set_defaults(func=_strategies_list)
+    listing = strategies_sub.add_parser("list", help="registered strategies, their kind, source and version")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=_strategies_list)
 
     orders = sub.add_parser("orders", help="where traders' orders stand (from the keeper's store)")
     orders_sub = orders.add_subparsers(dest="orders_command", required=True)
     show = orders_sub.add_parser("show", help="one order: status, executable and fill blocks, fills")
     show.add_argument("order_id", type=_order_id)
-    show.add_argument("--config", type=Path, required=True)
+    _config_option(show)
     show.add_argument("--chain", help="chain name in the config (default: the first)")
     show.add_argument("--json", action="store_true", help="print JSON (as the HTTP API does)")
     show.set_defaults(func=_orders_show)
 
     pnl = sub.add_parser("pnl", help="what each keeper and strategy earned and spent, per day")
-    pnl.add_argument("--config", type=Path, required=True)
+    _config_option(pnl)
     pnl.add_argument("--days", type=int, default=0, help="only the last N days (default: all)")
+    pnl.add_argument("--json", action="store_true", help="print JSON (amounts in wei)")
     pnl.set_defaults(func=_pnl)
+
+    db = sub.add_parser("db", help="the store")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_migrate = db_sub.add_parser(
+        "migrate", help="bring the store's schema to this release's (read-only commands never migrate)"
+    )
+    _config_option(db_migrate)
+    db_migrate.set_defaults(func=_db_migrate)
 
     rep = sub.add_parser("replay", help="record chain history; run a strategy over a recording")
     rep_sub = rep.add_subparsers(dest="replay_command", required=True)
@@ -389,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_signer_serve)
     address = signer_sub.add_parser("address", help="the address a keeper signs with")
     address.add_argument("name", nargs="?", help="a [keepers.<name>] (default: the first)")
-    address.add_argument("--config", type=Path, required=True)
+    _config_option(address)
     address.set_defaults(func=_signer_address)
 
     relay = sub.add_parser("relay", help="run the local Flashbots-protocol relay in front of anvil")
@@ -403,16 +520,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error(message: str) -> None:
+    print(f"keepers: error: {message}", file=sys.stderr)
+
+
+def _expected_failure(exc: BaseException) -> int | None:
+    """The exit code of a failure an operator can fix, after printing it on one line per
+    problem (None: a bug, which keeps its traceback). Imports here run only on the way out."""
+    from sqlalchemy.exc import OperationalError
+
+    from keepers.chain.rpc_pool import AllEndpointsFailed
+    from keepers.config.secrets import SecretError
+    from keepers.runtime import StartError
+    from keepers.store.migrations import SchemaError
+    from keepers.tx.signer import SignerError
+
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:  # from anyio.run
+        return _expected_failure(exc.exceptions[0])
+    if isinstance(exc, ConfigError):
+        for problem in exc.problems:
+            _error(str(problem))
+        return EXIT_USAGE
+    if isinstance(exc, SecretError | PluginError | ToolchainError | DeployError):
+        _error(str(exc))
+        return EXIT_USAGE
+    if isinstance(exc, SchemaError | SignerError | StartError | AllEndpointsFailed):
+        _error(str(exc))
+        return EXIT_FAILED
+    if isinstance(exc, OperationalError):
+        # The driver's first line (no password: it is not in the driver's messages), never
+        # sqlalchemy's, which adds the SQL and a link.
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else exc.__class__.__name__
+        _error(f"cannot use the store: {reason}")
+        return EXIT_FAILED
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if "config" in vars(args) and args.config is None:
+        _error(f"no config file: give --config FILE or set {CONFIG_ENV}")
+        return EXIT_USAGE
     try:
         return int(args.func(args))
-    except ConfigError as exc:
-        print(f"keepers: invalid config:\n{exc}", file=sys.stderr)
-        return 2
-    except (ToolchainError, DeployError, PluginError) as exc:
-        print(f"keepers: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # sorted: an expected failure's one line, or a bug's traceback
+        code = _expected_failure(exc)
+        if code is None:
+            raise
+        return code
 
 
 if __name__ == "__main__":

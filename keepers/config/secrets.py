@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 from eth_account import Account
@@ -45,23 +46,25 @@ class SecretRef(BaseModel):
             return f"file:{self.file}"
         return f"keystore:{self.keystore}"
 
-    def resolve(self) -> str:
-        """The secret's value (a private key for signer references)."""
+    def resolve(self, environ: Mapping[str, str] | None = None) -> str:
+        """The secret's value (a private key for signer references). Variables are read from
+        `environ` (default: this process's environment)."""
+        env = os.environ if environ is None else environ
         if self.env is not None:
-            value = os.environ.get(self.env)
+            value = env.get(self.env)
             if not value:
                 raise SecretError(f"environment variable {self.env} is not set")
             return value.strip()
         if self.file is not None:
             return _read(self.file).strip()
         assert self.keystore is not None
-        password = (
-            _read(self.password_file).rstrip("\n")
-            if self.password_file
-            else os.environ.get(self.password_env or "", "")
-        )
+        if self.password_file is not None:
+            password = _read(self.password_file).rstrip("\n")
+        elif not (password := env.get(self.password_env or "", "")):
+            raise SecretError(f"environment variable {self.password_env} is not set")
+        keystore = _read(self.keystore)  # its own error: not "wrong password" for a missing file
         try:
-            key = Account.decrypt(json.loads(_read(self.keystore)), password)
+            key = Account.decrypt(json.loads(keystore), password)
         except ValueError as exc:
             raise SecretError(
                 f"cannot decrypt keystore {self.keystore}: wrong password or corrupt file"

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, inspect, select, text
 from sqlmodel import SQLModel
 
+from keepers import __version__
 from keepers.store import allocate_pg, tables
 from keepers.store.engine import is_sqlite
 
@@ -93,14 +94,56 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
+#: The schema version this package writes and reads.
+LATEST = MIGRATIONS[-1].version
+
+
+class SchemaError(RuntimeError):
+    """The store's schema is not the one this package knows; the message says what to do."""
+
+
+def _newer(done: set[int]) -> SchemaError | None:
+    if max(done, default=0) <= LATEST:
+        return None
+    return SchemaError(
+        f"the store's schema is at version {max(done)}, newer than this keepers {__version__} knows "
+        f"({LATEST}): a newer release migrated it; run that release (or restore the database)"
+    )
+
+
+def _applied(conn: Connection) -> set[int]:
+    if not inspect(conn).has_table("schemaversion"):
+        return set()
+    return set(conn.execute(select(tables.SchemaVersion.version)).scalars())  # type: ignore[call-overload]
+
+
+def require_current(engine: Engine) -> None:
+    """For read-only commands, which never migrate: raises SchemaError unless the store has
+    exactly the schema this package knows."""
+    with engine.connect() as conn:
+        done = _applied(conn)
+    if (newer := _newer(done)) is not None:
+        raise newer
+    missing = [m.version for m in MIGRATIONS if m.version not in done]
+    if missing:
+        at = f"at version {max(done)}" if done else "empty (no schema)"
+        raise SchemaError(
+            f"the store is {at}, this keepers knows version {LATEST}: "
+            f"run `keepers db migrate` (it applies {', '.join(map(str, missing))})"
+        )
+
+
 def migrate(engine: Engine) -> list[int]:
-    """Applies what is missing; returns the versions applied now."""
+    """Applies what is missing; returns the versions applied now. Refuses (SchemaError) a store
+    a newer release has migrated: this one would write rows that release does not expect."""
     applied_now: list[int] = []
     with engine.begin() as conn:
         if not is_sqlite(engine):
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
         tables.SchemaVersion.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
         done = set(conn.execute(select(tables.SchemaVersion.version)).scalars())  # type: ignore[call-overload]
+        if (newer := _newer(done)) is not None:
+            raise newer
         for m in MIGRATIONS:
             if m.version in done:
                 continue

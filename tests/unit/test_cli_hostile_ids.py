@@ -1,6 +1,6 @@
 """`keepers orders show <id>` under hostile ids, in process against a real SQLite store: a
-malformed id is a one-line argparse error (exit 2), a valid uint256 the store lacks is "no order"
-(exit 1), and nothing raises."""
+malformed id is a one-line argparse error (exit 2), a valid uint256 the store lacks is the CLI's
+one-line "keepers: error: no order ..." (exit 1), and nothing raises."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def _check(code: int, out: str, err: str) -> None:
         assert errors[0].startswith(ID_ERROR), err
         assert len(errors[0]) < 200, "the id is shown shortened"
     elif code == 1:
-        assert err.startswith("no order "), err
+        assert err.startswith("keepers: error: no order "), err
         assert err.endswith(" on main (chain 1) in the store\n"), err
         assert err.count("\n") == 1
     else:
@@ -124,4 +124,4 @@ def test_hostile_ids(config: Path, order_id: str, code: int) -> None:
     _check(got, out, err)
     assert got == code, (out, err)
     if code == 1:
-        assert err == f"no order {int(order_id)} on main (chain 1) in the store\n"
+        assert err == f"keepers: error: no order {int(order_id)} on main (chain 1) in the store\n"
