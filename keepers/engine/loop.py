@@ -145,6 +145,12 @@ class KeeperLoop:
     async def step(self, number: int) -> None:
         """Block `number`: stored, settled and its market read; then decided and sent."""
         block = await self.source.block(number)
+        if block is not None and block.fork_block is not None:
+            # A reorg may have taken our transactions, finalized ones too (deeper than
+            # `confirmations`, which settlement no longer watches): reconcile with the chain's
+            # nonce first, so this settlement drops what it took and frees the nonces for this
+            # block's actions (else they are refused for a nonce ahead of the chain).
+            await self._maintain(number)
         await self._settle(number)  # receipts need no logs: settle whatever the sync did
         if block is None:
             return  # the chain moved under the reads, or the node failed them: the next head retries

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, Table, bindparam, delete, func, text, update
+from sqlalchemy import ColumnElement, Engine, Table, bindparam, delete, func, text, update
 from sqlalchemy import select as core_select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session, col, select
@@ -414,17 +414,18 @@ class TxRecords:
 
     # ---------------------------------------------------------------- queries
 
-    def open_records(self) -> list[TxRecord]:
-        """Records still pending, and mined ones not yet final (a reorg may still take them)."""
+    def open_records(self, finalized_from: int | None = None) -> list[TxRecord]:
+        """Records still pending, and mined ones not yet final (a reorg may still take them);
+        with `finalized_from`, also the finalized ones holding a nonce at or above it."""
         states = [s.value for s in PENDING | {TxState.CONFIRMED}]
+        wanted: ColumnElement[bool] = col(TxRecord.state).in_(states)
+        if finalized_from is not None:
+            final = col(TxRecord.state) == TxState.FINALIZED.value
+            wanted |= final & (col(TxRecord.nonce) >= finalized_from)
         with self._session() as session:
             rows = session.exec(
                 select(TxRecord)
-                .where(
-                    TxRecord.chain_id == self.chain_id,
-                    TxRecord.signer == self.signer,
-                    col(TxRecord.state).in_(states),
-                )
+                .where(TxRecord.chain_id == self.chain_id, TxRecord.signer == self.signer, wanted)
                 .order_by(col(TxRecord.nonce))
             ).all()
             for r in rows:
@@ -492,7 +493,9 @@ class TxRecords:
         counter that nothing holds are freed.
         """
         report = ReconcileReport(chain_nonce=chain_nonce)
-        records = self.open_records()
+        # Finalized records the chain's count contradicts too: a reorg deeper than
+        # `confirmations` took them, and their nonces would otherwise be held for good.
+        records = self.open_records(finalized_from=chain_nonce)
         moves: list[Move] = []
         for rec in records:
             assert rec.id is not None

@@ -1,16 +1,19 @@
 """The transaction state machine, in one place (after Chainlink's transaction manager).
 
     unstarted ──> unconfirmed ──> confirmed ──> finalized
-        │   │          │  ^           │
-        │   │          │  └───────────┘ (reorged out)
+        │   │          │  ^  ^        │         │
+        │   │          │  │  └────────┘         │ (reorged out)
+        │   │          │  └─────────────────────┘ (reorged out past `confirmations`)
         │   └──────────┼──> confirmed (found mined: sent before a crash, recorded after)
         └──────────────┴──> dropped (will not land; the nonce is freed)
 
 unstarted: nonce allocated and the record written (fees included, so the signed transaction
 and its hash can be derived again after a crash); unconfirmed: sent at least once, waiting for
 a receipt; confirmed: mined in a canonical block; finalized: confirmed `confirmations` blocks
-deep; dropped: it will not land (a missed bundle, a refused simulation, a public transaction
-superseded by a no-op), and its nonce is free again unless a replacement holds it.
+deep, no longer watched by settlement (a reorg deeper than that still reopens it:
+reconciliation finds it from the chain's nonce); dropped: it will not land (a missed bundle, a
+refused simulation, a public transaction superseded by a no-op), and its nonce is free again
+unless a replacement holds it.
 
 Every transition is one compare-and-set statement (`UPDATE ... WHERE state IN FROM[target]`):
 a transition already made is a no-op, never an error, whoever repeats it.
@@ -32,7 +35,10 @@ class TxState(StrEnum):
 #: The states a transition into each state may start from.
 FROM: dict[TxState, frozenset[TxState]] = {
     TxState.UNSTARTED: frozenset(),
-    TxState.UNCONFIRMED: frozenset({TxState.UNSTARTED, TxState.UNCONFIRMED, TxState.CONFIRMED}),
+    # From finalized too: a reorg deeper than `confirmations` happens (and with 0, any reorg is).
+    TxState.UNCONFIRMED: frozenset(
+        {TxState.UNSTARTED, TxState.UNCONFIRMED, TxState.CONFIRMED, TxState.FINALIZED}
+    ),
     TxState.CONFIRMED: frozenset({TxState.UNSTARTED, TxState.UNCONFIRMED}),
     TxState.FINALIZED: frozenset({TxState.CONFIRMED}),
     TxState.DROPPED: frozenset({TxState.UNSTARTED, TxState.UNCONFIRMED}),

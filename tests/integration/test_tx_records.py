@@ -110,6 +110,25 @@ def test_reconcile_confirms_drops_and_detects_reorg(db_url: str):
     assert nm.get(recs[1].id).state == TxState.UNCONFIRMED  # type: ignore[arg-type,union-attr]
 
 
+def test_reconcile_reopens_a_finalized_record_the_chain_no_longer_has(db_url: str) -> None:
+    """A reorg deeper than `confirmations` (any reorg, with 0): the record was finalized, so
+    settlement no longer watches it, and its nonce would stay held while every later
+    transaction waits on it. The chain's count says it is gone; below that count, finalized is
+    left alone."""
+    engine = make_engine(db_url)
+    migrate(engine)
+    nm = TxRecords(engine, 1, SIGNER)
+    recs = nm.allocate([Intent(f"f{i}", to=None) for i in range(2)])
+    for r in recs:
+        assert r.id is not None
+        _sent(nm, r, f"0xfinal{r.nonce}")
+        nm.apply([Move(r.id, TxState.CONFIRMED, "mined"), Move(r.id, TxState.FINALIZED, "0 confirmations")])
+    report = nm.reconcile(1, lambda rec: None)  # the chain lost nonce 1 only
+    assert report.reorged == [recs[1].id]
+    assert nm.get(recs[1].id or 0).state == TxState.UNCONFIRMED  # type: ignore[union-attr]
+    assert nm.get(recs[0].id or 0).state == TxState.FINALIZED  # type: ignore[union-attr]
+
+
 def test_what_reconcile_decides_is_booked_in_the_ledger_with_it(db_url: str):
     """Reconciliation decides records too (found mined, nonce used by another transaction);
     their actions' ledger rows end in the same transaction, or nothing would ever end them (the
