@@ -14,10 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_abi.abi import decode
+from eth_abi.exceptions import DecodingError
 from eth_utils.crypto import keccak
 
 from keepers.chain.artifacts import Artifact
 from keepers.chain.reverts import _abi_type
+
+
+class MalformedLog(ValueError):
+    """A log of a followed contract that its ABI cannot decode: the node's fault."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +158,14 @@ class EventDecoder:
 
     def decode(self, log: Mapping[str, Any]) -> Event | None:
         """The event for a log (raw JSON-RPC or web3's), or None for other contracts' logs or
-        unknown topics."""
+        unknown topics. A log that does not fit its event's ABI (missing fields, short data,
+        a topic too many: a node serving garbage) raises MalformedLog."""
+        try:
+            return self._decode(log)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, DecodingError) as exc:
+            raise MalformedLog(f"malformed log {str(dict(log))[:200]}: {exc!r}"[:400]) from None
+
+    def _decode(self, log: Mapping[str, Any]) -> Event | None:
         contract = self.by_address.get(str(log["address"]).lower())
         topics = [bytes.fromhex(t[2:] if isinstance(t, str) else to_hex(t)[2:]) for t in log["topics"]]
         if contract is None or not topics:

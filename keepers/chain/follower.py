@@ -29,7 +29,7 @@ from web3 import AsyncWeb3, WebSocketProvider
 from web3.types import RPCEndpoint
 
 from keepers.chain.block import Block, Header
-from keepers.chain.events import Event, EventDecoder
+from keepers.chain.events import Event, EventDecoder, MalformedLog
 from keepers.obs import metrics
 from keepers.store.bulk import insert_rows
 from keepers.store.engine import lock_chain_writes
@@ -211,7 +211,12 @@ class ChainFollower:
                     raise
                 end = start + (end - start) // 2
                 log.warning("log range halved", chain=self.label, start=start, end=end, error=str(exc))
-        events = [e for e in map(self.decoder.decode, response["result"]) if e is not None]
+        if not isinstance(response.get("result"), list):
+            raise LogsFailed(f"eth_getLogs {start}..{end}: not a list of logs: {str(response)[:120]}")
+        try:
+            events = [e for e in map(self.decoder.decode, response["result"]) if e is not None]
+        except (MalformedLog, TypeError) as exc:  # the node's garbage: retried as a failed read
+            raise LogsFailed(f"eth_getLogs {start}..{end}: {exc}") from None
         # Hashes only where a reorg can still reach (near the head), plus the page's last block
         # for the cursor: a catch-up over old blocks costs one header per page.
         tail_from = max(start, tip.number - self.keep_blocks + 1)

@@ -28,6 +28,9 @@ class FaultProxy:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.mode: Mode = "pass"
+        #: The contract and topic0 of the log mode "bad-logs" makes up (a followed event).
+        self.bad_log_address = "0x" + "00" * 20
+        self.bad_log_topic = "0x" + "00" * 32
         self.requests = 0
         self._frozen_head: str | None = None
         self._loop = asyncio.new_event_loop()
@@ -110,7 +113,29 @@ class FaultProxy:
             return web.Response(body=data[: len(data) // 2], content_type="application/json")
         elif mode == "behind":
             data = self._stale_head(body, data)
+        elif mode == "bad-logs":
+            data = self._bad_logs(body, data)
         return web.Response(body=data, content_type="application/json")
+
+    def _bad_logs(self, body: bytes, data: bytes) -> bytes:
+        """A node serving garbage logs: every eth_getLogs answer carries one more log, of
+        `bad_log_address` under `bad_log_topic`, whose data that event's ABI cannot decode."""
+        try:
+            call, answer = json.loads(body), json.loads(data)
+        except ValueError:
+            return data
+        if not (isinstance(call, dict) and call.get("method") == "eth_getLogs" and isinstance(answer, dict)):
+            return data
+        query = call["params"][0]
+        answer["result"] = [
+            *answer.get("result", []),
+            {
+                "address": self.bad_log_address, "topics": [self.bad_log_topic], "data": "0x12",
+                "blockNumber": query["fromBlock"], "blockHash": "0x" + "00" * 32,
+                "transactionHash": "0x" + "00" * 32, "logIndex": "0x0",
+            },
+        ]  # fmt: skip
+        return json.dumps(answer).encode()
 
     def _stale_head(self, body: bytes, data: bytes) -> bytes:
         """A node that stopped following: eth_blockNumber keeps answering the same number."""

@@ -6,6 +6,7 @@ and fills again once the node is back."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -13,8 +14,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from eth_utils.crypto import keccak
 from web3 import Web3
 
+from keepers.chain.artifacts import load_artifact
+from keepers.chain.reverts import _abi_type
 from keepers.devnet.anvil import free_port
 from tests.helpers.fault_proxy import FaultProxy, Mode, TcpProxy
 from tests.helpers.keeper_process import keeper_config, relayed_chain, start_keeper
@@ -22,7 +26,13 @@ from tests.helpers.keeper_process import keeper_config, relayed_chain, start_kee
 pytestmark = pytest.mark.integration
 
 SINK = Web3.to_checksum_address("0x000000000000000000000000000000000000dEaD")
-FAULTS: list[Mode] = ["503", "429", "garbage", "truncated", "drop", "refuse", "latency", "behind"]
+FAULTS: list[Mode] = ["503", "429", "garbage", "truncated", "drop", "refuse", "latency", "behind", "bad-logs"]
+#: A log the node makes up: an OrderBook event's topic over data its ABI cannot decode.
+ORDER_PLACED = next(
+    "0x" + keccak(text=f"{e['name']}({','.join(_abi_type(p) for p in e['inputs'])})").hex()
+    for e in load_artifact("OrderBook").abi
+    if e.get("type") == "event" and e["name"] == "OrderPlaced"
+)
 
 
 def _ready(port: int) -> tuple[int, str]:
@@ -56,6 +66,8 @@ def _lands(chain: Web3) -> Callable[[], bool]:
 def test_the_keeper_outlives_every_rpc_fault_and_fills_again(tmp_path: Path) -> None:
     port = free_port()
     with relayed_chain(tmp_path) as (anvil, relay), FaultProxy(relay.url) as node:
+        node.bad_log_topic = ORDER_PLACED
+        node.bad_log_address = json.loads((tmp_path / "deployment.json").read_text())["order_book"]
         cfg = keeper_config(tmp_path, node.url, health_port=port)
         # Only the RPC goes through the faulty node; bundles go to the relay itself.
         cfg.write_text(cfg.read_text().replace(f'relays = ["{node.url}"]', f'relays = ["{relay.url}"]'))
@@ -91,6 +103,7 @@ def test_the_keeper_outlives_every_rpc_fault_and_fills_again(tmp_path: Path) -> 
         text = log.read_text()
         assert keeper.returncode == 0, text[-3000:]
         assert "head poll failed; backing off" in text
+        assert "malformed log" in text, "the made-up log was read, refused and retried"
         assert "Traceback" not in text, text[-3000:]
 
 

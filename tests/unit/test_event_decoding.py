@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keepers.chain.artifacts import load_artifact
-from keepers.chain.events import EventDecoder
+from keepers.chain.events import EventDecoder, MalformedLog
 from keepers.chain.reverts import _abi_type
 
 CONTRACTS = ("OrderBook", "LendingMarket", "RebalancingVault", "PriceOracle")
@@ -98,5 +98,5 @@ def test_a_short_log_falls_back_to_eth_abi_which_refuses_it():
         "0x" + "00" * 32], "data": "0x" + "00" * 64, "blockNumber": 1, "blockHash": "0x00",
         "transactionHash": "0x00", "logIndex": 0,
     }  # fmt: skip
-    with pytest.raises(Exception, match=r"(?i)insufficient|too few|bytes"):
+    with pytest.raises(MalformedLog, match=r"(?i)insufficient|too few|bytes"):
         DECODER.decode(log)
