@@ -233,7 +233,8 @@ def test_every_shipped_config_passes(path: Path, tmp_path: Path) -> None:
 def chart_configs() -> list[tuple[str, str]]:
     helm = pytest.importorskip("tests.unit.test_helm_chart")
     out = []
-    for name, values in (("default", {}), ("all-enabled", helm._values("all-enabled-values.yaml"))):
+    every = [("default", {}), *((n.removesuffix("-values.yaml"), helm._values(n)) for n in helm.CI_VALUES)]
+    for name, values in every:
         (cm,) = [
             c for c in helm.of_kind(helm.render(values), "ConfigMap") if "keepers.toml" in c.get("data", {})
         ]
