@@ -5,7 +5,9 @@ config file written here, simulated traders and a moving market keep them busy, 
 runs beside it (its keepers on the public mempool), from the same config file. `--blocks N`
 runs N blocks and exits with a summary, non-zero if an executable order was left unfilled, a
 fill broke its limit, a nonce gap was left, or a keeper did not exit cleanly. Fills later than
-the next block are listed with the reason the referee sees.
+the next block are listed with the reason the referee sees. `--reorg-every N` replaces the
+last 1 to `--reorg-depth` blocks every N blocks (`anvil_reorg` through the relay); the referee
+judges the new branch and the users re-read their nonces.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
+import requests
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 from rich.console import Console
@@ -42,7 +47,7 @@ from keepers.devnet.cluster import (
 )
 from keepers.devnet.deploy import Deployment, deploy_platform, write_deployment
 from keepers.devnet.market import MarketDriver
-from keepers.devnet.monitor import UNFILLED_AFTER, FillMonitor
+from keepers.devnet.monitor import UNFILLED_AFTER, FillMonitor, Reorg
 from keepers.devnet.public import PublicSender, account, chain_id_cached
 from keepers.devnet.traders import TraderSim
 from keepers.devnet.view import ChainView, LiveView, plain_line, summary_table
@@ -60,6 +65,9 @@ MARKET_KEY = 7
 #: `UNFILLED_AFTER` blocks), so a fill a busy machine delays is judged late, not unfilled.
 SETTLE_BLOCKS = 3
 SETTLE_MAX_BLOCKS = 3 + 2 * UNFILLED_AFTER
+#: Reorgs leave the first blocks of the run alone: the users' funding (mints, approvals) is
+#: mined there, and a trader without it only has reverts to send.
+REORG_FLOOR_BLOCKS = 3
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,9 @@ class Options:
     kill_every: float | None = None
     #: The keepers' shared store (default: a SQLite file in the workdir).
     database_url: str | None = None
+    #: Replace the last 1..reorg_depth blocks (seeded) this often (blocks), through the relay.
+    reorg_every: int | None = None
+    reorg_depth: int = 3
 
     def store_url(self) -> str:
         return self.database_url or f"sqlite:///{self.workdir.resolve() / 'keepers.sqlite'}"
@@ -96,6 +107,39 @@ class ChainRun:
     @property
     def keepers(self) -> list[str]:
         return [self.plan.keeper_name(k) for k in KEEPER_KINDS]
+
+
+class Reorger:
+    """Reorgs a chain every `every` blocks: `anvil_reorg` of a seeded depth in 1..`max_depth`
+    through the relay, which runs it alone between two block builds (sent to anvil directly it
+    raced them). The new branch is empty: what the replaced blocks held is gone, as when a
+    competing builder's blocks win. Never reaches back past `floor`."""
+
+    def __init__(self, url: str, every: int, max_depth: int, floor: int, seed: int) -> None:
+        self.url = url
+        self.every = every
+        self.max_depth = max_depth
+        self.floor = floor
+        self.rng = random.Random(seed)  # noqa: S311 - reproducible depths, not secrecy
+        self.session = requests.Session()
+        self.next_at = floor + every
+        #: (head, depth) of each reorg done
+        self.done: list[tuple[int, int]] = []
+
+    def maybe(self, head: int) -> tuple[int, int] | None:
+        """Reorgs if `head` (what the referee has judged) is due; (head, depth) if it did."""
+        if head < self.next_at:
+            return None
+        self.next_at = head + self.every
+        depth = min(self.rng.randint(1, self.max_depth), head - self.floor)
+        if depth < 1:
+            return None
+        body: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": "anvil_reorg", "params": [depth, []]}
+        answer = self.session.post(self.url, json=body, timeout=60).json()
+        if "error" in answer:
+            raise RuntimeError(f"the relay refused anvil_reorg {depth}: {answer['error']}")
+        self.done.append((head, depth))
+        return head, depth
 
 
 def _web3(url: str) -> Web3:
@@ -183,12 +227,15 @@ def run_devnet(opts: Options) -> int:
 def _users(run: ChainRun, opts: Options, scheduler: BackgroundScheduler) -> FillMonitor:
     """Traders and the market of one chain, their jobs on the shared scheduler; its referee."""
     url, dep, name = run.endpoint.url, run.dep, run.plan.name
-    sender = PublicSender(_web3(url), dep.chain_id)
+    sender = PublicSender(url, dep.chain_id)
     traders = TraderSim(_web3(url), dep, sender, [account(anvil_key(i)) for i in TRADER_KEYS], opts.seed)
     market = MarketDriver(_web3(url), dep, sender, account(anvil_key(MARKET_KEY)), opts.seed + 1)
     traders.fund()
     market.fund()
     monitor = FillMonitor(url, dep)
+    # The referee follows every block: when it sees a reorg, the users' sent transactions may
+    # be gone, so their nonces are read from the chain again.
+    monitor.on_reorg.append(lambda _reorg: sender.forget_nonces())
     bt = opts.block_time
     scheduler.add_job(market.step, "interval", seconds=bt, id=f"{name}-market")
     scheduler.add_job(
@@ -208,6 +255,15 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
     scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
     monitors = [(run, _users(run, opts, scheduler)) for run in runs]
     firsts = {run.plan.name: mon.last_block for run, mon in monitors}
+    reorgers = {
+        run.plan.name: Reorger(run.endpoint.url, opts.reorg_every, opts.reorg_depth,
+                               firsts[run.plan.name] + REORG_FLOOR_BLOCKS, opts.seed + 3 + i)
+        for i, (run, _mon) in enumerate(monitors)
+        if opts.reorg_every and run.plan.submission == "flashbots"  # a relay runs it between builds
+    }  # fmt: skip
+    if plain:
+        for run, mon in monitors:
+            mon.on_reorg.append(_print_reorg(f"{run.plan.name}: " if len(runs) > 1 else ""))
     if opts.kill_every:
         rng = random.Random(opts.seed + 2)  # noqa: S311 - which keeper dies, reproducibly
         scheduler.add_job(
@@ -225,10 +281,17 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
                     if plain:
                         print(f"supervisor: {name} restarted ({cluster.keepers[name].restarts}x)", flush=True)
                 for run, mon in monitors:
+                    prefix = f"{run.plan.name}: " if len(runs) > 1 else ""
                     for b in mon.poll():
                         if plain:
-                            prefix = f"{run.plan.name}: " if len(runs) > 1 else ""
                             print(prefix + plain_line(b, mon), flush=True)
+                    reorger = reorgers.get(run.plan.name)
+                    done = reorger.maybe(mon.last_block) if reorger else None
+                    if done and plain:
+                        print(
+                            f"{prefix}reorg: the last {done[1]} block(s) replaced at block {done[0]}",
+                            flush=True,
+                        )
                 if time.monotonic() - last_scrape > 2:  # the keepers' own endpoints, not every tick
                     metrics = {name: cluster.metrics(name) for name in cluster.keepers}
                     if view is not None:
@@ -236,9 +299,13 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
                     last_scrape = time.monotonic()
                 if view is not None:
                     view.update(
-                        [ChainView(run.plan, mon, [health[k] for k in run.keepers]) for run, mon in monitors],
+                        [
+                            ChainView(run.plan, mon, [health[k] for k in run.keepers],
+                                      len(reorgers[run.plan.name].done) if run.plan.name in reorgers else 0)
+                            for run, mon in monitors
+                        ],
                         metrics,
-                    )
+                    )  # fmt: skip
                 if opts.blocks is not None and all(
                     mon.last_block - firsts[run.plan.name] >= opts.blocks for run, mon in monitors
                 ):
@@ -273,11 +340,13 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
         title = f"{run.plan.name} summary (chain {run.dep.chain_id}, {run.plan.submission})"
         supervised = (sum(cluster.keepers[k].kills for k in run.keepers),
                       sum(cluster.keepers[k].restarts for k in run.keepers))  # fmt: skip
+        reorgs_done = reorgers[run.plan.name].done if run.plan.name in reorgers else []
         console.print(
             summary_table(
-                summary, ours, gaps, sent, submission=run.plan.submission, title=title, supervised=supervised
+                summary, ours, gaps, sent, submission=run.plan.submission, title=title, supervised=supervised,
+                reorgs_done=len(reorgs_done),
             )
-        )
+        )  # fmt: skip
         for m in summary.misses:
             console.print(f"  order {m.order_id} ({m.kind}): {m.why}")
         result = summary.as_json()
@@ -291,6 +360,8 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
             keeper_exit_codes=ours,
             nonce_gaps=gaps,
             submitted=dict(zip(("sent", "included", "missed"), sent, strict=True)),
+            reorgs_done=len(reorgs_done),
+            reorg_depths=[depth for _head, depth in reorgs_done],
         )
         results[run.plan.name] = result
         unfilled = [m for m in summary.misses if m.filled_block is None]
@@ -299,6 +370,17 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
     if opts.summary_json:
         opts.summary_json.write_text(json.dumps({"ok": not failed, "chains": results}, indent=2))
     return 1 if failed else 0
+
+
+def _print_reorg(prefix: str) -> Callable[[Reorg], None]:
+    def line(r: Reorg) -> None:
+        print(
+            f"{prefix}referee: reorg seen at block {r.head}: {r.depth} judged block(s) replaced after"
+            f" block {r.fork}, {r.fills_undone} fill(s) undone; judging the new branch",
+            flush=True,
+        )
+
+    return line
 
 
 def _settle(monitors: list[FillMonitor], block_time: float, cluster: Cluster) -> None:

@@ -27,6 +27,8 @@ class ChainView:
     plan: ChainPlan
     monitor: FillMonitor
     health: list[KeeperHealth]
+    #: Reorgs the devnet made on this chain (`--reorg-every`).
+    reorgs_done: int = 0
 
 
 def _sum_samples(metrics: Mapping[str, Mapping[str, float]], family: str, label: str, value: str) -> float:
@@ -112,6 +114,15 @@ class LiveView:
             f"liquidations {s.liquidations}", f"rebalances {s.rebalances}",
             f"oracle updates {s.oracle_updates}", f"cancelled {s.cancelled}", f"lapsed {s.lapsed}",
         )  # fmt: skip
+        reorgs = Table.grid(padding=(0, 3))  # its own grid: a wide cell would widen the row above
+        summary_rows: list[Table] = [other]
+        if c.reorgs_done or s.reorgs:
+            summary_rows.append(reorgs)
+            reorgs.add_row(
+                f"[b]reorgs[/b] {c.reorgs_done} made / {len(s.reorgs)} followed by the referee",
+                f"fills reorged out {sum(r.fills_undone for r in s.reorgs)}",
+                f"last: block {s.reorgs[-1].head}, depth {s.reorgs[-1].depth}" if s.reorgs else "",
+            )
         keepers = Table(title="keepers", expand=True)
         for col in ("keeper", "state", "strategy errors", "note"):
             keepers.add_column(col)
@@ -123,13 +134,13 @@ class LiveView:
             )
             keepers.add_row(h.name, state, str(strategy_errors(ours[h.name])), h.reason)
         if not recent:  # several chains: one compact panel each
-            return Panel(Group(head, orders, fills, other, keepers))
+            return Panel(Group(head, orders, fills, *summary_rows, keepers))
         blocks = Table(title="last blocks", expand=True)
         for col in ("block", "fills", "open"):
             blocks.add_column(col, justify="right")
         for b in mon.recent[-8:]:
             blocks.add_row(str(b.number), str(b.fills) if b.fills else "", str(sum(b.open_by_kind.values())))
-        return Group(head, orders, fills, other, blocks, keepers)
+        return Group(head, orders, fills, *summary_rows, blocks, keepers)
 
 
 def plain_line(b: BlockStats, mon: FillMonitor) -> str:
@@ -143,7 +154,8 @@ def plain_line(b: BlockStats, mon: FillMonitor) -> str:
 
 def summary_table(s: Summary, exit_codes: Mapping[str, int | None], nonce_gaps: Mapping[str, list[int]],
                   submitted: tuple[int, int, int], *, submission: str = "flashbots",
-                  title: str = "devnet summary", supervised: tuple[int, int] = (0, 0)) -> Table:  # fmt: skip
+                  title: str = "devnet summary", supervised: tuple[int, int] = (0, 0),
+                  reorgs_done: int = 0) -> Table:  # fmt: skip
     t = Table(title=title, show_header=False)
     t.add_column("what")
     t.add_column("value", justify="right")
@@ -168,5 +180,8 @@ def summary_table(s: Summary, exit_codes: Mapping[str, int | None], nonce_gaps: 
     t.add_row(f"{_unit(submission)} sent / included / missed", " / ".join(map(str, submitted)))
     t.add_row("nonce gaps", str(sum(len(g) for g in nonce_gaps.values())))
     t.add_row("keepers killed / restarted by the supervisor", " / ".join(map(str, supervised)))
+    undone = sum(r.fills_undone for r in s.reorgs)
+    t.add_row("reorgs made / followed by the referee (fills reorged out)",
+              f"{reorgs_done} / {len(s.reorgs)} ({undone})")  # fmt: skip
     t.add_row("keeper exit codes", ", ".join(f"{k} {c}" for k, c in exit_codes.items()))
     return t
