@@ -1,9 +1,13 @@
 # syntax=docker/dockerfile:1
 # The keeper image: the `keepers` command with the compiled contract artifacts baked in.
 # Three stages so no compiler, npm or build tool reaches the final image.
+# Reproducible: base images by digest (the tag beside each says what it is; move both together),
+# npm packages from package-lock.json, Python packages from requirements/runtime.lock with every
+# file's hash checked (./dev lock writes it; the tests run the same pins from dev.lock).
 
 # 1. Contracts: forge + solcjs from npm compile contracts/ to ABIs and bytecode.
-FROM node:20.18.1-bookworm-slim AS contracts
+# Node 24 LTS, maintained until April 2028 (Node 20's support ended in April 2026).
+FROM node:24.21.0-bookworm-slim@sha256:0e0ff40c39bc087845bfb27465a0df4ea419520094bc35842ff83dd8cbe6f9b6 AS contracts
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund --loglevel=error
@@ -13,17 +17,22 @@ WORKDIR /src/contracts
 RUN ../node_modules/.bin/forge build
 
 # 2. Python: the keepers distribution and its dependencies in a venv.
-FROM python:3.11.10-slim-bookworm AS python
+#    Dependencies first, exactly as locked (nothing is resolved here), then the project itself
+#    without dependencies, built by the locked setuptools; `pip check` proves the lock covers it.
+FROM python:3.11.15-slim-bookworm@sha256:d29f48a31a8b408ed19272ca1e7b10ebae13b240a27e862d3d4217c528e2e0c3 AS python
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/keepers/venv
+COPY requirements/runtime.lock /src/requirements/
+RUN /opt/keepers/venv/bin/pip install --require-hashes --no-deps -r /src/requirements/runtime.lock
 COPY pyproject.toml README.md /src/
 COPY keepers/ /src/keepers/
 COPY strategies/ /src/strategies/
 COPY bench/ /src/bench/
-RUN /opt/keepers/venv/bin/pip install /src
+RUN /opt/keepers/venv/bin/pip install --no-deps --no-build-isolation /src \
+    && /opt/keepers/venv/bin/pip check
 
 # 3. Runtime: slim Python, non-root, nothing writable needed outside mounted volumes.
-FROM python:3.11.10-slim-bookworm
+FROM python:3.11.15-slim-bookworm@sha256:d29f48a31a8b408ed19272ca1e7b10ebae13b240a27e862d3d4217c528e2e0c3
 COPY --from=python /opt/keepers/venv /opt/keepers/venv
 COPY --from=contracts /src/contracts/out /opt/keepers/artifacts
 ENV PATH=/opt/keepers/venv/bin:$PATH \

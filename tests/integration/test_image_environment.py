@@ -1,6 +1,8 @@
 """The keeper image's Python environment, built the way the Dockerfile builds it (there is no
-Docker engine here): exactly the files its Python stage copies, `pip install` of them into a
-fresh venv (not editable), the artifacts where the image puts them, and its entrypoint run."""
+Docker engine here): exactly the files its Python stage copies, its pip commands run as written
+into a fresh venv (the locked dependencies with their hashes checked, then the project, not
+editable, without dependencies of its own), the artifacts where the image puts them, and its
+entrypoint run."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.integration
 def _python_stage() -> tuple[list[list[str]], list[str], str]:
     """COPY lines and RUN lines of the Dockerfile's `python` stage, and the final ENTRYPOINT."""
     text = (REPO_ROOT / "Dockerfile").read_text()
-    stage = text.split(" AS python", 1)[1].split("\nFROM ", 1)[0]
+    stage = text.split(" AS python", 1)[1].split("\nFROM ", 1)[0].replace("\\\n", " ")
     copies = [line.split()[1:] for line in stage.splitlines() if line.startswith("COPY ")]
     runs = [line.removeprefix("RUN ").strip() for line in stage.splitlines() if line.startswith("RUN ")]
     entry = re.search(r'^ENTRYPOINT \["([^"]+)"\]', text, re.M)
@@ -42,15 +44,19 @@ def test_the_image_environment_installs_and_its_entrypoint_runs(tmp_path: Path):
             else:
                 target.mkdir(parents=True, exist_ok=True)
                 shutil.copy(origin, target / origin.name)
-    assert any(r.endswith("pip install /src") for r in runs), runs
+    pip_runs = [r for r in runs if "/opt/keepers/venv/bin/pip" in r]
+    assert any("--require-hashes" in r and "/src/requirements/runtime.lock" in r for r in pip_runs), runs
+    assert any(re.search(r"pip install --no-deps .*/src( |$)", r) for r in pip_runs), runs
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
-    pip = subprocess.run(
-        [str(env_dir / "bin" / "pip"), "install", "--quiet", str(src)],
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert pip.returncode == 0, pip.stderr[-3000:]
+    for run_line in pip_runs:
+        command = run_line.replace("/opt/keepers/venv", str(env_dir))
+        command = re.sub(r"(?<![\w/.-])/src\b", str(src), command)
+        pip = subprocess.run(
+            ["bash", "-c", command], capture_output=True, text=True, timeout=600, check=False
+        )  # fmt: skip
+        assert pip.returncode == 0, f"{command}\n{pip.stdout[-3000:]}{pip.stderr[-3000:]}"
 
     image_env = {
         "PATH": f"{env_dir / 'bin'}:/usr/bin:/bin",
