@@ -223,13 +223,14 @@ async def build_keeper(
         max_target_blocks=max_target_blocks,
         block_time=chain.block_time,
         builder_tip=addrs.builder_tip,
-        keeper=kind,
+        keeper=name,
         strategy=ks.strategy,
         fallback=fallback,
     )
 
     loop = KeeperLoop(
         kind=kind,
+        name=name,
         chain=ks.chain,
         chain_id=chain_id,
         strategy=strategy,

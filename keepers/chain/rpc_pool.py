@@ -76,6 +76,20 @@ class Endpoint:
         return time.monotonic() < self.cooldown_until
 
 
+#: Methods the keepers call; a plugin calling anything else through the reader is "other"
+#: (a metric label must stay bounded whatever a plugin asks the node).
+KNOWN_METHODS = frozenset({
+    "eth_blockNumber", "eth_chainId", "eth_getBlockByNumber", "eth_getBlockByHash", "eth_getLogs", "eth_call",
+    "eth_getTransactionReceipt", "eth_getTransactionCount", "eth_getTransactionByHash", "eth_estimateGas",
+    "eth_feeHistory", "eth_gasPrice", "eth_maxPriorityFeePerGas", "eth_sendRawTransaction", "eth_getBalance",
+    "eth_getCode", "eth_simulateV1",
+})  # fmt: skip
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
+
+
 def redact(url: str) -> str:
     """scheme://host[:port] only: paths and queries often carry API keys."""
     scheme, _, rest = url.partition("://")
@@ -154,6 +168,7 @@ class RpcPool(AsyncJSONBaseProvider):
         self, ep: Endpoint, method: RPCEndpoint, params: Any, reasons: list[str]
     ) -> RPCResponse | None:
         ep.requests += 1
+        started = time.perf_counter()
         try:
             response = await ep.provider.make_request(method, params)
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:  # ValueError: not JSON
@@ -169,6 +184,7 @@ class RpcPool(AsyncJSONBaseProvider):
             self._fault(ep, method, f"{ep.label}: {error.get('message')}")
             reasons.append(f"{ep.label}: {error.get('code')}")
             return None
+        metrics.RPC_SECONDS.labels(self.chain, method_label(method)).observe(time.perf_counter() - started)
         ep.failures = 0
         metrics.RPC_ENDPOINT_HEALTHY.labels(self.chain, str(ep.index)).set(1)
         if method == "eth_blockNumber" and isinstance(response.get("result"), str):
@@ -180,7 +196,7 @@ class RpcPool(AsyncJSONBaseProvider):
     def _fault(self, ep: Endpoint, method: str, reason: str) -> None:
         ep.errors += 1
         ep.failures += 1
-        metrics.RPC_ERRORS.labels(self.chain, str(ep.index), method).inc()
+        metrics.RPC_ERRORS.labels(self.chain, str(ep.index), method_label(method)).inc()
         if ep.failures >= self.failures_to_cool:
             ep.cooldown_until = time.monotonic() + min(60.0, 2.0 ** (ep.failures - self.failures_to_cool))
             metrics.RPC_ENDPOINT_HEALTHY.labels(self.chain, str(ep.index)).set(0)

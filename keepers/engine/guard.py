@@ -6,6 +6,7 @@ twice) is dropped by itself, counted the same way, and never reaches the transac
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -24,6 +25,7 @@ log = structlog.get_logger("strategy")
 async def guarded_on_block(
     strategy: Strategy, ctx: BlockContext, *, keeper: str, name: str, timeout: float
 ) -> list[Action]:
+    started = time.perf_counter()
     try:
         with anyio.fail_after(timeout):
             out = await strategy.on_block(ctx)
@@ -37,6 +39,8 @@ async def guarded_on_block(
         metrics.STRATEGY_ERRORS.labels(keeper, name, "exception").inc()
         log.error("strategy raised", keeper=keeper, strategy=name, block=ctx.number, error=repr(exc))
         return []
+    finally:
+        metrics.STRATEGY_SECONDS.labels(keeper, name).observe(time.perf_counter() - started)
     if (
         not isinstance(out, Sequence)
         or isinstance(out, (str, bytes))

@@ -12,6 +12,7 @@ Python work in one interpreter, and the node they would overlap with shares the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -74,8 +75,16 @@ class KeeperLoop:
         ledger: Ledger | None = None,
         leader: LeaderElector | None = None,
         shards: ShardSet | None = None,
+        name: str | None = None,
     ) -> None:
         self.kind = kind
+        #: The keeper instance (`[keepers.<name>]`): its metrics' `keeper` label.
+        self.name = name or kind
+        # Every series an alert takes a rate of exists from the start, at 0.
+        for error in ("exception", "timeout", "invalid", "sync_state"):
+            metrics.STRATEGY_ERRORS.labels(self.name, strategy_name, error)
+        metrics.BLOCK_ERRORS.labels(chain, self.name)
+        metrics.FENCED.labels(chain, self.name)
         self.chain = chain
         self.chain_id = chain_id
         self.strategy = strategy
@@ -98,6 +107,7 @@ class KeeperLoop:
         self.shards = shards
         self._maintaining = False
         self._warmed = False
+        self._head_seen_at = time.monotonic()
         self.state = KeeperState()
         self._tasks: anyio.abc.TaskGroup | None = None
         self.collector = CollectBetweenBlocks()
@@ -144,6 +154,7 @@ class KeeperLoop:
 
     async def step(self, number: int) -> None:
         """Block `number`: stored, settled and its market read; then decided and sent."""
+        self._head_seen_at = self.source.follower.head_seen_at
         block = await self.source.block(number)
         if block is not None and block.fork_block is not None:
             # A reorg may have taken our transactions, finalized ones too (deeper than
@@ -176,7 +187,7 @@ class KeeperLoop:
             snapshot = await self.snapshots.read(block.number) if self.snapshots else None
             candidates = await self.candidates(block, snapshot)
         except Exception as exc:  # noqa: BLE001 - a failed read costs this block, not the keeper
-            metrics.BLOCK_ERRORS.labels(self.chain, self.kind).inc()
+            metrics.BLOCK_ERRORS.labels(self.chain, self.name).inc()
             log.error("block skipped: could not read the market", block=block.number, error=repr(exc))
             return
         await self.act(block, snapshot, candidates)
@@ -187,7 +198,7 @@ class KeeperLoop:
         if self.shards is not None:
             candidates = [c for c in candidates if self.shards.owns(shard_key(c))]
             shard_of = {c.order_id: shard_key(c) for c in candidates if isinstance(c, Order)}
-        metrics.CANDIDATES.labels(self.chain, self.kind).set(len(candidates))
+        metrics.CANDIDATES.labels(self.chain, self.name).set(len(candidates))
         ctx = BlockContext(
             chain=self.chain,
             chain_id=self.chain_id,
@@ -204,7 +215,7 @@ class KeeperLoop:
             self._warmed = True
             await self._warm(ctx)
         actions = await decide(
-            self.strategy, ctx, kind=self.kind, name=self.strategy_name, timeout=self.strategy_timeout
+            self.strategy, ctx, kind=self.name, name=self.strategy_name, timeout=self.strategy_timeout
         )
         log.debug(
             "block",
@@ -231,7 +242,7 @@ class KeeperLoop:
             with anyio.fail_after(self.strategy_timeout * 5):
                 await self.strategy.sync_state(ctx)
         except Exception as exc:  # noqa: BLE001 - a plugin's warm-up must not stop the keeper
-            metrics.STRATEGY_ERRORS.labels(self.kind, self.strategy_name, "sync_state").inc()
+            metrics.STRATEGY_ERRORS.labels(self.name, self.strategy_name, "sync_state").inc()
             log.warning("strategy sync_state failed", error=repr(exc))
 
     async def _submit(
@@ -246,7 +257,7 @@ class KeeperLoop:
             else:
                 outcomes = await self.txm.submit(actions, head, timestamp)
         except NotLeader as exc:
-            metrics.FENCED.labels(self.chain, self.kind).inc()
+            metrics.FENCED.labels(self.chain, self.name).inc()
             log.warning("submission fenced: the lease was lost", block=head, error=str(exc))
             return
         except Exception as exc:
@@ -255,11 +266,14 @@ class KeeperLoop:
             else:
                 log.exception("submission failed", block=head, error=repr(exc))
             return
+        if any(o.status is Status.SENT for o in outcomes):
+            reaction = time.monotonic() - self._head_seen_at
+            metrics.REACTION.labels(self.chain, self.name).observe(reaction)
         self._record(outcomes)
 
     def _record(self, outcomes: Sequence[Outcome]) -> None:
         """Ended (and refused) actions into the state and the economics metrics."""
-        labels = (self.chain, self.kind, self.strategy_name)
+        labels = (self.chain, self.name, self.strategy_name)
         for o in outcomes:
             if o.status is Status.SENT:
                 continue

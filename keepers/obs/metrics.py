@@ -3,7 +3,38 @@ addresses of keys, or unbounded values (no order ids, no tx hashes)."""
 
 from __future__ import annotations
 
+import platform
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from keepers import __version__
+
+#: Labels, one name per concept: `chain` is the chain's name in the config, `keeper` the keeper
+#: instance (`[keepers.<name>]`, its kind unless `kind` says otherwise), `strategy` the plugin,
+#: `error` what went wrong. Latencies are in seconds (`_seconds`), from the head seen.
+
+BUILD_INFO = Gauge("keepers_build_info", "1, labelled with the running release", ["version", "python"])
+BUILD_INFO.labels(__version__, platform.python_version()).set(1)
+#: Head seen -> this block's actions sent (bundle accepted by a relay, or sent to the mempool).
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24)
+REACTION = Histogram(
+    "keepers_reaction_seconds",
+    "From the head seen to this block's actions sent (simulation and signing included)",
+    ["chain", "keeper"],
+    buckets=LATENCY_BUCKETS,
+)
+STRATEGY_SECONDS = Histogram(
+    "keepers_strategy_seconds",
+    "A strategy's on_block per block",
+    ["keeper", "strategy"],
+    buckets=LATENCY_BUCKETS,
+)
+RPC_SECONDS = Histogram(
+    "keepers_rpc_request_seconds",
+    "One JSON-RPC request to a node",
+    ["chain", "method"],
+    buckets=LATENCY_BUCKETS,
+)
 
 BLOCKS_BEHIND = Gauge("keepers_blocks_behind_head", "Chain head minus the last applied block", ["chain"])
 HEAD = Gauge("keepers_head_block", "Latest head seen", ["chain"])
@@ -50,8 +81,8 @@ NONCE_GAPS = Gauge("keepers_nonce_gaps", "Free nonces below the highest pending 
 TX_STATE = Gauge("keepers_transactions", "Our transactions by state", ["chain", "state"])
 STRATEGY_ERRORS = Counter(
     "keepers_strategy_errors_total",
-    "Strategy failures by kind (exception, timeout, invalid)",
-    ["keeper", "strategy", "kind"],
+    "Strategy failures by error (exception, timeout, invalid, sync_state)",
+    ["keeper", "strategy", "error"],
 )
 RPC_ERRORS = Counter(
     "keepers_rpc_errors_total", "RPC errors by endpoint index and method", ["chain", "endpoint", "method"]

@@ -168,6 +168,8 @@ class TxManager:
         self._carry: list[tuple[TxRecord, int]] = []
         #: What this process knows of its actions (value, builder payment) until they settle.
         self._actions: dict[str, Action] = {}
+        #: The first block each of those was sent for (inclusion latency is counted from it).
+        self._first_target: dict[str, int] = {}
         #: Actions this settlement replaced by a no-op (dropped outside its moves).
         self._superseded: set[str] = set()
         #: Actions that maintenance (reconciliation) ended, reported by the next settlement.
@@ -323,6 +325,7 @@ class TxManager:
         crash_point("after-allocate")
         for action, _ in prepared:
             self._actions[action.idempotency_key] = action
+            self._first_target.setdefault(action.idempotency_key, head + 1)
         # A key allocated before (a repeated submit) is not sent twice: only what is unsent goes.
         return [r for r in records if TxState(r.state) is TxState.UNSTARTED]
 
@@ -449,6 +452,7 @@ class TxManager:
         outcomes = []
         for key, reason in failed.items():
             action = self._actions.pop(key, None)
+            self._first_target.pop(key, None)
             orders = action.order_ids if action else ()
             outcomes.append(Outcome(key, Status.REJECTED, reason=reason, order_ids=orders))
             log.info("action refused by simulation", key=key, reason=reason, target=target)
@@ -553,11 +557,15 @@ class TxManager:
         actions leave this process's books and are counted."""
         outcomes, self._ended_elsewhere = outcomes + self._ended_elsewhere, []
         for o in outcomes:
+            first = None
             if o.status is not Status.REORGED:
                 self._actions.pop(o.action_key, None)
+                first = self._first_target.pop(o.action_key, None)
             metrics.ACTIONS.labels(self.chain, str(o.status)).inc()
             if o.status is Status.INCLUDED:
                 metrics.BUNDLES.labels(self.chain, "included").inc()
+                if first is not None and o.block is not None:
+                    metrics.INCLUSION_BLOCKS.labels(self.chain).observe(o.block - first + 1)
             elif o.status is Status.MISSED:
                 metrics.BUNDLES.labels(self.chain, "missed").inc()
         return outcomes

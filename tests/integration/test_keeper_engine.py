@@ -53,7 +53,7 @@ def chain(tmp_path) -> Iterator[tuple[Anvil, RelayThread]]:
 
 def _errors(kind: str, strategy: str) -> float:
     value = REGISTRY.get_sample_value(
-        "keepers_strategy_errors_total", {"keeper": "limit-stop", "strategy": strategy, "kind": kind}
+        "keepers_strategy_errors_total", {"keeper": "limit-stop", "strategy": strategy, "error": kind}
     )
     return value or 0.0
 
