@@ -20,6 +20,8 @@ from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
 
+from keepers.chain.rpc_pool import redact
+
 SIGNATURE_HEADER = "X-Flashbots-Signature"
 #: JSON-RPC error code relays use for a missing or bad signature.
 BAD_SIGNATURE = -32025
@@ -41,7 +43,7 @@ class RelayError(RuntimeError):
     """The relay answered with a JSON-RPC error."""
 
     def __init__(self, url: str, method: str, code: int, message: str) -> None:
-        super().__init__(f"{method} at {url}: {code} {message}")
+        super().__init__(f"{method} at {redact(url)}: {code} {message}")
         self.url, self.method, self.code, self.message = url, method, code, message
 
 
@@ -147,7 +149,7 @@ class FlashbotsClient:
                 )
                 raise RelayError(url, method, int(err.get("code", 0) or 0), str(err.get("message", "")))
             return payload["result"]
-        raise RelayUnavailable(f"{method} at {url}: {last!r} after {self.attempts} attempts")
+        raise RelayUnavailable(f"{method} at {redact(url)}: {last!r} after {self.attempts} attempts")
 
     async def call_bundle(
         self,
@@ -170,7 +172,7 @@ class FlashbotsClient:
             return Simulation.from_json(answer)
         except (KeyError, TypeError, ValueError) as exc:
             raise RelayUnavailable(
-                f"eth_callBundle at {self.relays[0]}: malformed result ({exc!r})"
+                f"eth_callBundle at {redact(self.relays[0])}: malformed result ({exc!r})"
             ) from None
 
     async def send_bundle(
@@ -206,7 +208,9 @@ class FlashbotsClient:
             elif isinstance(res, dict) and isinstance(res.get("bundleHash"), str):
                 out[url] = res["bundleHash"]
             else:
-                out[url] = RelayUnavailable(f"eth_sendBundle at {url}: malformed result {str(res)[:80]}")
+                out[url] = RelayUnavailable(
+                    f"eth_sendBundle at {redact(url)}: malformed result {str(res)[:80]}"
+                )
         return out
 
     async def cancel_bundle(self, replacement_uuid: str) -> None:

@@ -19,6 +19,7 @@ import structlog
 from web3 import AsyncWeb3
 from web3.exceptions import Web3RPCError
 
+from keepers.chain.rpc_pool import redact
 from keepers.tx.flashbots import FlashbotsClient, RelayError, RelayUnavailable, Simulation
 
 log = structlog.get_logger("route")
@@ -56,7 +57,7 @@ class BundleRoute:
             raws, target, replacement_uuid=replacement_uuid, builders=self.builders
         )
         hashes = [r for r in results.values() if isinstance(r, str)]
-        errors = tuple(f"{u}: {e}" for u, e in results.items() if not isinstance(e, str))
+        errors = tuple(f"{redact(u)}: {e}" for u, e in results.items() if not isinstance(e, str))
         return Sent(bool(hashes), hashes[0] if hashes else None, errors)
 
 

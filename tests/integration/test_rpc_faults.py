@@ -35,6 +35,15 @@ ORDER_PLACED = next(
 )
 
 
+NODE_SECRETS = ("n0de-passw0rd", "APIKEY0node31337")
+RELAY_SECRETS = ("re1ay-passw0rd", "APIKEY0relay4242")
+
+
+def _with_credentials(url: str, secrets: tuple[str, str]) -> str:
+    """http://user:password@host:port/v3/apikey (the fault proxy ignores user and path)."""
+    return url.replace("http://", f"http://keeper:{secrets[0]}@") + f"/v3/{secrets[1]}"
+
+
 def _ready(port: int) -> tuple[int, str]:
     try:
         r = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
@@ -65,12 +74,21 @@ def _lands(chain: Web3) -> Callable[[], bool]:
 
 def test_the_keeper_outlives_every_rpc_fault_and_fills_again(tmp_path: Path) -> None:
     port = free_port()
-    with relayed_chain(tmp_path) as (anvil, relay), FaultProxy(relay.url) as node:
+    with (
+        relayed_chain(tmp_path) as (anvil, relay),
+        FaultProxy(relay.url) as node,
+        FaultProxy(relay.url) as relay_proxy,
+    ):
         node.bad_log_topic = ORDER_PLACED
         node.bad_log_address = json.loads((tmp_path / "deployment.json").read_text())["order_book"]
-        cfg = keeper_config(tmp_path, node.url, health_port=port)
-        # Only the RPC goes through the faulty node; bundles go to the relay itself.
-        cfg.write_text(cfg.read_text().replace(f'relays = ["{node.url}"]', f'relays = ["{relay.url}"]'))
+        # URLs as providers hand them out, credentials in the user part and the path: neither
+        # may reach a log line or a metric, whatever fails.
+        node_url = _with_credentials(node.url, NODE_SECRETS)
+        relay_url = _with_credentials(relay_proxy.url, RELAY_SECRETS)
+        cfg = keeper_config(tmp_path, node_url, health_port=port)
+        # Only the RPC goes through the faulty node; bundles go to the relay (through a proxy
+        # that fails once, below).
+        cfg.write_text(cfg.read_text().replace(f'relays = ["{node_url}"]', f'relays = ["{relay_url}"]'))
         log = tmp_path / "keeper.log"
         keeper = start_keeper(cfg, log=log)
         chain = Web3(Web3.HTTPProvider(anvil.url))
@@ -85,6 +103,10 @@ def test_the_keeper_outlives_every_rpc_fault_and_fills_again(tmp_path: Path) -> 
                 _until(f"a transfer lands after {fault}", _lands(chain))
             assert _metric(port, "keepers_head_poll_failures_total") > 0
             assert _metric(port, "keepers_rpc_errors_total") > 0
+            relay_proxy.set("503")
+            _until("a relay failure is logged", lambda: "no relay took the bundle" in log.read_text())
+            relay_proxy.set("pass")
+            metrics_text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
 
             # A node that stalls: answers never come. Readiness drops once the head is stale
             # (10 s at this block time), and comes back with the node.
@@ -105,6 +127,8 @@ def test_the_keeper_outlives_every_rpc_fault_and_fills_again(tmp_path: Path) -> 
         assert "head poll failed; backing off" in text
         assert "malformed log" in text, "the made-up log was read, refused and retried"
         assert "Traceback" not in text, text[-3000:]
+        leaked = [x for x in (*NODE_SECRETS, *RELAY_SECRETS) if x in text or x in metrics_text]
+        assert leaked == [], f"RPC or relay credentials in the logs or metrics: {leaked}"
 
 
 def test_a_websocket_that_falls_silent_is_left_for_polling(tmp_path: Path) -> None:
