@@ -189,6 +189,36 @@ def _strategies_list(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _strategies_show(args: argparse.Namespace) -> int:
+    import json
+
+    from keepers.engine.plugins import describe_strategy
+
+    info = describe_strategy(args.name)  # a PluginError is reported by main
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['name']}: kind {info['kind']}, {info['target']} ({info['distribution']} {info['version']})")
+    print("params (JSON schema):")
+    print(json.dumps(info["params_schema"], indent=2))
+    return 0
+
+
+def _strategies_new(args: argparse.Namespace) -> int:
+    from keepers.sdk.scaffold import ScaffoldError, scaffold
+
+    directory = Path(args.dir or args.name)
+    try:
+        written = scaffold(args.name, directory)
+    except ScaffoldError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"  wrote {path}")
+    print(f"next: cd {directory} && pip install -e . && pytest")
+    return 0
+
+
 def _shown_db(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -457,6 +487,16 @@ def build_parser() -> argparse.ArgumentParser:
     listing = strategies_sub.add_parser("list", help="registered strategies, their kind, source and version")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(func=_strategies_list)
+    described = strategies_sub.add_parser("show", help="a strategy's kind and its params' JSON schema")
+    described.add_argument("name", help="a registered strategy (see `keepers strategies list`)")
+    described.add_argument("--json", action="store_true", help="print JSON")
+    described.set_defaults(func=_strategies_show)
+    new = strategies_sub.add_parser(
+        "new", help="scaffold a strategy plugin project (entry point, module, test)"
+    )
+    new.add_argument("name", help="the strategy's name, lowercase and dashes (e.g. my-strategy)")
+    new.add_argument("--dir", help="where to write it (new or empty; default: ./NAME)")
+    new.set_defaults(func=_strategies_new)
 
     orders = sub.add_parser("orders", help="where traders' orders stand (from the keeper's store)")
     orders_sub = orders.add_subparsers(dest="orders_command", required=True)

@@ -9,11 +9,18 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from keepers.engine.market import MarketSnapshot
-from keepers.engine.strategy import BlockContext, Strategy
-from keepers.store.tables import Order
-from keepers.tx.actions import Action
-from strategies.fills import batch_action, is_fair, meets_limit, plan_groups, tolerance_of
+from keepers.sdk import (
+    Action,
+    BlockContext,
+    MarketSnapshot,
+    OrderView,
+    Strategy,
+    batch_action,
+    is_fair,
+    meets_limit,
+    plan_groups,
+    tolerance_of,
+)
 
 
 class IcebergParams(BaseModel):
@@ -23,7 +30,7 @@ class IcebergParams(BaseModel):
     min_clip_bps: int = 100
 
 
-def clip_size(snap: MarketSnapshot, order: Order) -> int:
+def clip_size(snap: MarketSnapshot, order: OrderView) -> int:
     """Largest amount <= min(clip, remaining) whose exact quote meets the limit and the
     tolerance (binary search: output per input falls as the amount grows, so the feasible
     amounts are a prefix)."""
@@ -53,16 +60,15 @@ def clip_size(snap: MarketSnapshot, order: Order) -> int:
     return lo
 
 
-class ImpactBounded(Strategy):
+class ImpactBounded(Strategy[IcebergParams]):
     kind = "iceberg"
     Params = IcebergParams
 
     async def on_block(self, ctx: BlockContext) -> Sequence[Action]:
-        assert isinstance(self.params, IcebergParams)
         snap, book = ctx.market, ctx.contracts.get("order_book")
         if snap is None or book is None:
             return []
-        by_market: dict[int, list[tuple[Order, int]]] = defaultdict(list)
+        by_market: dict[int, list[tuple[OrderView, int]]] = defaultdict(list)
         for order in ctx.candidates:
             if order.market not in snap.markets:
                 continue

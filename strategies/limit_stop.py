@@ -5,14 +5,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import TypeVar
 
 from pydantic import Field
 
-from keepers.engine.strategy import BlockContext, Strategy
-from keepers.store.tables import Order
-from keepers.tx.actions import Action
-from strategies.common import BidParams, with_bid
-from strategies.fills import PlannedGroup, batch_action, plan_groups
+from keepers.sdk import (
+    Action,
+    BidParams,
+    BlockContext,
+    OrderView,
+    PlannedGroup,
+    Strategy,
+    batch_action,
+    plan_groups,
+    with_bid,
+)
 
 
 class LimitStopParams(BidParams):
@@ -22,22 +29,22 @@ class LimitStopParams(BidParams):
     max_orders: int = Field(default=40, ge=1, le=500)
 
 
-class BestExecution(Strategy):
-    """Fills every crossed order at the best route (direct or two-hop) for the batch."""
+_P = TypeVar("_P", bound=LimitStopParams)
+
+
+class CrossedOrders(Strategy[_P]):
+    """Fills the crossed orders `select` picks at the best route (direct or two-hop) for the batch."""
 
     kind = "limit-stop"
-    Params = LimitStopParams
 
-    def select(self, orders: Sequence[Order]) -> list[Order]:
-        assert isinstance(self.params, LimitStopParams)
+    def select(self, orders: Sequence[OrderView]) -> list[OrderView]:
         return sorted(orders, key=lambda o: o.order_id)[: self.params.max_orders]
 
     async def on_block(self, ctx: BlockContext) -> Sequence[Action]:
-        assert isinstance(self.params, LimitStopParams)
         snap, book = ctx.market, ctx.contracts.get("order_book")
         if snap is None or book is None or not ctx.candidates:
             return []
-        by_market: dict[int, list[tuple[Order, int]]] = defaultdict(list)
+        by_market: dict[int, list[tuple[OrderView, int]]] = defaultdict(list)
         for o in self.select(ctx.candidates):
             by_market[o.market].append((o, o.remaining))
         groups = plan_groups(snap, by_market)
@@ -52,20 +59,25 @@ class BestExecution(Strategy):
         return [with_bid(action, self.params)] if action else []
 
 
+class BestExecution(CrossedOrders[LimitStopParams]):
+    """Fills every crossed order at the best route (direct or two-hop) for the batch."""
+
+    Params = LimitStopParams
+
+
 class FeeMaxParams(LimitStopParams):
     #: Orders paying less than this keeper fee are left to others.
     min_fee_bps: int = Field(default=5, ge=0, le=100)
 
 
-class FeeMaximising(BestExecution):
+class FeeMaximising(CrossedOrders[FeeMaxParams]):
     """Takes the best-paying crossed orders first and skips those below a minimum fee."""
 
     Params = FeeMaxParams
 
-    def select(self, orders: Sequence[Order]) -> list[Order]:
-        assert isinstance(self.params, FeeMaxParams)
+    def select(self, orders: Sequence[OrderView]) -> list[OrderView]:
         paying = [o for o in orders if o.keeper_fee_bps >= self.params.min_fee_bps]
         return sorted(paying, key=lambda o: (-o.keeper_fee_bps, o.order_id))[: self.params.max_orders]
 
 
-__all__ = ["BestExecution", "FeeMaximising", "PlannedGroup"]
+__all__ = ["BestExecution", "CrossedOrders", "FeeMaximising", "PlannedGroup"]

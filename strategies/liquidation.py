@@ -10,11 +10,19 @@ from typing import Any
 import structlog
 from pydantic import Field
 
-from keepers.chain.artifacts import load_artifact
-from keepers.engine.strategy import BlockContext, Strategy
-from keepers.store.tables import Position
-from keepers.tx.actions import Action, Call
-from strategies.common import BidParams, calldata, checksum, usd_to_wei, with_bid
+from keepers.sdk import (
+    Action,
+    BidParams,
+    BlockContext,
+    Call,
+    PositionView,
+    Strategy,
+    calldata,
+    checksum,
+    load_artifact,
+    usd_to_wei,
+    with_bid,
+)
 
 WAD = 10**18
 log = structlog.get_logger("liquidation")
@@ -26,13 +34,12 @@ class LiquidationParams(BidParams):
     min_profit_share_bps: int = Field(default=9_000, ge=0, le=10_000)
 
 
-class MaxProfit(Strategy):
+class MaxProfit(Strategy[LiquidationParams]):
     kind = "liquidation"
     Params = LiquidationParams
     fractions_bps: tuple[int, ...] = (2_500, 5_000, 7_500, 10_000)
 
     async def on_block(self, ctx: BlockContext) -> Sequence[Action]:
-        assert isinstance(self.params, LiquidationParams)
         snap = ctx.market
         market_addr, liq_addr = ctx.contracts.get("lending_market"), ctx.contracts.get("flash_liquidator")
         if snap is None or ctx.reader is None or not market_addr or not liq_addr:
@@ -51,8 +58,8 @@ class MaxProfit(Strategy):
             return []
         pool = max(pools, key=lambda p: p.reserve0 if p.token0 == debt_token else p.reserve1)
         actions = []
-        for pos in ctx.candidates:
-            assert isinstance(pos, Position)
+        positions: Sequence[PositionView] = ctx.candidates
+        for pos in positions:
             if pos.collateral <= 0 or pos.market != market_addr.lower():
                 continue
             borrower = checksum(pos.borrower)

@@ -11,11 +11,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from keepers.chain.artifacts import load_artifact
-from keepers.engine.market import MarketSnapshot
-from keepers.engine.strategy import BlockContext, Strategy
-from keepers.tx.actions import Action, Call
-from strategies.common import calldata, checksum
+from keepers.sdk import (
+    Action,
+    BlockContext,
+    Call,
+    MarketSnapshot,
+    Strategy,
+    calldata,
+    checksum,
+    load_artifact,
+)
 
 BPS = 10_000
 
@@ -68,12 +73,11 @@ def bounded_step(current: int, target: int, max_change_bps: int) -> int:
     return target
 
 
-class Median(Strategy):
+class Median(Strategy[OracleParams]):
     kind = "oracle"
     Params = OracleParams
 
     async def on_block(self, ctx: BlockContext) -> Sequence[Action]:
-        assert isinstance(self.params, OracleParams)
         snap, oracle_addr = ctx.market, ctx.contracts.get("oracle")
         if snap is None or oracle_addr is None or ctx.reader is None:
             return []

@@ -10,12 +10,18 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ConfigDict
 
-from keepers.chain.artifacts import load_artifact
-from keepers.engine.market import MarketSnapshot
-from keepers.engine.strategy import BlockContext, Strategy
-from keepers.store.tables import Vault
-from keepers.tx.actions import Action, Call
-from strategies.common import calldata, checksum, usd_to_wei
+from keepers.sdk import (
+    Action,
+    BlockContext,
+    Call,
+    MarketSnapshot,
+    Strategy,
+    VaultView,
+    calldata,
+    checksum,
+    load_artifact,
+    usd_to_wei,
+)
 
 BPS = 10_000
 log = structlog.get_logger("rebalancer")
@@ -30,7 +36,7 @@ class RebalancerParams(BaseModel):
 def plan_trades(
     snap: MarketSnapshot,
     tokens: list[str],
-    weights: list[int],
+    weights: Sequence[int],
     balances: list[int],
     max_slippage_bps: int,
     max_trades: int,
@@ -84,12 +90,11 @@ def plan_trades(
     return trades
 
 
-class DriftRestoring(Strategy):
+class DriftRestoring(Strategy[RebalancerParams]):
     kind = "rebalancer"
     Params = RebalancerParams
 
     async def on_block(self, ctx: BlockContext) -> Sequence[Action]:
-        assert isinstance(self.params, RebalancerParams)
         snap, vault_addr = ctx.market, ctx.contracts.get("vault")
         if snap is None or vault_addr is None or ctx.reader is None:
             return []
@@ -97,8 +102,8 @@ class DriftRestoring(Strategy):
             address=checksum(vault_addr), abi=load_artifact("RebalancingVault").abi
         )
         actions = []
-        for v in ctx.candidates:
-            assert isinstance(v, Vault)
+        vaults: Sequence[VaultView] = ctx.candidates
+        for v in vaults:
             drift = int(await vault.functions.drift(v.basket_id).call(block_identifier=ctx.number))
             if drift < v.drift_threshold_bps:
                 continue

@@ -14,12 +14,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from keepers.chain.artifacts import load_artifact
-from keepers.engine.strategy import BlockContext, Strategy
-from keepers.store.tables import Order
-from keepers.tx.actions import Action
-from strategies.common import checksum
-from strategies.fills import batch_action, plan_groups
+from keepers.sdk import (
+    Action,
+    BlockContext,
+    OrderView,
+    Strategy,
+    batch_action,
+    checksum,
+    load_artifact,
+    plan_groups,
+)
 
 
 class TwapParams(BaseModel):
@@ -35,7 +39,7 @@ def slice_size(remaining: int, slices_left: int) -> int:
     return remaining // slices_left if slices_left > 1 else remaining
 
 
-class OnSchedule(Strategy):
+class OnSchedule(Strategy[TwapParams]):
     kind = "twap"
     Params = TwapParams
 
@@ -48,11 +52,10 @@ class OnSchedule(Strategy):
         return int(o[1]), int(o[9]), int(o[11])  # remaining, notBefore, slices left
 
     async def on_block(self, ctx: BlockContext) -> Sequence[Action]:
-        assert isinstance(self.params, TwapParams)
         snap, book = ctx.market, ctx.contracts.get("order_book")
         if snap is None or book is None or ctx.reader is None:
             return []
-        due: dict[int, list[tuple[Order, int]]] = defaultdict(list)
+        due: dict[int, list[tuple[OrderView, int]]] = defaultdict(list)
         for order in ctx.candidates:
             remaining, next_at, left = await self._schedule(ctx, order.order_id)
             if remaining and next_at <= ctx.timestamp + self.params.block_time:

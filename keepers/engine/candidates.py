@@ -14,6 +14,7 @@ from sqlmodel import Session, col, select
 from keepers.chain.block import Block
 from keepers.engine.market import MarketSnapshot
 from keepers.engine.trigger_index import TriggerIndex
+from keepers.engine.views import OrderView, PositionView, VaultView
 from keepers.store.tables import Order, Position, Vault
 
 _ORDERS: Table = Order.__table__  # type: ignore[attr-defined]
@@ -55,8 +56,9 @@ class LimitStopCandidates:
     The crossed orders' full rows come from the Block's rows, else from the store.
 
     The index holds only what triggers need (a few integers an order); the full rows of the
-    orders a block crosses are read from the store then, and kept until the order changes.
-    Holding every open order as an ORM object cost ~3 KB each: over 300 MB at 100k orders.
+    orders a block crosses are read from the store then, and kept (as frozen `OrderView`s, what
+    the strategy is given) until the order changes. Holding every open order as an ORM object
+    cost ~3 KB each: over 300 MB at 100k orders.
     """
 
     #: Most full rows kept between blocks (orders crossed again and again, e.g. when the
@@ -67,7 +69,7 @@ class LimitStopCandidates:
         self.engine = engine
         self.chain_id = chain_id
         self.index = TriggerIndex()
-        self.rows: dict[int, Order] = {}
+        self.rows: dict[int, OrderView] = {}
         self.fresh: dict[int, dict[str, Any]] = {}
         self.seen_block = -1
 
@@ -111,10 +113,10 @@ class LimitStopCandidates:
         self.fresh = {i: row for i, row in orders.items() if i in self.index}
         self.seen_block = block.number
 
-    def _rows(self, ids: list[int]) -> list[Order]:
+    def _rows(self, ids: list[int]) -> list[OrderView]:
         for i in ids:
             if i not in self.rows and i in self.fresh:
-                self.rows[i] = Order(**self.fresh[i])
+                self.rows[i] = OrderView.from_mapping(self.fresh[i])
         missing = [i for i in ids if i not in self.rows]
         if missing:
             if len(self.rows) + len(missing) > self.CACHE:
@@ -125,10 +127,10 @@ class LimitStopCandidates:
                     for o in s.exec(
                         select(Order).where(Order.chain_id == self.chain_id, col(Order.order_id).in_(chunk))
                     ):
-                        self.rows[o.order_id] = o
+                        self.rows[o.order_id] = OrderView.of(o)
         return [self.rows[i] for i in ids if i in self.rows]
 
-    def _crossed(self, block: Block, snap: MarketSnapshot | None) -> list[Order]:
+    def _crossed(self, block: Block, snap: MarketSnapshot | None) -> list[OrderView]:
         self.refresh(block)
         if snap is None:
             return []
@@ -157,24 +159,28 @@ class _IndexRow(NamedTuple):
 
 
 def store_candidates(engine: Engine, chain_id: int, kind: str) -> CandidateSource:
-    """Candidates straight from the store, for kinds whose sets are small per block."""
+    """Candidates straight from the store, for kinds whose sets are small per block (as the
+    frozen views strategies are given, converted once each)."""
 
     def query() -> Sequence[Any]:
         with Session(engine) as s:
             if kind in ORDER_KINDS:
-                return list(
-                    s.exec(
+                return [
+                    OrderView.of(o)
+                    for o in s.exec(
                         select(Order).where(
                             Order.chain_id == chain_id,
                             col(Order.kind).in_(ORDER_KINDS[kind]),
                             col(Order.status).in_(OPEN),
                         )
-                    ).all()
-                )
+                    )
+                ]
             if kind == "liquidation":
-                return list(s.exec(select(Position).where(Position.chain_id == chain_id)).all())
+                return [
+                    PositionView.of(p) for p in s.exec(select(Position).where(Position.chain_id == chain_id))
+                ]
             if kind == "rebalancer":
-                return list(s.exec(select(Vault).where(Vault.chain_id == chain_id)).all())
+                return [VaultView.of(v) for v in s.exec(select(Vault).where(Vault.chain_id == chain_id))]
             return []
 
     async def source(_result: Block, _snap: MarketSnapshot | None) -> Sequence[Any]:
@@ -192,10 +198,10 @@ def candidates_for(engine: Engine, chain_id: int, kind: str) -> CandidateSource:
 def shard_key(candidate: Any) -> int:
     """What a candidate's shard is decided by: an order's market (the orders one batch fills
     through one shared swap stay with one replica), a borrower, a basket."""
-    if isinstance(candidate, Order):
+    if isinstance(candidate, OrderView | Order):
         return candidate.market
-    if isinstance(candidate, Position):
+    if isinstance(candidate, PositionView | Position):
         return int(candidate.borrower, 16)
-    if isinstance(candidate, Vault):
+    if isinstance(candidate, VaultView | Vault):
         return candidate.basket_id
     raise TypeError(f"no shard key for {type(candidate).__name__}")

@@ -26,6 +26,7 @@ from keepers.engine.decide import decide
 from keepers.engine.market import MarketSnapshot, SnapshotReader
 from keepers.engine.pauses import CollectBetweenBlocks
 from keepers.engine.strategy import BlockContext, Strategy
+from keepers.engine.views import OrderView
 from keepers.ha.elector import LeaderElector
 from keepers.ha.lease import NotLeader
 from keepers.ha.shards import ShardSet
@@ -161,7 +162,7 @@ class KeeperLoop:
             # `confirmations`, which settlement no longer watches): reconcile with the chain's
             # nonce first, so this settlement drops what it took and frees the nonces for this
             # block's actions (else they are refused for a nonce ahead of the chain).
-            await self._maintain(number)
+            await self._maintain(number, after_reorg=True)
         await self._settle(number)  # receipts need no logs: settle whatever the sync did
         if block is None:
             return  # the chain moved under the reads, or the node failed them: the next head retries
@@ -197,7 +198,7 @@ class KeeperLoop:
         shard_of: dict[int, int] = {}
         if self.shards is not None:
             candidates = [c for c in candidates if self.shards.owns(shard_key(c))]
-            shard_of = {c.order_id: shard_key(c) for c in candidates if isinstance(c, Order)}
+            shard_of = {c.order_id: shard_key(c) for c in candidates if isinstance(c, OrderView | Order)}
         metrics.CANDIDATES.labels(self.chain, self.name).set(len(candidates))
         ctx = BlockContext(
             chain=self.chain,
@@ -288,12 +289,12 @@ class KeeperLoop:
         del self.state.outcomes[: -self.keep_outcomes]
         self.state.in_flight = self.txm.pending_actions
 
-    async def _maintain(self, head: int) -> None:
+    async def _maintain(self, head: int, *, after_reorg: bool = False) -> None:
         """Reconcile nonces with the chain, fill gaps, observe, checkpoint the store's WAL (first
-        block, then every few)."""
+        block, then every few; and on a reorg, finalized records included)."""
         self._maintaining = True
         try:
-            await self.txm.maintain(head)
+            await self.txm.maintain(head, after_reorg=after_reorg)
             await anyio.to_thread.run_sync(checkpoint_wal, self.txm.records.engine)
         except Exception as exc:  # noqa: BLE001 - maintenance retries next round
             log.warning("maintenance failed", error=repr(exc))

@@ -31,7 +31,7 @@ def _entry_points() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
-def _load(ep: EntryPoint) -> type[Strategy]:
+def _load(ep: EntryPoint) -> type[Strategy[Any]]:
     try:
         obj = ep.load()
     except Exception as exc:
@@ -67,7 +67,7 @@ def list_plugins() -> list[PluginInfo | PluginError]:
     return out
 
 
-def strategy_class(name: str) -> type[Strategy]:
+def strategy_class(name: str) -> type[Strategy[Any]]:
     """The registered class for a strategy name."""
     eps = _entry_points()
     if name not in eps:
@@ -75,7 +75,7 @@ def strategy_class(name: str) -> type[Strategy]:
     return _load(eps[name])
 
 
-def build_strategy(name: str, kind: str, params: dict[str, Any]) -> Strategy:
+def build_strategy(name: str, kind: str, params: dict[str, Any]) -> Strategy[Any]:
     """The named strategy for `kind`, with `params` validated by its Params model."""
     eps = _entry_points()
     if name not in eps:
@@ -90,3 +90,22 @@ def build_strategy(name: str, kind: str, params: dict[str, Any]) -> Strategy:
         problems = "; ".join(f"params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise PluginError(f"strategy {name!r}: {problems}") from None
     return cls(validated)
+
+
+def describe_strategy(name: str) -> dict[str, Any]:
+    """A registered strategy's kind, source and its params' JSON schema (from its Params model):
+    what `keepers strategies show` prints."""
+    eps = _entry_points()
+    if name not in eps:
+        raise PluginError(f"no strategy named {name!r} (registered: {', '.join(sorted(eps)) or 'none'})")
+    ep = eps[name]
+    cls = _load(ep)
+    return {
+        "name": name,
+        "kind": cls.kind,
+        "target": ep.value,
+        "distribution": ep.dist.name if ep.dist else "?",
+        "version": ep.dist.version if ep.dist else "?",
+        "doc": (cls.__doc__ or "").strip(),
+        "params_schema": cls.Params.model_json_schema(),
+    }

@@ -5,6 +5,8 @@ A plugin is a class registered under the `keepers.strategies` entry point group:
 
     [project.entry-points."keepers.strategies"]
     my-limit = "my_package.strategy:MyLimitStrategy"
+
+Strategy authors import all of this from `keepers.sdk`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, get_args
 
 from pydantic import BaseModel, ConfigDict
+from typing_extensions import TypeVar
 from web3 import AsyncWeb3
 
 from keepers.engine.market import MarketSnapshot
@@ -27,6 +30,10 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: A strategy's parameters model (`Strategy[MyParams]` types `self.params` as `MyParams`).
+ParamsT = TypeVar("ParamsT", bound=BaseModel, default=NoParams)
+
+
 @dataclass(frozen=True)
 class BlockContext:
     """What a strategy sees for one block."""
@@ -35,7 +42,8 @@ class BlockContext:
     chain_id: int
     number: int
     timestamp: int
-    #: Kind-specific candidates (open orders, unhealthy positions, drifted vaults, ...).
+    #: Kind-specific candidates, frozen views (`keepers.engine.views`): `OrderView`s for the
+    #: order kinds, `PositionView`s for liquidation, `VaultView`s for the rebalancer.
     candidates: Sequence[Any] = ()
     #: Fresh oracle prices, USD per whole token with 18 decimals, by token address (lowercase).
     prices: dict[str, int] = field(default_factory=dict)
@@ -49,18 +57,33 @@ class BlockContext:
     keeper_address: str = ""
 
 
-class Strategy(ABC):
-    """Base class of every strategy plugin."""
+class Strategy(ABC, Generic[ParamsT]):
+    """Base class of every strategy plugin, generic in its parameters:
+
+    class MyStrategy(Strategy[MyParams]):
+        kind = "limit-stop"
+        Params = MyParams  # may be left out: taken from Strategy[MyParams]
+    """
 
     #: The keeper kind this strategy serves (limit-stop, twap, iceberg, rebalancer, liquidation, oracle).
     kind: ClassVar[str]
     #: Parameters, validated from the keeper's `params` table in config.
     Params: ClassVar[type[BaseModel]] = NoParams
 
-    def __init__(self, params: BaseModel) -> None:
-        self.params = params
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Params" not in cls.__dict__:
+            # `class S(Strategy[MyParams])` without `Params = MyParams`: the model is the argument.
+            for base in getattr(cls, "__orig_bases__", ()):
+                args = get_args(base)
+                if args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+                    cls.Params = args[0]
+                    break
 
-    async def sync_state(self, ctx: BlockContext) -> None:  # noqa: B027 - optional hook
+    def __init__(self, params: ParamsT) -> None:
+        self.params: ParamsT = params
+
+    async def sync_state(self, ctx: BlockContext) -> None:
         """Called once before the first block, to warm up caches."""
 
     @abstractmethod

@@ -5,12 +5,15 @@ runs a real keeper loop (follower, store, nonce manager, bundle submission) in t
 Loaded as a pytest plugin (`keepers.testing.plugin`) wherever `keepers` is installed:
 
     def test_my_strategy(keepers_devnet):
-        oid = keepers_devnet.place_limit("WETH/USDC", amount_in=10**18, min_out=1900 * 10**6)
-        with keepers_devnet.keeper("limit-stop", "my-strategy") as k:
-            keepers_devnet.mine()                      # the keeper sees the order
-            block = k.wait_for_bundle()               # and targets the next block
-            keepers_devnet.mine()
-        assert keepers_devnet.order(oid).owner == ZERO  # filled
+        d = keepers_devnet
+        # 1 WETH for at least 1,900 USDC (the market is near 2,000): executable now.
+        oid = d.place("WETH/USDC", "limit", 10**18, 1_900 * 10**6, fee_bps=30)
+        with d.keeper("limit-stop", "my-strategy", {"min_fee_bps": 5}) as k:
+            target = k.wait_for_bundle(d.head + 1)     # a bundle for the next block
+            d.mine()                                   # the relay builds it
+        assert [int(f["blockNumber"]) for f in d.fills(oid)] == [target]  # filled there
+
+To unit-test a strategy's decisions without a chain (milliseconds), see `keepers.sdk.testing`.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from keepers.devnet.deploy import Deployment, bind, deploy_platform
 from keepers.devnet.market import arbitrage_input
 from keepers.engine.loop import KeeperLoop
 from keepers.engine.plugins import strategy_class
-from keepers.obs.health import make_health_app, serve
+from keepers.obs.health import bound_port, make_health_app, serve
+from keepers.obs.order_api import make_order_api, onchain_markets
 from keepers.relay.server import RelayThread
 from keepers.runtime import build_keeper
 
@@ -55,8 +59,10 @@ class KeeperHarness:
     loop: KeeperLoop
     relay_url: str
     engine: Engine | None = None
-    #: The keeper's HTTP port: /healthz, /readyz, /metrics and the order API.
+    #: The keeper's order API (/orders, /openapi.json), served as `keepers run` serves it.
     api_url: str = ""
+    #: The keeper's /healthz, /readyz and /metrics.
+    health_url: str = ""
     _thread: threading.Thread | None = None
     _stop: threading.Event | None = None
     error: BaseException | None = None
@@ -391,15 +397,22 @@ class Devnet:
             async with AsyncExitStack() as stack:
                 built = await build_keeper(settings, kind, stack)
                 loop = built.loop
-                api_port = free_port()
 
                 async def ready() -> tuple[bool, str]:
                     return loop.state.last_block >= 0, f"last block {loop.state.last_block}"
 
-                runner = await serve(make_health_app(ready, built.engine, 31337), api_port, host="127.0.0.1")
-                stack.push_async_callback(runner.cleanup)
+                health = await serve(make_health_app(ready), 0, host="127.0.0.1")
+                stack.push_async_callback(health.cleanup)
+                markets = onchain_markets(built.w3, loop.contracts.get("order_book"))
+                api_app = make_order_api(built.engine, loop.chain_id, settings.order_api, markets)
+                api = await serve(api_app, 0, host="127.0.0.1")
+                stack.push_async_callback(api.cleanup)
                 harness_holder["h"] = KeeperHarness(
-                    loop, relay_url, built.engine, f"http://127.0.0.1:{api_port}"
+                    loop,
+                    relay_url,
+                    built.engine,
+                    f"http://127.0.0.1:{bound_port(api)}",
+                    f"http://127.0.0.1:{bound_port(health)}",
                 )
                 started.set()
                 await built.run(stopped)

@@ -7,10 +7,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from keepers.engine.strategy import BlockContext, Strategy
-from keepers.store.tables import Order
-from keepers.tx.actions import Action
-from strategies.fills import batch_action, plan_groups
+from keepers.sdk import Action, BlockContext, OrderView, Strategy, batch_action, plan_groups
 
 __all__ = ["MarginGuard", "MarginParams"]
 
@@ -23,16 +20,15 @@ class MarginParams(BaseModel):
     native_token: str | None = None
 
 
-class MarginGuard(Strategy):
+class MarginGuard(Strategy[MarginParams]):
     kind = "limit-stop"
     Params = MarginParams
 
     async def on_block(self, ctx: BlockContext) -> Sequence[Action]:
-        assert isinstance(self.params, MarginParams)
         snap, book = ctx.market, ctx.contracts.get("order_book")
         if snap is None or book is None or not ctx.candidates or ctx.reader is None:
             return []
-        by_market: dict[int, list[tuple[Order, int]]] = defaultdict(list)
+        by_market: dict[int, list[tuple[OrderView, int]]] = defaultdict(list)
         for order in ctx.candidates:
             by_market[order.market].append((order, order.remaining))
         groups = plan_groups(snap, by_market)

@@ -1,0 +1,62 @@
+"""Helpers strategies share: calldata encoding, value conversion and the inclusion bid."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import cache
+from typing import Any
+
+from eth_typing import ChecksumAddress
+from pydantic import BaseModel, ConfigDict, Field
+from web3 import Web3
+from web3.contract import Contract
+
+from keepers.chain.artifacts import load_artifact
+from keepers.engine.market import MarketSnapshot
+from keepers.tx.actions import Action
+
+#: Used when the snapshot has no fresh price for the native token (USD, 18 decimals).
+DEFAULT_NATIVE_USD = 2000 * 10**18
+
+
+@cache
+def _abi_contract(name: str) -> type[Contract]:
+    return Web3().eth.contract(abi=load_artifact(name).abi)
+
+
+def calldata(contract: str, fn: str, *args: Any) -> str:
+    """ABI-encoded call data for a project contract's function."""
+    return str(_abi_contract(contract).encode_abi(fn, args=list(args)))
+
+
+def usd_to_wei(snap: MarketSnapshot | None, usd: int, native_token: str | None) -> int:
+    """Converts a USD value (18 decimals) to wei of the chain's native token at the oracle price."""
+    price = DEFAULT_NATIVE_USD
+    if snap is not None and native_token:
+        p, fresh = snap.prices.get(native_token.lower(), (0, False))
+        if fresh and p:
+            price = p
+    return usd * 10**18 // price
+
+
+class BidParams(BaseModel):
+    """How a strategy bids for inclusion, on top of the work itself."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: Share of the action's expected value paid to the block builder (a BuilderTip call at the
+    #: end of the bundle, paid only if it lands). Where keepers compete for the same work, the
+    #: builder takes the bundle that pays it most per gas.
+    builder_share_bps: int = Field(default=0, ge=0, le=9_000)
+    #: Priority fee to bid, gwei per gas; unset follows the market (median of recent blocks).
+    priority_fee_gwei: float | None = Field(default=None, ge=0)
+
+
+def with_bid(action: Action, bid: BidParams) -> Action:
+    """The action carrying the strategy's bid."""
+    payment = action.expected_value_wei * bid.builder_share_bps // 10_000
+    tip = None if bid.priority_fee_gwei is None else int(bid.priority_fee_gwei * 10**9)
+    return replace(action, coinbase_payment_wei=payment, priority_fee_per_gas=tip)
+
+
+def checksum(address: str) -> ChecksumAddress:
+    return Web3.to_checksum_address(address)
