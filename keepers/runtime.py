@@ -36,7 +36,8 @@ from keepers.ha.elector import LeaderElector
 from keepers.ha.lease import LeaseStore
 from keepers.ha.shards import ShardSet
 from keepers.obs import metrics
-from keepers.obs.health import make_health_app, serve
+from keepers.obs.health import bound_port, make_health_app, serve
+from keepers.obs.order_api import make_order_api, onchain_markets
 from keepers.store.engine import make_engine
 from keepers.store.ledger import Ledger
 from keepers.store.migrations import migrate
@@ -275,9 +276,13 @@ async def run_keeper(settings: Settings, name: str, signer_child: SignerProcess 
                 role = f"{len(built.elector.held)} shard(s) of {built.elector.shards}"
             return (behind <= 5, f"{int(behind)} blocks behind head; {role}")
 
-        app = make_health_app(ready, built.engine, built.loop.chain_id)
-        runner = await serve(app, settings.health_port or settings.metrics_port)
+        runner = await serve(make_health_app(ready), settings.health_port or settings.metrics_port)
         stack.push_async_callback(runner.cleanup)
+        markets = onchain_markets(built.w3, built.loop.contracts.get("order_book"))
+        api = make_order_api(built.engine, built.loop.chain_id, settings.order_api, markets)
+        api_runner = await serve(api, settings.order_api.port)
+        stack.push_async_callback(api_runner.cleanup)
+        log.info("order API serving", port=bound_port(api_runner))
         loop = built.loop
         log.info("keeper started", keeper=name, kind=loop.kind, chain=loop.chain, strategy=loop.strategy_name)
 

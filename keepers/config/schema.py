@@ -193,6 +193,31 @@ class HaSettings(Strict):
         return self
 
 
+_ORIGIN = re.compile(r"https?://[^/\s?#]+")
+
+
+def _check_origin(v: str) -> str:
+    if v != "*" and not _ORIGIN.fullmatch(v):
+        raise ValueError("an origin is scheme://host[:port] with no path (or *)")
+    return v
+
+
+class OrderApiSettings(Strict):
+    """The traders' read-only order API (/orders, /openapi.json), on a port of its own: never
+    the /metrics and probes port."""
+
+    #: 0: any free port (tests).
+    port: int = Field(default=8081, ge=0, le=65535)
+    #: Browser origins allowed to call the API (exact match; "*" for any). None by default.
+    cors_origins: list[Annotated[str, AfterValidator(_check_origin)]] = Field(default_factory=list)
+    #: Requests per second each client (IP address) may make, refilled continuously...
+    rate_limit: float = Field(default=10.0, gt=0)
+    #: ...and how many it may make at once.
+    burst: int = Field(default=20, ge=1)
+    #: Behind a proxy (the chart's Ingress): the client is the last X-Forwarded-For address.
+    trust_forwarded_for: bool = False
+
+
 class Settings(Strict):
     database_url: str = "sqlite:///keepers.sqlite"
     metrics_port: int = Field(default=9100, ge=0, le=65535)
@@ -216,6 +241,7 @@ class Settings(Strict):
     chains: dict[str, ChainSettings] = Field(min_length=1)
     keepers: dict[str, KeeperSettings] = Field(default_factory=dict)
     ha: HaSettings = Field(default_factory=HaSettings)
+    order_api: OrderApiSettings = Field(default_factory=OrderApiSettings)
 
     @field_validator("database_url")
     @classmethod
@@ -240,6 +266,15 @@ class Settings(Strict):
             if k.shards and kind == "oracle":
                 raise ValueError(f"keepers.{name}.shards: oracle updates are singleton work (leader only)")
         return v
+
+    @model_validator(mode="after")
+    def _api_port_of_its_own(self) -> Settings:
+        port = self.order_api.port
+        if port and port == (self.health_port or self.metrics_port):
+            raise ValueError(
+                f"order_api.port = {port} is the /metrics and health port: give it one of its own"
+            )
+        return self
 
     @model_validator(mode="after")
     def _every_keeper_signs(self) -> Settings:

@@ -152,6 +152,12 @@ class Proc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def api_url(self) -> str | None:
+        """A keeper's order API (its own port), None for other processes."""
+        port = self.env.get("KEEPERS__ORDER_API__PORT")
+        return f"http://127.0.0.1:{port}" if port else None
+
     def alive(self) -> bool:
         return self.popen.poll() is None
 
@@ -211,6 +217,7 @@ class Cluster:
         for name in names:
             port = free_port()
             env = {**base, "KEEPERS__HEALTH_PORT": str(port), "KEEPERS__METRICS_PORT": str(port)}
+            env["KEEPERS__ORDER_API__PORT"] = str(free_port())  # the order API: a port of its own
             self.keepers[name] = self._spawn(name, ["run", name, "--config", str(config)], env, port)
 
     def supervise(self) -> list[str]:

@@ -213,7 +213,9 @@ def run_devnet(opts: Options) -> int:
             )  # fmt: skip
             cluster.start_keepers(config, [name for r in runs for name in r.keepers])
             for name, proc in cluster.keepers.items():
-                console.print(f"keeper       {name:<20} {proc.url}/metrics  (logs {proc.log})")
+                console.print(
+                    f"keeper       {name:<20} {proc.url}/metrics  {proc.api_url}/orders  (logs {proc.log})"
+                )
             not_ready = cluster.wait_ready()
             if not_ready:
                 console.print(f"[red]keepers not ready: {', '.join(not_ready)}[/red]; see {workdir / 'logs'}")

@@ -52,6 +52,8 @@ class OrderView:
     chain_id: int
     order_id: int
     owner: str
+    #: The OrderBook market (its tokenIn -> tokenOut pair).
+    market: int
     kind: str
     #: open, armed, partially_filled, filled, cancelled, expired, or reorged (a reorg took its
     #: fill off the chain and it is open again).
@@ -92,6 +94,7 @@ def _view(order: Order, fills: list[Fill]) -> OrderView:
         chain_id=order.chain_id,
         order_id=order.order_id,
         owner=order.owner,
+        market=order.market,
         kind=KIND_NAMES[order.kind] if 0 <= order.kind < len(KIND_NAMES) else str(order.kind),
         status=status,
         amount_in=order.amount_in,
@@ -138,13 +141,22 @@ def order_status(engine: Engine, chain_id: int, order_id: int) -> OrderView | No
         return _view(order, _fills(session, chain_id, order_id))
 
 
-def orders_of(engine: Engine, chain_id: int, owner: str, limit: int = 100) -> list[OrderView]:
-    """An owner's most recent orders, newest first."""
+def orders_of(
+    engine: Engine, chain_id: int, owner: str, limit: int = 100, before: int | None = None
+) -> list[OrderView]:
+    """An owner's orders, newest (highest id) first: at most `limit`, and only ids below
+    `before` when given (the cursor of the next page: a stable order, whatever is placed)."""
+    query = select(Order).where(Order.chain_id == chain_id, Order.owner == owner.lower())
+    if before is not None and _storable(engine, before):  # else every stored id is below it
+        query = query.where(col(Order.order_id) < before)
     with Session(engine) as session:
-        orders = session.exec(
-            select(Order)
-            .where(Order.chain_id == chain_id, Order.owner == owner.lower())
-            .order_by(col(Order.order_id).desc())
-            .limit(limit)
-        ).all()
-        return [_view(o, _fills(session, chain_id, o.order_id)) for o in orders]
+        orders = session.exec(query.order_by(col(Order.order_id).desc()).limit(limit)).all()
+        fills: dict[int, list[Fill]] = {o.order_id: [] for o in orders}
+        if fills:  # one query for the page's fills, not one per order
+            for f in session.exec(
+                select(Fill)
+                .where(Fill.chain_id == chain_id, col(Fill.order_id).in_(list(fills)))
+                .order_by(col(Fill.block_number), col(Fill.log_index))
+            ).all():
+                fills[f.order_id].append(f)
+        return [_view(o, fills[o.order_id]) for o in orders]

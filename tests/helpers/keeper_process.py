@@ -53,6 +53,7 @@ drain_timeout = 10
 signer = {{ env = "TEST_SIGNER" }}
 # The test plugins' transfers go to a sink, not to a platform contract.
 signer_allowed_to = ["0x000000000000000000000000000000000000dEaD"]
+order_api = {{ port = 0 }}  # any free port: tests run side by side
 
 [chains.local]
 chain_id = 31337

@@ -56,7 +56,11 @@ def test_limit_order_fills_at_the_first_block_it_is_executable(keepers_devnet: D
     )  # fmt: skip
     assert status["fills"][0]["tx_hash"] == "0x" + fills[0]["transactionHash"].hex().removeprefix("0x")
     assert int(status["fills"][0]["amount_out"]) == fills[0]["args"]["amountOut"]
-    assert [o["order_id"] for o in mine] == [oid]
+    assert [o["order_id"] for o in mine["orders"]] == [oid]
+    assert mine["next"] is None
+    # ...in raw units and with the tokens' decimals: 1 WETH at 2050 USDC per WETH or better.
+    assert (status["amount_in_decimal"], status["limit_price"]) == ("1", "2050")
+    assert float(status["fills"][0]["price"]) >= 2050
     assert missing.status_code == 404
     assert "no order 999999" in missing.json()["error"]
     # What the operator sees: one landed action, its fee earned and its gas measured.

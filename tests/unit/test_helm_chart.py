@@ -5,6 +5,7 @@ config loader; bad values are refused by values.schema.json."""
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -368,8 +369,25 @@ def test_the_order_api_has_its_own_services_and_an_ingress_for_orders_only():
     for name in ("limit-stop", "limit-stop-polygon"):
         api = services[f"prod-keepers-{name}-api"]
         assert api["spec"]["selector"] == services[f"prod-keepers-{name}"]["spec"]["selector"]
-        assert api["spec"]["ports"] == [{"name": "api", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+        assert api["spec"]["ports"] == [{"name": "api", "port": 80, "targetPort": "api", "protocol": "TCP"}]
         assert api["metadata"]["labels"]["app.kubernetes.io/component"] == "order-api"
+    # the API on a container port of its own, the one the keeper's config serves it on
+    for d in of_kind(docs, "Deployment"):
+        (keeper, *_) = d["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in keeper["ports"]}
+        assert ports == {"http": 9100, "api": 8081}
+    assert tomllib.loads(config_text(docs))["order_api"] == {"port": 8081}
+    values = _values("instances-values.yaml")
+    values["orderApi"] = {"port": 9200, "keepers": ["limit-stop"]}
+    values["settings"]["order_api"] = {"cors_origins": ["https://app.example.org"], "burst": 5}
+    custom = render(values)
+    assert tomllib.loads(config_text(custom))["order_api"] == {
+        "port": 9200, "cors_origins": ["https://app.example.org"], "burst": 5,
+    }  # fmt: skip
+    (policy,) = of_kind(docs, "NetworkPolicy")
+    assert [p["port"] for p in policy["spec"]["ingress"][0]["ports"]] == [9100, 8081]
+    (policy,) = of_kind(render({}), "NetworkPolicy")
+    assert [p["port"] for p in policy["spec"]["ingress"][0]["ports"]] == [9100], "no API, no port open"
     (monitor,) = of_kind(render(_values("all-enabled-values.yaml") | {"orderApi": {"keepers": ["twap"]}}),
                          "ServiceMonitor")  # fmt: skip
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["http"], "API Services have no port http"

@@ -60,11 +60,14 @@ app.kubernetes.io/component: {{ .kind }}
 {{- toYaml $out -}}
 {{- end -}}
 
-{{/* keepers.toml: the chart's settings plus the enabled keepers, the signer sidecar's socket and
-     the metrics port. database_url comes from the environment (KEEPERS__DATABASE_URL). */}}
+{{/* keepers.toml: the chart's settings plus the enabled keepers, the signer sidecar's socket,
+     the metrics port and the order API's. database_url comes from the environment (KEEPERS__DATABASE_URL). */}}
 {{- define "keepers.config" -}}
 {{- $cfg := deepCopy .Values.settings -}}
 {{- $_ := set $cfg "metrics_port" .Values.metrics.port -}}
+{{- $api := deepCopy ($cfg.order_api | default dict) -}}
+{{- $_ := set $api "port" ((.Values.orderApi | default dict).port | default 8081) -}}
+{{- $_ := set $cfg "order_api" $api -}}
 {{- $_ := set $cfg "signer_url" "unix:/run/keepers-signer/signer.sock" -}}
 {{- $keepers := dict -}}
 {{- range $name, $k := include "keepers.instances" . | fromYaml -}}
