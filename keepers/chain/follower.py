@@ -93,6 +93,11 @@ class ChainFollower:
 
     # ------------------------------------------------------------------ state
 
+    @property
+    def applied_block(self) -> int:
+        """The last block the store holds (as this process knows it), or the one before the start."""
+        return self._cursor[0] if self._cursor else self.start_block - 1
+
     def cursor(self) -> tuple[int, str] | None:
         with Session(self.engine) as s:
             c = s.get(Cursor, (self.chain_id, self.name))

@@ -10,6 +10,7 @@ import structlog
 
 from keepers.chain.block import Block
 from keepers.chain.follower import ChainFollower, ChainMoved, LogsFailed
+from keepers.obs import metrics
 
 log = structlog.get_logger("follower")
 
@@ -36,6 +37,12 @@ class BlockSource:
             log.info("sync retried", reason=str(exc))
         except (LogsFailed, OSError, TimeoutError) as exc:  # the RPC pool's faults included
             log.warning("sync failed; retrying at the next head", block=number, error=str(exc))
+            # Behind by what could not be read: a node that keeps failing the same read (garbage
+            # logs) shows as a keeper falling behind (alert, readiness), not as a quiet stall.
+            cursor = self.follower.cursor()
+            metrics.BLOCKS_BEHIND.labels(self.follower.label).set(
+                max(0, number - (cursor[0] if cursor else 0))
+            )
         return None
 
     async def __aiter__(self) -> AsyncIterator[Block]:

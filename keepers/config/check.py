@@ -128,8 +128,8 @@ def _url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError as exc:
-        return f"not a URL ({exc})"
+    except ValueError:  # its message quotes the URL's parts: a password or an API key
+        return "not a URL: the port is not a number (or a password holds ':' or '/')"
     if parts.scheme not in schemes:
         return f"not a URL: needs {' or '.join(s + '://' for s in schemes)} and a host"
     if not parts.hostname or " " in url:

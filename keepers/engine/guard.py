@@ -54,8 +54,10 @@ async def guarded_on_block(
 
 
 #: Most actions one strategy may return for one block; the rest is dropped and counted.
-MAX_ACTIONS = 256
+MAX_ACTIONS = 1024
 MAX_CALLS = 16
+#: Above any chain's block gas limit today (mainnet 45M, BSC 140M): a sanity bound, not a policy.
+MAX_GAS = 1_000_000_000
 MAX_CALLDATA_BYTES = 128 * 1024
 UINT256 = 2**256
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
@@ -75,16 +77,16 @@ def _call_refusal(c: Any) -> str | None:
         return f"call.data is not 0x-hex of at most {MAX_CALLDATA_BYTES} bytes"
     if not _uint(c.value):
         return "call.value is not a uint256"
-    if not (_uint(c.gas_limit) and 21_000 <= c.gas_limit <= 30_000_000):
-        return "call.gas_limit is not within 21,000..30,000,000"
+    if not (_uint(c.gas_limit) and 21_000 <= c.gas_limit <= MAX_GAS):
+        return f"call.gas_limit is not within 21,000..{MAX_GAS:,}"
     return None
 
 
 def refusal(a: Action) -> str | None:
     """Why an Action cannot be sent, or None when it is well formed."""
     key = a.idempotency_key
-    if not (isinstance(key, str) and 0 < len(key) <= 256):
-        return "idempotency_key is not a string of 1 to 256 characters"
+    if not (isinstance(key, str) and 0 < len(key) <= 256 and key.isprintable()):
+        return "idempotency_key is not a printable string of 1 to 256 characters"
     if not isinstance(a.calls, (tuple, list)) or not 0 < len(a.calls) <= MAX_CALLS:
         return f"calls is not a sequence of 1 to {MAX_CALLS} Calls"
     for c in a.calls:

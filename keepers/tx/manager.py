@@ -58,7 +58,7 @@ from keepers.tx.records import (
 )
 from keepers.tx.routes import BundleRoute, MempoolRoute, RelayFallback, Route
 from keepers.tx.signer import SignedTx, Signer, SignerError
-from keepers.tx.states import FROM, MINED, PENDING, TxState
+from keepers.tx.states import MINED, PENDING, TxState
 
 log = structlog.get_logger("txm")
 
@@ -494,14 +494,11 @@ class TxManager:
     async def _submit_mempool(
         self, prepared: Sequence[tuple[Action, Fees]], head: int, route: MempoolRoute, timestamp: int
     ) -> list[Outcome]:
-        self._carry = []  # bundles are not carried by a mempool route (settle dropped them)
         if not prepared:
             return []
         batch = sorted(await self._allocate(prepared, head, route), key=lambda r: r.nonce)
         signed = await self._sign(batch)
         crash_point("after-sign")
-        if self.fallback is not None and self.fallback.probe_due(head):
-            await self._probe_relay([s.raw for s in signed], head, timestamp)
         moved = await self._mark_sent(batch, signed, head + 1, None)
         for r, s in zip(batch, signed, strict=True):
             if r.id not in moved:
@@ -510,6 +507,8 @@ class TxManager:
             if not sent.accepted:
                 log.info("node refused a send", tx_hash=s.tx_hash, errors=list(sent.errors))
         crash_point("after-send")
+        if self.fallback is not None and self.fallback.probe_due(head):  # after the sends: never delays them
+            await self._probe_relay([s.raw for s in signed], head, timestamp)
         return [
             Outcome(action_key_of(r), Status.SENT, tx_hashes=[s.tx_hash])
             for r, s in zip(batch, signed, strict=True)
@@ -631,7 +630,7 @@ class TxManager:
                 moves.append(Move(tx_id, TxState.FINALIZED, f"{self.confirmations} confirmations"))
             return moves
         if state is TxState.CONFIRMED:
-            return [Move(tx_id, TxState.UNCONFIRMED, "reorged out", {"included_block": None})]
+            return [Move(tx_id, TxState.UNCONFIRMED, "reorged out", {"included_block": None}, reopen=True)]
         if rec.target_block is not None and rec.target_block > head:
             return []  # its block is not built yet
         deadline = rec.deadline_block if rec.deadline_block is not None else head
@@ -652,8 +651,10 @@ class TxManager:
         replace it with a no-op that keeps the nonce (so it can neither land late nor leave a
         gap)."""
         route = self._mempool
-        if route is None:  # sent by a fallback this process was not configured with
-            return [Move(rec.id or 0, TxState.DROPPED, "no mempool route to follow it", target_at_most=head)]
+        if route is None:  # sent by a fallback this process was not configured with: the
+            # transaction may still land, so its nonce stays held; reconciliation decides it
+            log.warning("a mempool transaction this process cannot follow", tx=rec.id, nonce=rec.nonce)
+            return []
         fees = Fees(int(rec.max_fee_per_gas), int(rec.max_priority_fee_per_gas))
         market = await self.fees.estimate()
         if head >= deadline and rec.route != "gap-fill":
@@ -669,8 +670,8 @@ class TxManager:
                     (bumped.max_fee_per_gas, bumped.max_priority_fee_per_gas), head + 50,
                 )
             )  # fmt: skip
-            if cancel is not None:
-                await self._send_now(cancel, head)
+            if cancel is not None:  # by the mempool: it must replace the transaction there
+                await self._send_now(cancel, head, mempool=route)
                 self._superseded.add(action_key_of(rec))
             # Already dropped by supersede: the move only tells the settlement it ended here.
             return [Move(rec.id or 0, TxState.DROPPED, "replaced by a no-op after the deadline")]
@@ -712,7 +713,7 @@ class TxManager:
         after = {r.id: TxState(r.state) for r in records}
         reorged: set[int] = set()
         for m in moves:
-            if after.get(m.tx_id) in FROM[m.target] or m.target is TxState.DROPPED:
+            if after.get(m.tx_id) in m.from_states or m.target is TxState.DROPPED:
                 if after.get(m.tx_id) in MINED and m.target is TxState.UNCONFIRMED:
                     reorged.add(m.tx_id)
                 after[m.tx_id] = m.target
@@ -759,12 +760,16 @@ class TxManager:
 
     # ----------------------------------------------------------- maintenance
 
-    async def maintain(self, head: int) -> ReconcileReport:
+    async def maintain(self, head: int, *, after_reorg: bool = False) -> ReconcileReport:
         """Reconciles the records with the chain, fills nonce gaps, and observes."""
         async with self._lock:
-            records = await anyio.to_thread.run_sync(self.records.open_records)
-            mined = await self._mined(records)
+            # The count first, receipts after: whatever the count includes is mined, and its
+            # receipt is there to be read (the other order calls a transaction mined between
+            # the two reads "nonce used by another transaction").
             chain_nonce = await self.chain_reads.nonce(self.signer.address)
+            finalized_from = chain_nonce if after_reorg else None
+            records = await anyio.to_thread.run_sync(lambda: self.records.open_records(finalized_from))
+            mined = await self._mined(records)
             lookup = {tx_id: m.block for tx_id, m in mined.items()}
             ended: list[tuple[Sequence[TxRecord], list[Outcome]]] = []
 
@@ -774,7 +779,9 @@ class TxManager:
                 return ledger
 
             report = await anyio.to_thread.run_sync(
-                lambda: self.records.reconcile(chain_nonce, lambda rec: lookup.get(rec.id or 0), ledger_of)
+                lambda: self.records.reconcile(
+                    chain_nonce, lambda rec: lookup.get(rec.id or 0), ledger_of, after_reorg=after_reorg
+                )
             )
             # What reconciliation ended is this process's to report, as a settlement's would be
             # (else an action it sent would stay in flight: settlement reports what it moves).
@@ -812,14 +819,15 @@ class TxManager:
             if rec is not None:
                 await self._send_now(rec, head)
 
-    async def _send_now(self, rec: TxRecord, head: int) -> None:
-        """Sends one record by itself (gap fills, no-op replacements)."""
+    async def _send_now(self, rec: TxRecord, head: int, mempool: MempoolRoute | None = None) -> None:
+        """Sends one record by itself (gap fills, no-op replacements): by `mempool` when given,
+        else by the route in use."""
         try:
             (signed,) = await self._sign([rec])
         except SignerError as exc:  # one refusal must not end the settlement of every other record
             log.warning("not signed; left for the next round", tx=rec.id, nonce=rec.nonce, error=str(exc))
             return
-        mempool = None if self._bundles_now() else self._mempool
+        mempool = mempool or (None if self._bundles_now() else self._mempool)
         group = bundle_hash([signed.raw]) if mempool is None else None
         if not await self._mark_sent([rec], [signed], head + 1, group):
             return

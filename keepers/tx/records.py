@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Engine, Table, bindparam, delete, func, text, update
+from sqlalchemy import ColumnElement, Engine, Table, bindparam, create_engine, delete, func, text, update
 from sqlalchemy import select as core_select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session, col, select
@@ -91,6 +93,13 @@ class Move:
     target_at_most: int | None = None
     #: A record dropped frees its nonce, unless the chain used it (another transaction took it).
     free_nonce: bool = True
+    #: A finalized record may move too (back to unconfirmed: a reorg deeper than
+    #: `confirmations` took it).
+    reopen: bool = False
+
+    @property
+    def from_states(self) -> frozenset[TxState]:
+        return FROM[self.target] | ({TxState.FINALIZED} if self.reopen else frozenset())
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,22 @@ def action_key_of(record: TxRecord) -> str:
     return key.rsplit("#", 1)[0] if "#" in key else key
 
 
+_ALLOCATION_ENGINES: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+_ALLOCATION_LOCK = threading.Lock()
+
+
+def _allocation_engine(engine: Engine) -> Engine:
+    """One allocation pool per store engine (every TxRecords on it shares the connections)."""
+    with _ALLOCATION_LOCK:
+        found = _ALLOCATION_ENGINES.get(engine)
+        if found is None:
+            found = create_engine(
+                engine.url, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=8, pool_pre_ping=False
+            )
+            _ALLOCATION_ENGINES[engine] = found
+        return found
+
+
 class TxRecords:
     """The records, nonces and attempts of one (chain, signer). With `fences` (a leader
     elector or shard set) every new nonce is handed out only under leases still held, checked
@@ -146,10 +171,10 @@ class TxRecords:
         self._key = {"w_chain": chain_id, "w_signer": self.signer}
         #: Database transactions begun (the benches count them per action).
         self.transactions = 0
-        #: PostgreSQL: the same pool in autocommit, for the one-statement allocation.
-        self._pg_allocate = (
-            None if is_sqlite(engine) else engine.execution_options(isolation_level="AUTOCOMMIT")
-        )
+        #: PostgreSQL: a pool of its own in autocommit for the one-statement allocation, without
+        #: the ping before each checkout (a round trip per allocation): a connection that died
+        #: is retried once instead, which is safe as an allocation is idempotent by key.
+        self._pg_allocate = None if is_sqlite(engine) else _allocation_engine(engine)
         self._sqlite = SqliteAllocator(
             TX_RECORDS, _RECORD_COLUMNS, LEDGER, engine.dialect, chain_id, self.signer
         )
@@ -244,8 +269,14 @@ class TxRecords:
         }  # fmt: skip
         self.transactions += 1
         try:
-            with self._pg_allocate.connect() as conn:
-                rows = conn.execute(_PG_ALLOCATE, params).mappings().all()
+            try:
+                with self._pg_allocate.connect() as conn:
+                    rows = conn.execute(_PG_ALLOCATE, params).mappings().all()
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                with self._pg_allocate.connect() as conn:  # the pool was emptied: a new connection
+                    rows = conn.execute(_PG_ALLOCATE, params).mappings().all()
         except DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) == allocate_pg.NOT_LEADER:
                 raise NotLeader(str(exc.orig).splitlines()[0]) from None
@@ -316,7 +347,7 @@ class TxRecords:
             for m in moves:
                 where = [
                     TX_RECORDS.c.id == m.tx_id,
-                    TX_RECORDS.c.state.in_([s.value for s in FROM[m.target]]),
+                    TX_RECORDS.c.state.in_([s.value for s in m.from_states]),
                 ]
                 if m.target_at_most is not None:
                     where.append(TX_RECORDS.c.target_block <= m.target_at_most)
@@ -483,6 +514,8 @@ class TxRecords:
         chain_nonce: int,
         mined_at: ReceiptLookup,
         ended: Callable[[Sequence[TxRecord], Sequence[Move]], list[LedgerUpdate]] | None = None,
+        *,
+        after_reorg: bool = False,
     ) -> ReconcileReport:
         """Aligns the records with the chain, whose mined transaction count is `chain_nonce`.
 
@@ -490,12 +523,15 @@ class TxRecords:
         was mined, else something else used the nonce and the record is dropped (its nonce is
         not freed: it is used). At or above it a record we thought mined was reorged out. The
         counter never falls below the chain, and nonces between the chain's count and the
-        counter that nothing holds are freed.
+        counter that nothing holds are freed. A record is reorged out only if its receipt is not
+        on the canonical chain either (a node that lags reads a lower count, not a reorg).
+
+        `after_reorg` (the follower saw one): finalized records at or above the count are read
+        too, as a reorg deeper than `confirmations` can take them (their nonces would otherwise
+        be held for good); never on the count alone, which a lagging node can understate.
         """
         report = ReconcileReport(chain_nonce=chain_nonce)
-        # Finalized records the chain's count contradicts too: a reorg deeper than
-        # `confirmations` took them, and their nonces would otherwise be held for good.
-        records = self.open_records(finalized_from=chain_nonce)
+        records = self.open_records(finalized_from=chain_nonce if after_reorg else None)
         moves: list[Move] = []
         for rec in records:
             assert rec.id is not None
@@ -509,8 +545,11 @@ class TxRecords:
                     reason = "nonce used by another transaction"
                     moves.append(Move(rec.id, TxState.DROPPED, reason, free_nonce=False))
                     report.consumed.append(rec.id)
-            elif rec.nonce >= chain_nonce and state in MINED:
-                moves.append(Move(rec.id, TxState.UNCONFIRMED, "reorged out", {"included_block": None}))
+            elif rec.nonce >= chain_nonce and state in MINED and mined_at(rec) is None:
+                reorged = Move(
+                    rec.id, TxState.UNCONFIRMED, "reorged out", {"included_block": None}, reopen=True
+                )
+                moves.append(reorged)
                 report.reorged.append(rec.id)
         report.moved = self.apply(moves, ended(records, moves) if ended is not None and moves else ())
         with self._session() as session, session.begin():

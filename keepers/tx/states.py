@@ -35,10 +35,9 @@ class TxState(StrEnum):
 #: The states a transition into each state may start from.
 FROM: dict[TxState, frozenset[TxState]] = {
     TxState.UNSTARTED: frozenset(),
-    # From finalized too: a reorg deeper than `confirmations` happens (and with 0, any reorg is).
-    TxState.UNCONFIRMED: frozenset(
-        {TxState.UNSTARTED, TxState.UNCONFIRMED, TxState.CONFIRMED, TxState.FINALIZED}
-    ),
+    # From finalized only by a move that says so (Move.reopen: a reorg deeper than
+    # `confirmations`, which the follower saw), never by a stale "sent" or "fee bumped".
+    TxState.UNCONFIRMED: frozenset({TxState.UNSTARTED, TxState.UNCONFIRMED, TxState.CONFIRMED}),
     TxState.CONFIRMED: frozenset({TxState.UNSTARTED, TxState.UNCONFIRMED}),
     TxState.FINALIZED: frozenset({TxState.CONFIRMED}),
     TxState.DROPPED: frozenset({TxState.UNSTARTED, TxState.UNCONFIRMED}),

@@ -78,6 +78,7 @@ def _config(tmp_path: Path, d: Devnet, db_url: str, shards: int = 0) -> Path:
 database_url = "{db_url}"
 signer = {{ env = "KEEPERS_SIGNER_KEY" }}
 drain_timeout = 5
+order_api = {{ port = 0 }}  # three replicas on one machine
 
 [ha]
 lease_seconds = {LEASE}

@@ -114,7 +114,8 @@ def test_reconcile_reopens_a_finalized_record_the_chain_no_longer_has(db_url: st
     """A reorg deeper than `confirmations` (any reorg, with 0): the record was finalized, so
     settlement no longer watches it, and its nonce would stay held while every later
     transaction waits on it. The chain's count says it is gone; below that count, finalized is
-    left alone."""
+    left alone; and without a reorg seen (`after_reorg`) the count alone never reopens it (a
+    node that lags reads a lower count)."""
     engine = make_engine(db_url)
     migrate(engine)
     nm = TxRecords(engine, 1, SIGNER)
@@ -123,7 +124,9 @@ def test_reconcile_reopens_a_finalized_record_the_chain_no_longer_has(db_url: st
         assert r.id is not None
         _sent(nm, r, f"0xfinal{r.nonce}")
         nm.apply([Move(r.id, TxState.CONFIRMED, "mined"), Move(r.id, TxState.FINALIZED, "0 confirmations")])
-    report = nm.reconcile(1, lambda rec: None)  # the chain lost nonce 1 only
+    assert nm.reconcile(1, lambda rec: None).reorged == [], "a low count alone is not a reorg"
+    assert nm.get(recs[1].id or 0).state == TxState.FINALIZED  # type: ignore[union-attr]
+    report = nm.reconcile(1, lambda rec: None, after_reorg=True)  # the chain lost nonce 1 only
     assert report.reorged == [recs[1].id]
     assert nm.get(recs[1].id or 0).state == TxState.UNCONFIRMED  # type: ignore[union-attr]
     assert nm.get(recs[0].id or 0).state == TxState.FINALIZED  # type: ignore[union-attr]

@@ -336,6 +336,20 @@ def test_secrets_never_reach_the_terminal(workdir: Path) -> None:
 
 
 @pytest.mark.usefixtures("cli_env")
+@pytest.mark.parametrize(
+    "url", ["wss://rpc.example.com:MYAPIKEY0123/", "wss://user:s3cr3t/MYAPIKEY0123@rpc.example.com/"]
+)
+def test_a_url_that_does_not_parse_is_refused_without_its_parts(workdir: Path, url: str) -> None:
+    """urllib's message quotes the text it took for a port: an API key, or a password's tail."""
+    path = _write(workdir, GOOD.replace('ws_url = "ws://127.0.0.1:8545"', f'ws_url = "{url}"'))
+    for argv in (("config", "check", str(path)), ("config", "check", "--json", str(path))):
+        code, out, err = _cli(*argv)
+        assert code == 2
+        assert "chains.main.ws_url" in out + err
+        assert "MYAPIKEY0123" not in out + err
+
+
+@pytest.mark.usefixtures("cli_env")
 def test_store_commands_never_migrate_and_say_what_to_do(workdir: Path) -> None:
     path = _write(workdir, GOOD)
     store = workdir / "store.sqlite"

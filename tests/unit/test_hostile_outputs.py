@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keepers.chain.events import MalformedLog
-from keepers.engine.guard import MAX_ACTIONS, guarded_on_block, refusal
+from keepers.engine.guard import MAX_ACTIONS, MAX_GAS, guarded_on_block, refusal
 from keepers.engine.strategy import BlockContext, Strategy
 from keepers.obs import metrics
 from keepers.tx.actions import Action, Call
@@ -34,14 +34,14 @@ good_calls = st.builds(
     to=st.just(ADDRESS),
     data=st.binary(max_size=64).map(lambda b: "0x" + b.hex()),
     value=st.integers(0, 2**256 - 1),
-    gas_limit=st.integers(21_000, 30_000_000),
+    gas_limit=st.integers(21_000, MAX_GAS),
 )
 bad_calls = st.builds(
     Call,
     to=st.one_of(junk, st.text(max_size=42), st.just("0x" + "ab" * 19)),
     data=st.one_of(junk, st.just("0xabc"), st.just("nothex")),
     value=st.one_of(st.integers(max_value=-1), st.integers(min_value=2**256), st.just(True)),
-    gas_limit=st.one_of(st.integers(max_value=20_999), st.integers(min_value=30_000_001), junk),
+    gas_limit=st.one_of(st.integers(max_value=20_999), st.integers(min_value=MAX_GAS + 1), junk),
 )
 calls = st.one_of(good_calls, bad_calls, junk)
 
