@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 
 from web3 import Web3
@@ -34,11 +37,34 @@ def anvil_key(index: int) -> str:
     return "0x" + bytes(acct.key).hex()
 
 
+#: Ports handed out by `free_port` on this machine, one empty file each (shared by processes).
+_PORT_CLAIMS = Path(tempfile.gettempdir()) / "keepers-port-claims"
+#: A claim older than this is stale: its owner has bound the port or given it up by now.
+_CLAIM_SECONDS = 120.0
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now and no other caller was just given.
+
+    The kernel may hand a port it just gave another process (which has not bound it yet) to a
+    second caller; several devnets or test workers starting side by side would then collide.
+    An exclusive-create claim file per port keeps concurrent callers on this machine apart.
+    """
+    _PORT_CLAIMS.mkdir(exist_ok=True)
+    for _ in range(64):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        claim = _PORT_CLAIMS / str(port)
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - claim.stat().st_mtime > _CLAIM_SECONDS:
+                claim.unlink()  # stale: whoever claimed it has bound the port or given it up
+        try:
+            claim.touch(exist_ok=False)
+            return port
+        except FileExistsError:
+            continue
+    raise ToolchainError("no free local TCP port found in 64 tries")
 
 
 @dataclass

@@ -10,11 +10,13 @@ sign or send anything once it wakes, whatever it still believes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import socket
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine, text
 from sqlmodel import Session
@@ -26,9 +28,48 @@ class NotLeader(RuntimeError):
     """The fence refused: this process no longer holds the lease it acts under."""
 
 
+def _process_space() -> str | None:
+    """Names this boot and pid namespace: pids are comparable only between holders that share
+    it (pods on one node with host networking share a host name, not their pids)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    return hashlib.sha256(f"{boot}/{pidns}".encode()).hexdigest()[:8]
+
+
+def _started(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot), or None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+_SPACE = _process_space()
+
+
 def holder_id() -> str:
-    """This process, unique across restarts: host, pid and a random suffix."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    """This process, unique across restarts: host, pid and a random suffix; where /proc tells,
+    also the process space and the pid's start time, so a successor on the same host can see
+    that this process is gone (`is_gone`) and need not wait for its lease to lapse."""
+    base = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    started = _started(os.getpid())
+    return base if _SPACE is None or started is None else f"{base}:{_SPACE}:{started}"
+
+
+def is_gone(holder: str) -> bool:
+    """True only when `holder` is certainly a dead process: it ran on this host, in this boot
+    and pid namespace, and its pid is now free or belongs to a process started at another time.
+    Anything else (another host, an id without those fields) is presumed alive."""
+    parts = holder.split(":")
+    if _SPACE is None or len(parts) != 5 or parts[0] != socket.gethostname() or parts[3] != _SPACE:
+        return False
+    if not parts[1].isdigit():
+        return False
+    return _started(int(parts[1])) != parts[4]
 
 
 def _now_sql(engine: Engine) -> str:
@@ -78,10 +119,23 @@ class LeaseStore:
         granted: dict[str, Term] = {}
         with self.engine.begin() as conn:
             for scope in scopes:
-                row = conn.execute(self._acquire, {"scope": scope, "holder": holder, "ttl": ttl}).first()
+                params = {"scope": scope, "holder": holder, "ttl": ttl}
+                row = conn.execute(self._acquire, params).first()
+                if row is None and self._expire_gone(conn, scope):
+                    row = conn.execute(self._acquire, params).first()
                 if row is not None:
                     granted[scope] = Term(int(row[0]), float(row[1]))
         return granted
+
+    def _expire_gone(self, conn: Connection, scope: str) -> bool:
+        """Ends every lease of the holder of `scope` if that holder is a dead process on this
+        host (a keeper killed and restarted in place takes over at once, not after the TTL).
+        Safe for fencing: a dead process allocates nothing."""
+        row = conn.execute(text("SELECT holder FROM lease WHERE scope = :scope"), {"scope": scope}).first()
+        if row is None or not is_gone(str(row[0])):
+            return False
+        conn.execute(text("UPDATE lease SET expires_at = 0 WHERE holder = :holder"), {"holder": row[0]})
+        return True
 
     def release_many(self, scopes: list[str], holder: str) -> None:
         with self.engine.begin() as conn:
@@ -93,8 +147,12 @@ class LeaseStore:
         query = text(
             f"SELECT holder FROM lease WHERE scope LIKE :pattern AND expires_at > {self._now} ORDER BY holder"  # noqa: S608
         )
-        with self.engine.connect() as conn:
-            return [str(r[0]) for r in conn.execute(query, {"pattern": prefix + "%"})]
+        with self.engine.begin() as conn:
+            holders = [str(r[0]) for r in conn.execute(query, {"pattern": prefix + "%"})]
+            gone = [h for h in holders if is_gone(h)]
+            for h in gone:  # a dead replica on this host is no member: its shards move now
+                conn.execute(text("UPDATE lease SET expires_at = 0 WHERE holder = :holder"), {"holder": h})
+        return [h for h in holders if h not in gone]
 
     def release(self, scope: str, holder: str) -> None:
         """Ends our lease now, so a standby takes over without waiting for it to lapse."""

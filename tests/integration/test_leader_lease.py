@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from keepers.ha.elector import LeaderElector
-from keepers.ha.lease import LeaseStore, NotLeader
+from keepers.ha.lease import LeaseStore, NotLeader, holder_id, is_gone
 from keepers.ha.shards import ShardSet
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
@@ -129,3 +129,55 @@ def test_shards_spread_over_live_members_never_doubled_and_move_on_join_and_deat
     ours = next(iter(a.held))
     with a.acting_for([ours]):
         assert nonces.allocate([Intent("a-ours", to=None)])[0].nonce == 0
+
+
+_HOLD = """
+import sys, time
+from keepers.ha.lease import LeaseStore, holder_id
+from keepers.store.engine import make_engine
+leases = LeaseStore(make_engine(sys.argv[1]))
+holder = holder_id()
+assert leases.acquire(sys.argv[2], holder, ttl=600) is not None
+leases.acquire("1/shards/member/" + holder, holder, ttl=600)
+print(holder, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_holder_on_this_host_is_replaced_at_once(db_url: str):
+    """A keeper kill -9'd and restarted in place leads again without waiting out the TTL (10
+    minutes here): its lease names a process of this host that no longer runs. A holder that
+    still runs keeps its lease."""
+    import subprocess
+    import sys
+
+    leases = _store(db_url)
+    me = holder_id()
+
+    def hold(scope: str) -> tuple[subprocess.Popen[str], str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _HOLD, db_url, scope], stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None
+        return proc, proc.stdout.readline().strip()
+
+    alive, alive_holder = hold("1/oracle")
+    dead, dead_holder = hold("1/limit-stop")
+    dead_member, _ = hold("1/twap")
+    try:
+        for proc in (dead, dead_member):
+            proc.kill()
+            proc.wait()
+        assert leases.acquire("1/oracle", me, ttl=5) is None, "a live holder keeps its lease"
+        assert not is_gone(alive_holder)
+        assert is_gone(dead_holder)
+        taken = leases.acquire("1/limit-stop", me, ttl=5)
+        assert taken is not None, "the dead holder's lease is taken at once"
+        assert taken.token == 2, "with a new token (the fence)"
+        assert leases.live_holders("1/shards/member/") == [alive_holder], "a dead member is no member"
+        assert leases.acquire("1/twap", me, ttl=5) is not None, "and its other leases are free"
+    finally:
+        alive.kill()
+        alive.wait()
+    assert not is_gone("elsewhere:1:abcdef:00000000:1"), "another host's holder is presumed alive"
+    assert not is_gone("a"), "an id without the fields is presumed alive"
