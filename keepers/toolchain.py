@@ -1,8 +1,9 @@
 """Where the project's external tools and build output live.
 
 forge, anvil and cast come from npm (`node_modules/.bin`); the compiled contracts from
-forge's `contracts/out`. Both can be pointed elsewhere by environment variables, which the
-container image does.
+forge's `contracts/out` in a source tree, else from the copy `./dev build` puts in the package
+(`keepers/chain/compiled`, shipped in the wheel). Both can be pointed elsewhere by environment
+variables.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import shutil
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The contracts' ABIs and bytecode inside the package (git-ignored, written by `./dev build`).
+PACKAGED_ARTIFACTS = Path(__file__).resolve().parent / "chain" / "compiled"
 
 
 class ToolchainError(RuntimeError):
@@ -35,6 +38,13 @@ def find_tool(name: str) -> Path:
 
 
 def artifacts_dir() -> Path:
-    """forge's build output: $KEEPERS_ARTIFACTS or contracts/out in the source tree."""
+    """The compiled contracts: $KEEPERS_ARTIFACTS, else forge's contracts/out in the source tree,
+    else the copy shipped in the package; contracts/out when there is neither, for the error."""
     override = os.environ.get("KEEPERS_ARTIFACTS")
-    return Path(override) if override else REPO_ROOT / "contracts" / "out"
+    if override:
+        return Path(override)
+    # The source tree's own output first: in a checkout it is what forge built last.
+    forge_out = REPO_ROOT / "contracts" / "out"
+    if forge_out.is_dir() or not PACKAGED_ARTIFACTS.is_dir():
+        return forge_out
+    return PACKAGED_ARTIFACTS

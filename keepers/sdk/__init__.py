@@ -20,8 +20,8 @@
   bid (`BidParams`, `with_bid`).
 
 `keepers.sdk.testing` builds a `BlockContext` and a market without a chain, to unit-test a
-strategy in microseconds. The older paths (`keepers.engine.strategy`, `keepers.tx.actions`,
-`strategies.fills`, `strategies.common`) keep working.
+strategy in microseconds, and names the `keepers_devnet` fixture's `Devnet` for tests on anvil.
+The older paths (`keepers.engine.strategy`, `keepers.tx.actions`) keep working.
 """
 
 from keepers.chain.artifacts import load_artifact

@@ -13,15 +13,21 @@ strategy's `on_block` on them. No anvil, no store, no network: a test takes mill
     assert actions[0].order_ids == (order.order_id,)
 
 What needs a chain (`ctx.reader` reads, the contracts accepting the calldata) is for the
-`keepers_devnet` fixture (`keepers.testing`); this harness checks the strategy's decisions.
+`keepers_devnet` fixture of the keepers pytest plugin; this harness checks the strategy's
+decisions. The fixture's types are named here too, so a plugin's tests import only keepers.sdk:
+
+    from keepers.sdk.testing import Devnet
+
+    def test_fills_on_anvil(keepers_devnet: Devnet) -> None: ...
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -30,7 +36,32 @@ from keepers.engine.strategy import BlockContext, Strategy
 from keepers.engine.views import OrderView
 from keepers.tx.actions import Action
 
-__all__ = ["KEEPER", "ORDER_KINDS", "MarketBuilder", "address", "block_context", "make_strategy", "run_block"]
+if TYPE_CHECKING:
+    from keepers.testing.devnet import Devnet, KeeperHarness
+
+__all__ = [
+    "KEEPER",
+    "ORDER_KINDS",
+    "Devnet",
+    "KeeperHarness",
+    "MarketBuilder",
+    "address",
+    "block_context",
+    "make_strategy",
+    "run_block",
+]
+
+#: Named here, imported on first use: the devnet harness (relay, runtime, store) is for tests
+#: on anvil, not for the unit tests this module is for.
+_DEVNET_NAMES = frozenset({"Devnet", "KeeperHarness"})
+
+
+def __getattr__(name: str) -> Any:
+    """`Devnet` and `KeeperHarness`, imported from keepers.testing.devnet on first use."""
+    if name in _DEVNET_NAMES:
+        return getattr(importlib.import_module("keepers.testing.devnet"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: The OrderBook's order kinds by name.
 ORDER_KINDS = {"limit": 0, "stop-loss": 1, "take-profit": 2, "twap": 3, "iceberg": 4}

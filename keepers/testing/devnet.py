@@ -2,9 +2,12 @@
 blocks stepped by the test through the local relay, helpers to move prices, and a harness that
 runs a real keeper loop (follower, store, nonce manager, bundle submission) in the background.
 
-Loaded as a pytest plugin (`keepers.testing.plugin`) wherever `keepers` is installed:
+Served by the `keepers_devnet` fixture of the pytest plugin (`keepers.testing.plugin`) wherever
+`keepers` is installed; a plugin's tests name its type from the SDK:
 
-    def test_my_strategy(keepers_devnet):
+    from keepers.sdk.testing import Devnet
+
+    def test_my_strategy(keepers_devnet: Devnet) -> None:
         d = keepers_devnet
         # 1 WETH for at least 1,900 USDC (the market is near 2,000): executable now.
         oid = d.place("WETH/USDC", "limit", 10**18, 1_900 * 10**6, fee_bps=30)

@@ -1,11 +1,14 @@
 """The benchmarks run in the test command at full size when cheap, so they never rot.
-Figures are not asserted here: gas is gated by the forge snapshot, floors by the bench itself."""
+Figures are not asserted here: gas is gated by the forge snapshot, floors by the bench itself.
+bench/ is not installed (the wheel leaves it out): each runs from the repository, as ./dev bench runs it."""
 
 import json
 import subprocess
 import sys
 
 import pytest
+
+from keepers.toolchain import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -17,6 +20,7 @@ def test_gas_bench_runs_and_writes_both_sides(tmp_path):
         text=True,
         timeout=300,
         check=False,
+        cwd=REPO_ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "gas.json").read_text())
@@ -39,6 +43,7 @@ def test_nonce_catchup_and_capacity_benches_run_at_smoke_size(tmp_path):
             text=True,
             timeout=300,
             check=False,
+            cwd=REPO_ROOT,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
     nonces = json.loads((tmp_path / "nonces.json").read_text())
@@ -58,7 +63,7 @@ def test_fill_rate_bench_runs_the_devnet_at_smoke_size(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bench.fillrate", "--blocks", "8", "--orders-per-block", "2",
          "--block-times", "1", "--results-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True, text=True, timeout=300, check=False, cwd=REPO_ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = json.loads((tmp_path / "fillrate.json").read_text())["rows"]
@@ -72,7 +77,7 @@ def test_reaction_bench_measures_both_designs_at_smoke_size(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bench.reaction", "--open", "50", "--crossing", "2", "--blocks", "3",
          "--results-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True, text=True, timeout=300, check=False, cwd=REPO_ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = json.loads((tmp_path / "reaction.json").read_text())["rows"]

@@ -1,8 +1,9 @@
 """The keeper image's Python environment, built the way the Dockerfile builds it (there is no
-Docker engine here): exactly the files its Python stage copies, its pip commands run as written
-into a fresh venv (the locked dependencies with their hashes checked, then the project, not
-editable, without dependencies of its own), the artifacts where the image puts them, and its
-entrypoint run."""
+Docker engine here): exactly the files its Python stage copies (forge's output from the contracts
+stage is this tree's contracts/out), its commands run as written into a fresh venv (the locked
+dependencies with their hashes checked, the ABIs and bytecode into the package, then the project,
+not editable, without dependencies of its own), and its entrypoint run with nothing but the venv:
+the contracts load from the installed package."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def _python_stage() -> tuple[list[list[str]], list[str], str]:
     stage = text.split(" AS python", 1)[1].split("\nFROM ", 1)[0].replace("\\\n", " ")
     copies = [line.split()[1:] for line in stage.splitlines() if line.startswith("COPY ")]
     runs = [line.removeprefix("RUN ").strip() for line in stage.splitlines() if line.startswith("RUN ")]
+    assert re.search(r"^WORKDIR /src$", stage, re.M), "the stage's commands run in /src (so below)"
     entry = re.search(r'^ENTRYPOINT \["([^"]+)"\]', text, re.M)
     assert entry, "the image has an exec-form ENTRYPOINT"
     return copies, runs, entry.group(1)
@@ -35,34 +37,41 @@ def _python_stage() -> tuple[list[list[str]], list[str], str]:
 def test_the_image_environment_installs_and_its_entrypoint_runs(tmp_path: Path):
     copies, runs, entrypoint = _python_stage()
     src = tmp_path / "src"
+    # The local build output the .dockerignore leaves out of the build context.
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "compiled")
     for *sources, dest in copies:
         target = src / dest.removeprefix("/src").strip("/")
+        if sources[0] == "--from=contracts":
+            # The contracts stage runs forge build on contracts/, as ./dev build does here.
+            assert sources[1:] == ["/src/contracts/out"], sources
+            shutil.copytree(REPO_ROOT / "contracts" / "out", target)
+            continue
         for s in sources:
             origin = REPO_ROOT / s
             if origin.is_dir():
-                shutil.copytree(origin, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+                shutil.copytree(origin, target, ignore=ignore)
             else:
                 target.mkdir(parents=True, exist_ok=True)
                 shutil.copy(origin, target / origin.name)
-    pip_runs = [r for r in runs if "/opt/keepers/venv/bin/pip" in r]
-    assert any("--require-hashes" in r and "/src/requirements/runtime.lock" in r for r in pip_runs), runs
-    assert any(re.search(r"pip install --no-deps .*/src( |$)", r) for r in pip_runs), runs
+    # Every command but the venv's creation, which is done here with this interpreter.
+    venv_runs = [r for r in runs if "/opt/keepers/venv/bin/" in r]
+    assert len(venv_runs) == len(runs) - 1, runs
+    assert any("--require-hashes" in r and "/src/requirements/runtime.lock" in r for r in venv_runs), runs
+    assert any("-m keepers.chain.artifacts /src/contracts/out" in r for r in venv_runs), runs
+    assert any(re.search(r"pip install --no-deps .*/src( |$)", r) for r in venv_runs), runs
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
-    for run_line in pip_runs:
+    for run_line in venv_runs:
         command = run_line.replace("/opt/keepers/venv", str(env_dir))
         command = re.sub(r"(?<![\w/.-])/src\b", str(src), command)
-        pip = subprocess.run(
-            ["bash", "-c", command], capture_output=True, text=True, timeout=600, check=False
+        step = subprocess.run(
+            ["bash", "-c", command], cwd=src, capture_output=True, text=True, timeout=600, check=False
         )  # fmt: skip
-        assert pip.returncode == 0, f"{command}\n{pip.stdout[-3000:]}{pip.stderr[-3000:]}"
+        assert step.returncode == 0, f"{command}\n{step.stdout[-3000:]}{step.stderr[-3000:]}"
 
-    image_env = {
-        "PATH": f"{env_dir / 'bin'}:/usr/bin:/bin",
-        "KEEPERS_ARTIFACTS": str(REPO_ROOT / "contracts" / "out"),  # the image bakes forge's output in
-        "HOME": str(tmp_path),
-    }
+    # The runtime stage's environment: the venv and nothing else (no KEEPERS_ARTIFACTS).
+    image_env = {"PATH": f"{env_dir / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
     run = [str(env_dir / "bin" / entrypoint)]
     help_out = subprocess.run([*run, "--help"], env=image_env, capture_output=True, text=True, check=False)
     assert help_out.returncode == 0, help_out.stderr
@@ -83,3 +92,14 @@ def test_the_image_environment_installs_and_its_entrypoint_runs(tmp_path: Path):
     assert str(env_dir) in where.stdout, where.stdout + where.stderr
     assert sys.executable not in where.stdout
     assert os.path.exists(where.stdout.strip())
+    # The contracts the keeper deploys and decodes load from the installed package.
+    loaded = subprocess.run(
+        [str(env_dir / "bin" / "python"), "-c",
+         "from keepers.chain.artifacts import PROJECT_CONTRACTS, load_artifact\n"
+         "from keepers.toolchain import artifacts_dir\n"
+         "assert all(load_artifact(n).bytecode for n in PROJECT_CONTRACTS)\n"
+         "print(artifacts_dir())"],
+        env=image_env, capture_output=True, text=True, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert loaded.stdout.strip().startswith(str(env_dir)), loaded.stdout

@@ -4,9 +4,11 @@ import pytest
 from eth_abi import encode
 from eth_utils import function_signature_to_4byte_selector
 
-from keepers.chain.artifacts import PROJECT_CONTRACTS, load_artifact
+from keepers import toolchain
+from keepers.chain import artifacts
+from keepers.chain.artifacts import PROJECT_CONTRACTS, load_artifact, package_artifacts
 from keepers.chain.reverts import RevertDecoder
-from keepers.toolchain import ToolchainError
+from keepers.toolchain import ToolchainError, artifacts_dir
 
 
 def test_every_project_contract_has_abi_and_bytecode():
@@ -47,3 +49,41 @@ def test_revert_decoder_reads_error_string_and_unknowns():
     assert decoded.args == {"message": "boom"}
     assert decoder.decode(b"\xde\xad\xbe\xef") is None
     assert decoder.decode(b"\x01") is None
+
+
+def test_packaged_artifacts_are_forge_output_less_what_nothing_reads(tmp_path):
+    dest = tmp_path / "compiled"
+    (dest / "Gone.sol").mkdir(parents=True)  # a contract dropped from PROJECT_CONTRACTS
+    written = package_artifacts(artifacts_dir(), dest)
+    assert sorted(p.parent.name for p in written) == sorted(f"{n}.sol" for n in PROJECT_CONTRACTS)
+    assert not (dest / "Gone.sol").exists()
+    for name in PROJECT_CONTRACTS:
+        shipped, built = load_artifact(name, dest), load_artifact(name)
+        assert (shipped.abi, shipped.bytecode) == (built.abi, built.bytecode), name
+    assert sum(p.stat().st_size for p in written) < 1_000_000, "abi and bytecode only, not sources or ASTs"
+
+
+def test_the_loader_falls_back_to_the_packaged_copy_without_a_source_tree(tmp_path, monkeypatch):
+    monkeypatch.delenv("KEEPERS_ARTIFACTS", raising=False)
+    monkeypatch.setattr(toolchain, "REPO_ROOT", tmp_path / "site-packages")  # no contracts/out there
+    packaged = tmp_path / "site-packages" / "keepers" / "chain" / "compiled"
+    monkeypatch.setattr(toolchain, "PACKAGED_ARTIFACTS", packaged)
+    assert artifacts_dir() == tmp_path / "site-packages" / "contracts" / "out"  # neither: the error names it
+    packaged.mkdir(parents=True)
+    assert artifacts_dir() == packaged
+    (tmp_path / "site-packages" / "contracts" / "out").mkdir(parents=True)
+    assert artifacts_dir() == tmp_path / "site-packages" / "contracts" / "out", "a source tree's build first"
+
+
+def test_with_neither_the_error_names_both_places_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(artifacts, "artifacts_dir", lambda: tmp_path / "contracts" / "out")
+    monkeypatch.setattr(artifacts, "PACKAGED_ARTIFACTS", tmp_path / "compiled")
+    load_artifact.cache_clear()
+    try:
+        fix = r"run `./dev build` \(forge build\)"
+        with pytest.raises(
+            ToolchainError, match=rf"OrderBook.json, and no copy in the package \(.*/compiled\): {fix}"
+        ):
+            load_artifact("OrderBook")
+    finally:
+        load_artifact.cache_clear()

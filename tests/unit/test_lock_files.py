@@ -212,6 +212,8 @@ def test_the_build_context_has_what_the_dockerfile_copies_and_no_local_state():
         "node_modules",
         "contracts/out",
         "contracts/cache",
+        "keepers/chain/compiled",  # the image writes its own from the contracts stage
+        "bench",  # periphery: run from the repository, never in the image
         ".devnet",
         "keepers/__pycache__",
         "keepers/chain/__pycache__/x.cpython-311.pyc",

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from keepers.engine.market import MarketSnapshot, PoolState
 from keepers.engine.trigger_index import LIMIT, RATE_SCALE, STOP_LOSS, TAKE_PROFIT, TriggerIndex, limit_rate
+from keepers.sdk import BPS, plan_groups
 from keepers.store.tables import Order
-from strategies.fills import BPS, plan_groups
-from strategies.iceberg import clip_size
-from strategies.twap import slice_size
+from keepers.strategies.iceberg import clip_size
+from keepers.strategies.twap import slice_size
 
 WETH, USDC, DAI = "0x" + "11" * 20, "0x" + "22" * 20, "0x" + "33" * 20
 MARKET = 1

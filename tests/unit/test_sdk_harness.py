@@ -11,8 +11,8 @@ import pytest
 
 from keepers.sdk import OrderView, Strategy
 from keepers.sdk.testing import KEEPER, MarketBuilder, address, block_context, make_strategy, run_block
-from strategies.iceberg import ImpactBounded
-from strategies.limit_stop import BestExecution, FeeMaximising, LimitStopParams
+from keepers.strategies.iceberg import ImpactBounded
+from keepers.strategies.limit_stop import BestExecution, FeeMaximising, LimitStopParams
 
 
 def _market() -> MarketBuilder:
@@ -127,12 +127,7 @@ def test_old_import_paths_still_work():
     from keepers.engine.strategy import BlockContext
     from keepers.engine.strategy import Strategy as OldStrategy
     from keepers.tx.actions import Action
-    from strategies.common import with_bid
-    from strategies.fills import batch_action, plan_groups
 
     assert OldStrategy is sdk.Strategy
     assert BlockContext is sdk.BlockContext
     assert Action is sdk.Action
-    assert plan_groups is sdk.plan_groups
-    assert batch_action is sdk.batch_action
-    assert with_bid is sdk.with_bid

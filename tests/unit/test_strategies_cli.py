@@ -12,7 +12,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from keepers.cli import main
-from strategies.limit_stop import FeeMaxParams
+from keepers.strategies.limit_stop import FeeMaxParams
 
 
 def _cli(*argv: str) -> tuple[int, str, str]:
@@ -27,7 +27,7 @@ def test_show_prints_the_kind_and_the_params_schema():
     assert code == 0
     info = json.loads(out)
     assert info["kind"] == "limit-stop"
-    assert info["target"] == "strategies.limit_stop:FeeMaximising"
+    assert info["target"] == "keepers.strategies.limit_stop:FeeMaximising"
     assert info["params_schema"] == FeeMaxParams.model_json_schema()
     assert {"min_fee_bps", "max_orders", "builder_share_bps"} <= set(info["params_schema"]["properties"])
 

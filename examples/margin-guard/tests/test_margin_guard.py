@@ -3,7 +3,7 @@ package's pytest plugin provides."""
 
 from __future__ import annotations
 
-from keepers.testing import Devnet
+from keepers.sdk.testing import Devnet
 
 E18 = 10**18
 USDC = 10**6
