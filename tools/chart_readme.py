@@ -30,8 +30,8 @@ Keeper processes of the Keepers platform on Kubernetes: one Deployment (and metr
 per keeper instance, a ConfigMap with `keepers.toml` (the file `keepers run` reads), a signer
 sidecar in each pod (the only container that mounts the funds key), a ServiceAccount without a
 token, PodDisruptionBudgets, a NetworkPolicy, and optionally a ServiceMonitor, a
-PrometheusRule, the Grafana dashboard, order API Services and an Ingress. The project README
-("Operating keepers") explains the design; this page lists the values.
+PrometheusRule, the Grafana dashboard, order API Services and an Ingress. The project's
+docs/operate/kubernetes.md explains the design; this page lists the values.
 
 ```sh
 helm install prod helm/keepers -f my-values.yaml

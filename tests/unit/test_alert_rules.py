@@ -94,7 +94,7 @@ def test_alerts_fire_when_they_must_and_not_otherwise(tmp_path: Path) -> None:
                             "exp_annotations": {
                                 "summary": "limit-stop on mainnet has sent by its fallback route"
                                 " for 5 minutes: no relay takes bundles",
-                                "runbook": "README.md#keeperrelayfallback",
+                                "runbook": "docs/operate/alerts.md#keeperrelayfallback",
                             },
                         }
                     ],
@@ -129,7 +129,7 @@ def test_alerts_fire_when_they_must_and_not_otherwise(tmp_path: Path) -> None:
                             "exp_labels": {"severity": "critical", "chain": "mainnet"},
                             "exp_annotations": {
                                 "summary": "Keepers on mainnet have seen no new head for 5m 0s",
-                                "runbook": "README.md#keeperheadstale",
+                                "runbook": "docs/operate/alerts.md#keeperheadstale",
                             },
                         }
                     ],
@@ -152,7 +152,7 @@ def test_alerts_fire_when_they_must_and_not_otherwise(tmp_path: Path) -> None:
                             },
                             "exp_annotations": {
                                 "summary": "No replica of oracle reports metrics",
-                                "runbook": "README.md#keeperdown",
+                                "runbook": "docs/operate/alerts.md#keeperdown",
                             },
                         }
                     ],
@@ -171,7 +171,7 @@ def test_alerts_fire_when_they_must_and_not_otherwise(tmp_path: Path) -> None:
                             "exp_labels": {"severity": "critical", "chain": "mainnet"},
                             "exp_annotations": {
                                 "summary": "Keepers on mainnet sent actions for 15m and none was included",
-                                "runbook": "README.md#keepernoinclusion",
+                                "runbook": "docs/operate/alerts.md#keepernoinclusion",
                             },
                         }
                     ],

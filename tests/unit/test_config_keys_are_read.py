@@ -1,11 +1,18 @@
-"""No config key that does nothing: every settings field is in the README's config reference
-and read by the code outside the schema that declares it."""
+"""No config key that does nothing: every settings field is read by the code outside the schema
+that declares it, and is in the configuration reference (docs/operate/configuration.md), which
+tools/config_reference.py generates from the schema: the page must be current, and the
+generator refuses a field that has nothing saying what it does."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
+from functools import cache
 from pathlib import Path
+from types import ModuleType
 
+import pytest
 from pydantic import BaseModel
 
 from keepers.config.schema import Settings
@@ -29,9 +36,16 @@ def _code() -> str:
     return "\n".join(p.read_text() for p in (ROOT / "keepers").rglob("*.py") if p != schema)
 
 
-def _reference() -> str:
-    readme = (ROOT / "README.md").read_text()
-    return readme[readme.index("### Configuration") : readme.index("### Metrics")]
+@cache
+def _generator() -> ModuleType:
+    """tools/config_reference.py, which is a script, not a package's module."""
+    spec = importlib.util.spec_from_file_location("config_reference", ROOT / "tools" / "config_reference.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass resolves its annotations through it
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_every_setting_is_read_by_the_code():
@@ -40,9 +54,32 @@ def test_every_setting_is_read_by_the_code():
     assert unread == [], f"settings nothing reads (wire them or delete them): {unread}"
 
 
+def test_the_config_reference_is_generated_from_the_schema():
+    generator = _generator()
+    assert generator.PAGE == ROOT / "docs" / "operate" / "configuration.md"
+    assert generator.PAGE.read_text() == generator.render(), "stale: run ./dev config-reference"
+
+
 def test_every_setting_is_in_the_config_reference():
-    # Names inside the reference's code spans: `chains.<name>.rpc`, `[{ url, rate_limit }]`, ...
-    spans = re.findall(r"`([^`]+)`", _reference())
-    documented = {word for span in spans for word in re.findall(r"[a-z_]+", span)}
-    missing = [path for path, name in _fields(Settings) if name not in documented]
-    assert missing == [], f"settings missing from the README's config reference: {missing}"
+    # `chains.<name>.rpc[].url` documents the field chains.rpc.url
+    documented = {
+        row.key.replace(".<name>", "").replace("[]", ""): row.meaning for row in _generator().rows(Settings)
+    }
+    missing = [path for path, _ in _fields(Settings) if not documented.get(path)]
+    assert missing == [], f"settings missing from the config reference: {missing}"
+
+
+class _Documented(BaseModel):
+    #: What the first one does.
+    first: int = 1
+
+
+class _Undocumented(_Documented):
+    second: int = 2
+
+
+def test_a_setting_nothing_describes_is_refused_by_the_generator():
+    generator = _generator()
+    assert [row.meaning for row in generator.rows(_Documented)] == ["What the first one does."]
+    with pytest.raises(generator.Undocumented, match="second"):
+        list(generator.rows(_Undocumented))
