@@ -30,8 +30,8 @@ COPY pyproject.toml README.md /src/
 COPY keepers/ /src/keepers/
 COPY --from=contracts /src/contracts/out /src/contracts/out
 WORKDIR /src
-RUN /opt/keepers/venv/bin/python -m keepers.chain.artifacts /src/contracts/out
-RUN /opt/keepers/venv/bin/pip install --no-deps --no-build-isolation /src \
+RUN /opt/keepers/venv/bin/python -m keepers.chain.artifacts /src/contracts/out \
+    && /opt/keepers/venv/bin/pip install --no-deps --no-build-isolation /src \
     && /opt/keepers/venv/bin/pip check
 
 # 3. Runtime: slim Python, non-root, nothing writable needed outside mounted volumes.
