@@ -1,5 +1,5 @@
-"""Every benchmark at the size the README reports, one after another (never two at once: they
-would share the two cores and each would measure the other).
+"""Every benchmark at the size docs/benchmarks.md reports, one after another (never two at once:
+they would share the two cores and each would measure the other).
 
 python -m bench.all [--only gas,nonces,...]
 """
@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-#: The commands behind the README's figures.
+#: The commands behind the figures in docs/benchmarks.md.
 RUNS: dict[str, list[str]] = {
     "gas": [],
     "nonces": [],

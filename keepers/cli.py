@@ -20,7 +20,7 @@ from keepers.devnet.deploy import DeployError
 from keepers.engine.plugins import PluginError
 from keepers.toolchain import ToolchainError
 
-#: Exit codes (README, "Running a keeper"): 0 ok; 1 a failure found in what a valid config
+#: Exit codes (docs/operate/running.md): 0 ok; 1 a failure found in what a valid config
 #: points at (an RPC or relay, the store, the signer, an order that is not there); 2 the command
 #: line or the config is wrong (everything `keepers config check` finds offline).
 EXIT_FAILED, EXIT_USAGE = 1, 2
