@@ -20,7 +20,8 @@ RUN ../node_modules/.bin/forge build
 #    in a venv. Dependencies first, exactly as locked (nothing is resolved here); then the ABIs
 #    and bytecode from stage 1 into the package, as `./dev build` puts them there; then the
 #    project without dependencies, built by the locked setuptools; `pip check` proves the lock
-#    covers it.
+#    covers it. Only the runtime: the development workshop (workshop/, keepers-workshop: devnet,
+#    local relay, replay, test harness) and its dependencies never enter the image.
 FROM python:3.11.15-slim-bookworm@sha256:d29f48a31a8b408ed19272ca1e7b10ebae13b240a27e862d3d4217c528e2e0c3 AS python
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/keepers/venv

@@ -20,9 +20,9 @@ from eth_account import Account
 from web3 import Web3
 from web3.contract import Contract
 
-from keepers.devnet.anvil import Anvil, anvil_key
-from keepers.devnet.cluster import ACCOUNTS, CHAINS, ChainEndpoint, Cluster, write_config
-from keepers.devnet.deploy import Deployment, Sender, bind, deploy_platform, write_deployment
+from keepers_workshop.devnet.anvil import Anvil, anvil_key
+from keepers_workshop.devnet.cluster import ACCOUNTS, CHAINS, ChainEndpoint, Cluster, write_config
+from keepers_workshop.devnet.deploy import Deployment, Sender, bind, deploy_platform, write_deployment
 
 PER_TX = 1000
 #: anvil's block gas limit for these chains: a 1000-order transaction uses ~100M gas.

@@ -29,11 +29,11 @@ from bench.common import RESULTS, machine, write_results
 from keepers.chain.follower import ChainFollower
 from keepers.chain.http import SessionHTTPProvider
 from keepers.config.contracts import ContractAddresses
-from keepers.devnet.anvil import anvil_key
-from keepers.devnet.deploy import bind
 from keepers.runtime import event_decoder
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
+from keepers_workshop.devnet.anvil import anvil_key
+from keepers_workshop.devnet.deploy import bind
 
 FLOOR_EVENTS_PER_S = 20_000
 FLOOR_RSS_MB = 300

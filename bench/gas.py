@@ -21,9 +21,9 @@ from web3.contract import Contract
 from web3.logs import DISCARD
 
 from bench.common import RESULTS, machine, write_results
-from keepers.devnet.anvil import DEFAULT_KEYS, Anvil
-from keepers.devnet.deploy import Deployment, Sender, bind, deploy_platform, units
 from keepers.toolchain import REPO_ROOT
+from keepers_workshop.devnet.anvil import DEFAULT_KEYS, Anvil
+from keepers_workshop.devnet.deploy import Deployment, Sender, bind, deploy_platform, units
 
 LIMIT, STOP_LOSS, TWAP = 0, 1, 3
 FLOOR_PER_ORDER_ABOVE_SWAP = 30_000

@@ -43,14 +43,14 @@ from web3 import AsyncWeb3, Web3
 from bench.book import Book
 from bench.common import RESULTS, machine, write_results
 from keepers.chain.http import SessionHTTPProvider
-from keepers.devnet.anvil import anvil_key, free_port
-from keepers.devnet.deploy import Deployment, bind
 from keepers.engine.loop import KeeperLoop
 from keepers.obs.logging import configure_logging
 from keepers.runtime import build_keeper
-from keepers.testing import keeper_settings
 from keepers.tx.manager import Status, TxManager
 from keepers.tx.routes import BundleRoute
+from keepers_workshop.devnet.anvil import anvil_key, free_port
+from keepers_workshop.devnet.deploy import Deployment, bind
+from keepers_workshop.testing import keeper_settings
 
 STAGES = ("head", "sync", "settle", "market", "index", "strategy", "nonce", "simulate", "send", "other")
 FLOOR_P99_MS = 40.0  # at 100k open orders with 50 crossing

@@ -5,18 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
-from web3 import Web3
 
 from keepers import __version__
 from keepers.config import ConfigError, load_config
 from keepers.config.loader import Problem
 from keepers.config.schema import KEEPER_KINDS
-from keepers.devnet.deploy import DeployError
 from keepers.engine.plugins import PluginError
 from keepers.toolchain import ToolchainError
 
@@ -26,35 +25,23 @@ from keepers.toolchain import ToolchainError
 EXIT_FAILED, EXIT_USAGE = 1, 2
 #: The config file when --config is not given.
 CONFIG_ENV = "KEEPERS_CONFIG"
+#: Where other distributions register subcommands: each entry point is a callable that takes the
+#: `keepers` subparsers and adds its own. The development workshop (keepers-workshop: `keepers
+#: devnet`, `relay`, `replay`) registers its commands there; the production image installs
+#: keepers alone, where those commands say what to install.
+COMMANDS_GROUP = "keepers.commands"
+#: The workshop's subcommands, named here so that without keepers-workshop they say what to
+#: install instead of argparse's "invalid choice".
+WORKSHOP_COMMANDS = {
+    "devnet": "the whole system locally: chain, relay, six keepers, traders, a moving market",
+    "relay": "run the local Flashbots-protocol relay in front of anvil",
+    "replay": "record chain history; run a strategy over a recording",
+}
+WORKSHOP = "keepers-workshop"
 
-
-def _devnet(args: argparse.Namespace) -> int:
-    from keepers.devnet.run import Options, main
-
-    if args.chains > 1 and args.block_time != int(args.block_time):
-        # The public chain's anvil mines on its own interval, which anvil takes in whole seconds.
-        _error("--chains 2 needs a whole-second --block-time")
-        return EXIT_USAGE
-    if (args.reorg_every is not None and args.reorg_every < 1) or not 1 <= args.reorg_depth <= 64:
-        _error("--reorg-every takes at least 1 block, --reorg-depth 1 to 64")
-        return EXIT_USAGE
-    return main(
-        Options(
-            workdir=args.workdir,
-            block_time=args.block_time,
-            blocks=args.blocks,
-            plain=args.plain,
-            seed=args.seed,
-            metrics_snapshot=args.metrics_snapshot,
-            summary_json=args.summary_json,
-            orders_per_block=args.orders_per_block,
-            chains=args.chains,
-            kill_every=args.kill_every,
-            database_url=args.database_url,
-            reorg_every=args.reorg_every,
-            reorg_depth=args.reorg_depth,
-        )
-    )
+if TYPE_CHECKING:
+    #: The `keepers` subparsers, as an entry point of COMMANDS_GROUP receives them.
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -67,7 +54,7 @@ def _config_check(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_json(), indent=2))
         return report.exit_code
     for problem in [*report.problems, *report.failures]:
-        _error(str(problem))
+        error(str(problem))
     settings = report.settings
     if settings is None or report.exit_code:
         return report.exit_code
@@ -104,7 +91,7 @@ def _signer_address(args: argparse.Namespace) -> int:
     settings = load_config(args.config)
     name = args.name or next(iter(settings.keepers), None)
     if name is None or name not in settings.keepers:
-        _error(f"{args.config}: no keeper {name!r}")
+        error(f"{args.config}: no keeper {name!r}")
         return EXIT_USAGE
     url, key = settings.signer_of(name)
     try:
@@ -123,10 +110,10 @@ def _signer_address(args: argparse.Namespace) -> int:
             assert key is not None
             print(Account.from_key(key.resolve()).address)
     except SecretError as exc:
-        _error(str(exc))
+        error(str(exc))
         return EXIT_USAGE
     except SignerError as exc:
-        _error(str(exc))
+        error(str(exc))
         return EXIT_FAILED
     return 0
 
@@ -271,7 +258,7 @@ def _orders_show(args: argparse.Namespace) -> int:
     engine, chain_id, name = _store_for(args.config, args.chain)
     view = order_status(engine, chain_id, args.order_id)
     if view is None:
-        _error(f"no order {args.order_id} on {name} (chain {chain_id}) in the store")
+        error(f"no order {args.order_id} on {name} (chain {chain_id}) in the store")
         return EXIT_FAILED
     if args.json:
         print(json.dumps(view.as_json(), indent=2))
@@ -337,75 +324,34 @@ def _db_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _replay(args: argparse.Namespace) -> int:
-    # keepers.replay is imported here, not at the top: it pulls in the whole runtime, and
-    # `keepers run` moves its key out of the environment before that happens.
-    from keepers.replay import ReplayError
+def _add_registered_commands(sub: Subparsers) -> None:
+    """The subcommands other distributions register (COMMANDS_GROUP); for a workshop command
+    that is not installed, or does not load, one that says so and exits 2. Each entry point's
+    module must import nothing heavy: it runs on every `keepers` command, `keepers run` too."""
+    registered: set[str] = set()
+    for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name):
+        try:
+            ep.load()(sub)
+        except Exception as exc:  # noqa: BLE001 - a broken add-on must not take `keepers run` down
+            _unavailable(sub, ep.name, f"keepers {ep.name} ({ep.value}) did not load: {exc!r}")
+        registered.add(ep.name)
+    for name, what in WORKSHOP_COMMANDS.items():
+        if name not in registered:
+            _unavailable(
+                sub, name, f"keepers {name} is in the development workshop: pip install {WORKSHOP}"
+                " (in a checkout, ./dev setup installs it)", what,
+            )  # fmt: skip
 
-    try:
-        return _replay_record(args) if args.replay_command == "record" else _replay_run(args)
-    except ReplayError as exc:
-        _error(str(exc))
+
+def _unavailable(sub: Subparsers, name: str, message: str, what: str | None = None) -> None:
+    parser = sub.add_parser(name, add_help=False, help=f"{what} (needs {WORKSHOP})" if what else message)
+
+    def fail(_args: argparse.Namespace) -> int:
+        error(message)
         return EXIT_USAGE
 
-
-def _replay_record(args: argparse.Namespace) -> int:
-    from keepers.devnet.deploy import Deployment
-    from keepers.replay import Recorder
-
-    w3 = Web3(Web3.HTTPProvider(args.rpc))
-    rec = Recorder(w3, Deployment.from_json(args.deployment.read_text())).start()
-    target = rec.start_block + args.blocks
-    print(f"recording from block {rec.start_block} to {target} (state dumped)", flush=True)
-    while int(w3.eth.block_number) < target:
-        time.sleep(0.2)
-    recording = rec.finish(target)
-    recording.save(args.out)
-    txs = sum(len(b.txs) for b in recording.blocks)
-    print(f"wrote {args.out}: {len(recording.blocks)} blocks, {txs} transactions")
-    return 0
-
-
-def _replay_run(args: argparse.Namespace) -> int:
-    import json
-
-    import anyio
-
-    from keepers.replay import Recording, replay
-
-    recording = Recording.load(args.recording)
-    params = json.loads(args.params) if args.params else {}
-    report = anyio.run(lambda: replay(recording, args.strategy, args.kind, params))
-    if args.json:
-        args.json.write_text(json.dumps(report.as_json(), indent=2))
-    print(f"{args.strategy} ({args.kind}) over blocks {report.first_block}..{report.last_block}")
-    for a in report.actions:
-        verdict = ("lands" if not a.repeat else "repeat: already filled above") if a.landed else a.reason
-        print(
-            f"  block {a.block:>6}  {a.key:<32} orders {a.order_ids or '-'}  "
-            f"value {a.expected_value_wei / 1e18:.6f} ETH  gas {a.gas_used:,}  {verdict}"
-        )
-    print(
-        f"actions {len(report.actions)}, would land {len(report.counted)} (repeats not counted), "
-        f"strategy failures {report.strategy_failures}; "
-        f"earned {report.earned_wei / 1e18:.6f} ETH, gas {report.spent_wei / 1e18:.6f} ETH, "
-        f"net {(report.earned_wei - report.spent_wei) / 1e18:.6f} ETH"
-    )
-    return 0
-
-
-def _relay(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from aiohttp import web
-
-    from keepers.obs.logging import configure_logging
-    from keepers.relay.server import Relay, make_app
-
-    configure_logging("info", json=not sys.stderr.isatty(), component="relay")
-    relay = Relay(args.anvil, args.block_time or None)
-    web.run_app(make_app(relay), host=args.host, port=args.port, print=None, loop=asyncio.new_event_loop())
-    return 0
+    # Whatever follows the command is not this parser's to judge (main lets it through).
+    parser.set_defaults(func=fail, any_arguments=True)
 
 
 def _default_config() -> Path | None:
@@ -424,38 +370,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keepers", description=__doc__)
     parser.add_argument("--version", action="version", version=f"keepers {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    devnet = sub.add_parser(
-        "devnet", help="the whole system locally: chain, relay, six keepers, traders, a moving market"
-    )
-    devnet.add_argument("--blocks", type=int, help="run this many blocks, print the summary and exit")
-    devnet.add_argument("--block-time", type=float, default=1.0, help="seconds per block (default 1)")
-    devnet.add_argument("--plain", action="store_true", help="one line per block (default off a TTY)")
-    devnet.add_argument("--seed", type=int, default=7, help="seed of the traders and the market")
-    devnet.add_argument("--orders-per-block", type=int, default=2)
-    devnet.add_argument(
-        "--chains", type=int, choices=(1, 2), default=1,
-        help="2 adds a Polygon-like chain whose keepers use the public mempool with fee bumping",
-    )  # fmt: skip
-    devnet.add_argument(
-        "--kill-every", type=float, metavar="SECONDS",
-        help="kill -9 a random keeper this often; the devnet restarts it with backoff, as a supervisor would",
-    )  # fmt: skip
-    devnet.add_argument(
-        "--reorg-every", type=int, metavar="BLOCKS",
-        help="reorg the chain this often (anvil_reorg through the relay); the users and the referee follow",
-    )  # fmt: skip
-    devnet.add_argument(
-        "--reorg-depth", type=int, default=3, metavar="D",
-        help="each reorg replaces 1 to D blocks, drawn from --seed (default 3)",
-    )  # fmt: skip
-    devnet.add_argument(
-        "--database-url", help="the keepers' store, e.g. postgresql://... (default: SQLite in the workdir)"
-    )
-    devnet.add_argument("--workdir", type=Path, default=Path(".devnet"), help="config, store, logs")
-    devnet.add_argument("--metrics-snapshot", type=Path, help="write every keeper's metrics here at the end")
-    devnet.add_argument("--summary-json", type=Path, help="write the summary here as JSON")
-    devnet.set_defaults(func=_devnet)
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -521,22 +435,6 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(db_migrate)
     db_migrate.set_defaults(func=_db_migrate)
 
-    rep = sub.add_parser("replay", help="record chain history; run a strategy over a recording")
-    rep_sub = rep.add_subparsers(dest="replay_command", required=True)
-    record = rep_sub.add_parser("record", help="dump an anvil node's state, then record N blocks")
-    record.add_argument("--rpc", required=True, help="an anvil node (anvil_dumpState)")
-    record.add_argument("--deployment", type=Path, required=True, help="deployment.json of the platform")
-    record.add_argument("--blocks", type=int, default=100)
-    record.add_argument("--out", type=Path, required=True)
-    record.set_defaults(func=_replay)
-    rrun = rep_sub.add_parser("run", help="what a strategy would have done and earned over a recording")
-    rrun.add_argument("recording", type=Path)
-    rrun.add_argument("--kind", choices=KEEPER_KINDS, required=True)
-    rrun.add_argument("--strategy", required=True)
-    rrun.add_argument("--params", help="the strategy's params as JSON")
-    rrun.add_argument("--json", type=Path, help="also write the report as JSON here")
-    rrun.set_defaults(func=_replay)
-
     signer = sub.add_parser("signer", help="the process that holds a funds key (keepers never do)")
     signer_sub = signer.add_subparsers(dest="signer_command", required=True)
     serve = signer_sub.add_parser(
@@ -548,19 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
     address.add_argument("name", nargs="?", help="a [keepers.<name>] (default: the first)")
     _config_option(address)
     address.set_defaults(func=_signer_address)
-
-    relay = sub.add_parser("relay", help="run the local Flashbots-protocol relay in front of anvil")
-    relay.add_argument("--anvil", required=True, help="anvil URL (started with --no-mining --order fifo)")
-    relay.add_argument("--host", default="127.0.0.1")
-    relay.add_argument("--port", type=int, default=8546)
-    relay.add_argument(
-        "--block-time", type=float, default=1.0, help="seconds per block; 0 = on relay_buildBlock"
-    )
-    relay.set_defaults(func=_relay)
+    _add_registered_commands(sub)
     return parser
 
 
-def _error(message: str) -> None:
+def error(message: str) -> None:
+    """One line on stderr, as every `keepers` command reports a failure."""
     print(f"keepers: error: {message}", file=sys.stderr)
 
 
@@ -579,27 +470,30 @@ def _expected_failure(exc: BaseException) -> int | None:
         return _expected_failure(exc.exceptions[0])
     if isinstance(exc, ConfigError):
         for problem in exc.problems:
-            _error(str(problem))
+            error(str(problem))
         return EXIT_USAGE
-    if isinstance(exc, SecretError | PluginError | ToolchainError | DeployError):
-        _error(str(exc))
+    if isinstance(exc, SecretError | PluginError | ToolchainError):
+        error(str(exc))
         return EXIT_USAGE
     if isinstance(exc, SchemaError | SignerError | StartError | AllEndpointsFailed):
-        _error(str(exc))
+        error(str(exc))
         return EXIT_FAILED
     if isinstance(exc, OperationalError):
         # The driver's first line (no password: it is not in the driver's messages), never
         # sqlalchemy's, which adds the SQL and a link.
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else exc.__class__.__name__
-        _error(f"cannot use the store: {reason}")
+        error(f"cannot use the store: {reason}")
         return EXIT_FAILED
     return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if "config" in vars(args) and args.config is None:
-        _error(f"no config file: give --config FILE or set {CONFIG_ENV}")
+        error(f"no config file: give --config FILE or set {CONFIG_ENV}")
         return EXIT_USAGE
     try:
         return int(args.func(args))

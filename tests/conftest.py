@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 from web3 import Web3
 
-from keepers.devnet.anvil import DEFAULT_KEYS, Anvil
-from keepers.devnet.deploy import Deployment, deploy_platform
+from keepers_workshop.devnet.anvil import DEFAULT_KEYS, Anvil
+from keepers_workshop.devnet.deploy import Deployment, deploy_platform
 
 
 @pytest.fixture(scope="session")

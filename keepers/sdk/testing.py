@@ -13,8 +13,9 @@ strategy's `on_block` on them. No anvil, no store, no network: a test takes mill
     assert actions[0].order_ids == (order.order_id,)
 
 What needs a chain (`ctx.reader` reads, the contracts accepting the calldata) is for the
-`keepers_devnet` fixture of the keepers pytest plugin; this harness checks the strategy's
-decisions. The fixture's types are named here too, so a plugin's tests import only keepers.sdk:
+`keepers_devnet` fixture of the keepers pytest plugin, which comes with the development workshop
+(`pip install keepers-workshop`); this harness checks the strategy's decisions and needs only
+keepers. The fixture's types are named here too, so a plugin's tests import only keepers.sdk:
 
     from keepers.sdk.testing import Devnet
 
@@ -37,7 +38,8 @@ from keepers.engine.views import OrderView
 from keepers.tx.actions import Action
 
 if TYPE_CHECKING:
-    from keepers.testing.devnet import Devnet, KeeperHarness
+    # keepers-workshop's, named here for plugin authors; the runtime never imports it.
+    from keepers_workshop.testing.devnet import Devnet, KeeperHarness
 
 __all__ = [
     "KEEPER",
@@ -51,15 +53,26 @@ __all__ = [
     "run_block",
 ]
 
-#: Named here, imported on first use: the devnet harness (relay, runtime, store) is for tests
-#: on anvil, not for the unit tests this module is for.
+#: Named here, imported on first use: the devnet harness (anvil, the local relay, a keeper
+#: loop) is the development workshop's, a distribution of its own (keepers-workshop), and for
+#: tests on anvil, not for the unit tests this module is for.
 _DEVNET_NAMES = frozenset({"Devnet", "KeeperHarness"})
+_DEVNET_MODULE = "keepers_workshop.testing.devnet"
 
 
 def __getattr__(name: str) -> Any:
-    """`Devnet` and `KeeperHarness`, imported from keepers.testing.devnet on first use."""
+    """`Devnet` and `KeeperHarness`, imported from keepers_workshop.testing.devnet on first use."""
     if name in _DEVNET_NAMES:
-        return getattr(importlib.import_module("keepers.testing.devnet"), name)
+        try:
+            module = importlib.import_module(_DEVNET_MODULE)
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("keepers_workshop", "keepers_workshop.testing", _DEVNET_MODULE):
+                raise  # the workshop is there, something it needs is not: say that, not this
+            raise ImportError(
+                f"keepers.sdk.testing.{name} is the devnet harness of the development workshop: "
+                "pip install keepers-workshop"
+            ) from exc
+        return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 from web3 import Web3
 from web3.logs import DISCARD
 
-from keepers.devnet.deploy import Deployment, Sender, bind, units
+from keepers_workshop.devnet.deploy import Deployment, Sender, bind, units
 
 LIMIT = 0  # OrderBook.OrderType.Limit
 

@@ -12,7 +12,7 @@ from typing import Literal
 import aiohttp
 from aiohttp import web
 
-from keepers.devnet.anvil import free_port
+from keepers_workshop.devnet.anvil import free_port
 
 FORWARDED_HEADERS = {"content-type", "x-flashbots-signature"}
 

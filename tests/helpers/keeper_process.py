@@ -13,9 +13,9 @@ from pathlib import Path
 from eth_account import Account
 from web3 import Web3
 
-from keepers.devnet.anvil import DEFAULT_KEYS, Anvil, free_port
-from keepers.devnet.deploy import deploy_platform, write_deployment
-from keepers.relay.server import RelayThread
+from keepers_workshop.devnet.anvil import DEFAULT_KEYS, Anvil, free_port
+from keepers_workshop.devnet.deploy import deploy_platform, write_deployment
+from keepers_workshop.relay.server import RelayThread
 
 PLUGINS = Path(__file__).resolve().parent.parent / "fixtures" / "plugins"
 KEEPER_KEY = DEFAULT_KEYS[4]

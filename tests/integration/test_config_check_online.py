@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from keepers.cli import main
-from keepers.devnet.anvil import Anvil, free_port
-from keepers.devnet.deploy import Deployment
+from keepers_workshop.devnet.anvil import Anvil, free_port
+from keepers_workshop.devnet.deploy import Deployment
 
 FUNDS = "0x" + "11" * 32
 REPUTATION = "0x" + "22" * 32

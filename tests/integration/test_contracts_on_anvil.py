@@ -11,8 +11,8 @@ from web3 import Web3
 from web3.logs import DISCARD
 
 from keepers.chain.pool_math import amount_out, decayed_volatility, dynamic_fee
-from keepers.devnet.anvil import DEFAULT_KEYS
-from keepers.devnet.deploy import POOL_FEES, DeployError, Deployment, Sender, bind, units
+from keepers_workshop.devnet.anvil import DEFAULT_KEYS
+from keepers_workshop.devnet.deploy import POOL_FEES, DeployError, Deployment, Sender, bind, units
 from tests.helpers.demo_fill import place_and_fill
 
 pytestmark = pytest.mark.integration

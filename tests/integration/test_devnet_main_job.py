@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from keepers.config.schema import KEEPER_KINDS
-from keepers.devnet.anvil import anvil_key
-from keepers.devnet.cluster import ACCOUNTS
+from keepers_workshop.devnet.anvil import anvil_key
+from keepers_workshop.devnet.cluster import ACCOUNTS
 
 pytestmark = pytest.mark.integration
 

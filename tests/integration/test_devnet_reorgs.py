@@ -16,9 +16,9 @@ import pytest
 import requests
 
 from keepers.config.schema import KEEPER_KINDS
-from keepers.devnet.monitor import UNFILLED_AFTER, FillMonitor, Reorg
-from keepers.devnet.public import LOST_AFTER_BLOCKS, PublicSender
-from keepers.testing import Devnet
+from keepers_workshop.devnet.monitor import UNFILLED_AFTER, FillMonitor, Reorg
+from keepers_workshop.devnet.public import LOST_AFTER_BLOCKS, PublicSender
+from keepers_workshop.testing import Devnet
 from tests.integration.test_devnet_main_job import _devnet
 
 pytestmark = pytest.mark.integration

@@ -17,11 +17,11 @@ from keepers.chain.events import EventDecoder
 from keepers.chain.follower import ChainFollower, ChainMoved
 from keepers.chain.http import SessionHTTPProvider
 from keepers.chain.source import BlockSource
-from keepers.devnet.anvil import DEFAULT_KEYS, Anvil
-from keepers.devnet.deploy import Deployment, Sender, bind, deploy_platform
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
 from keepers.store.tables import ChainEvent, Order
+from keepers_workshop.devnet.anvil import DEFAULT_KEYS, Anvil
+from keepers_workshop.devnet.deploy import Deployment, Sender, bind, deploy_platform
 
 pytestmark = pytest.mark.integration
 

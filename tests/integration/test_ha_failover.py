@@ -19,11 +19,11 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from keepers.devnet.anvil import anvil_key, free_port
 from keepers.ha.lease import LeaseStore
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
-from keepers.testing import KEEPER_KEY_INDEX, Devnet
+from keepers_workshop.devnet.anvil import anvil_key, free_port
+from keepers_workshop.testing import KEEPER_KEY_INDEX, Devnet
 
 pytestmark = pytest.mark.integration
 

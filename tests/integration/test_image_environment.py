@@ -3,7 +3,9 @@ Docker engine here): exactly the files its Python stage copies (forge's output f
 stage is this tree's contracts/out), its commands run as written into a fresh venv (the locked
 dependencies with their hashes checked, the ABIs and bytecode into the package, then the project,
 not editable, without dependencies of its own), and its entrypoint run with nothing but the venv:
-the contracts load from the installed package."""
+the contracts load from the installed package. The image is the runtime alone: the development
+workshop (keepers-workshop: devnet, local relay, replay, test harness) and its dependencies are
+not in it, and its commands there say what to install."""
 
 from __future__ import annotations
 
@@ -76,7 +78,14 @@ def test_the_image_environment_installs_and_its_entrypoint_runs(tmp_path: Path):
     help_out = subprocess.run([*run, "--help"], env=image_env, capture_output=True, text=True, check=False)
     assert help_out.returncode == 0, help_out.stderr
     assert "run" in help_out.stdout
+    # The workshop's commands are named, and say what they need.
     assert "devnet" in help_out.stdout
+    assert "needs keepers-workshop" in help_out.stdout
+    devnet = subprocess.run(
+        [*run, "devnet", "--blocks", "1"], env=image_env, capture_output=True, text=True, check=False
+    )
+    assert devnet.returncode == 2, devnet.stdout + devnet.stderr
+    assert "pip install keepers-workshop" in devnet.stderr, devnet.stderr
     # The built-in strategies load from the installed distribution's entry points.
     listed = subprocess.run(
         [*run, "strategies", "list"], env=image_env, capture_output=True, text=True, check=False
@@ -103,3 +112,49 @@ def test_the_image_environment_installs_and_its_entrypoint_runs(tmp_path: Path):
     )  # fmt: skip
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert loaded.stdout.strip().startswith(str(env_dir)), loaded.stdout
+    _assert_no_workshop(env_dir, image_env, tmp_path)
+
+
+#: What the development workshop brings and the image must not hold: its distribution, its
+#: modules (and where they lived in keepers before), and the dependencies only it needs.
+WORKSHOP_MODULES = [
+    "keepers_workshop", "keepers.devnet", "keepers.relay", "keepers.testing", "keepers.replay",
+    "rich", "pytest",
+]  # fmt: skip
+WORKSHOP_DISTRIBUTIONS = ["keepers-workshop", "rich", "pytest"]
+WORKSHOP_IN_KEEPERS = ["devnet", "relay", "testing", "replay.py"]
+
+
+#: Run by the image's Python: which of those it can import, which distributions it has, and the
+#: entry points through which the workshop would plug in (its commands, its pytest plugin).
+PROBE = f"""
+import importlib.metadata as m, importlib.util as u
+def installed(name):
+    try:
+        return m.distribution(name) is not None
+    except m.PackageNotFoundError:
+        return False
+print([n for n in {WORKSHOP_MODULES!r} if u.find_spec(n) is not None])
+print([n for n in {WORKSHOP_DISTRIBUTIONS!r} if installed(n)])
+commands = [e.value for e in m.entry_points(group="keepers.commands")]
+plugins = [e.value for e in m.entry_points(group="pytest11") if e.value.startswith("keepers")]
+print(sorted(commands + plugins))
+"""
+
+
+def _assert_no_workshop(env_dir: Path, image_env: dict[str, str], cwd: Path) -> None:
+    probe = subprocess.run(
+        [str(env_dir / "bin" / "python"), "-c", PROBE],
+        env=image_env, capture_output=True, text=True, check=False, cwd=cwd,
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    assert probe.stdout.splitlines() == ["[]", "[]", "[]"], probe.stdout
+    # And no file of it where it lives in a checkout, or lived in keepers before.
+    (site,) = (env_dir / "lib").glob("python3*/site-packages")
+    assert (site / "keepers" / "cli.py").is_file()
+    leftovers = [
+        p.relative_to(site)
+        for p in [site / "keepers_workshop", *(site / "keepers" / n for n in WORKSHOP_IN_KEEPERS)]
+        if p.exists()
+    ]
+    assert not leftovers, leftovers

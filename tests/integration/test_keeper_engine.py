@@ -22,11 +22,9 @@ from keepers.chain.events import EventDecoder
 from keepers.chain.follower import ChainFollower
 from keepers.chain.http import SessionHTTPProvider
 from keepers.chain.source import BlockSource
-from keepers.devnet.anvil import DEFAULT_KEYS, Anvil, free_port
 from keepers.engine.isolation import IsolatedStrategy
 from keepers.engine.loop import KeeperLoop
 from keepers.engine.plugins import PluginError, build_strategy, list_plugins
-from keepers.relay.server import RelayThread
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
 from keepers.tx.fees import FeeEstimator
@@ -35,6 +33,8 @@ from keepers.tx.manager import Status, TxManager
 from keepers.tx.records import TxRecords
 from keepers.tx.routes import BundleRoute
 from keepers.tx.signer import TxSigner
+from keepers_workshop.devnet.anvil import DEFAULT_KEYS, Anvil, free_port
+from keepers_workshop.relay.server import RelayThread
 from tests.helpers.keeper_process import KEEPER, PLUGINS, keeper_config, relayed_chain, start_keeper
 
 pytestmark = pytest.mark.integration

@@ -1,5 +1,5 @@
 """Every keeper kind end to end: the real contracts on anvil, the local relay, a real keeper loop
-with its built-in strategy, blocks stepped by the test (keepers.testing)."""
+with its built-in strategy, blocks stepped by the test (keepers_workshop.testing)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import requests
 from eth_account import Account
 from web3 import Web3
 
-from keepers.devnet.anvil import anvil_key
-from keepers.relay.builder import COINBASE as _COINBASE
 from keepers.store.ledger import Ledger
-from keepers.testing import Devnet
+from keepers_workshop.devnet.anvil import anvil_key
+from keepers_workshop.relay.builder import COINBASE as _COINBASE
+from keepers_workshop.testing import Devnet
 
 pytestmark = pytest.mark.integration
 
@@ -136,7 +136,7 @@ def test_iceberg_clips_never_exceed_the_clip_size(keepers_devnet: Devnet):
 
 
 def _market(d: Devnet):
-    from keepers.devnet.deploy import bind
+    from keepers_workshop.devnet.deploy import bind
 
     return bind(d.w3, "LendingMarket", d.deployment.lending_market)
 
@@ -165,7 +165,7 @@ def test_unhealthy_position_is_liquidated_in_the_next_block(keepers_devnet: Devn
 
 
 def test_drifted_vault_is_rebalanced_in_the_next_block(keepers_devnet: Devnet):
-    from keepers.devnet.deploy import bind
+    from keepers_workshop.devnet.deploy import bind
 
     d = keepers_devnet
     vault = bind(d.w3, "RebalancingVault", d.deployment.vault)
@@ -198,7 +198,7 @@ def test_several_drifted_vaults_of_one_keeper_are_rebalanced_together_in_the_nex
     """One signer's actions of one block go out as one bundle: three baskets drift at once and
     the keeper's three rebalances land in the same next block (as separate bundles with
     consecutive nonces, all but the first would fail a builder's simulation)."""
-    from keepers.devnet.deploy import bind
+    from keepers_workshop.devnet.deploy import bind
 
     d = keepers_devnet
     vault = bind(d.w3, "RebalancingVault", d.deployment.vault)

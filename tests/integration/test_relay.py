@@ -15,10 +15,10 @@ from eth_account.messages import encode_defunct
 from eth_utils.crypto import keccak
 from web3 import Web3
 
-from keepers.devnet.anvil import DEFAULT_KEYS, Anvil, free_port
-from keepers.relay.builder import COINBASE
-from keepers.relay.server import RelayThread
 from keepers.tx.flashbots import FlashbotsClient, RelayError, bundle_hash
+from keepers_workshop.devnet.anvil import DEFAULT_KEYS, Anvil, free_port
+from keepers_workshop.relay.builder import COINBASE
+from keepers_workshop.relay.server import RelayThread
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ A keeper with `flashbots.fallback = "public"` sends by the public mempool after
 relay answers again; one without a fallback waits and fills once the relay is back. On every
 path: each order filled once, never below its limit, no nonce gap, nothing left pending.
 
-Blocks are stepped by the test (keepers.testing), the relay sits behind a fault proxy of ours
+Blocks are stepped by the test (keepers_workshop.testing), the relay sits behind a fault proxy of ours
 (tests/helpers/fault_proxy.py); the keeper reads the chain from the relay's node port directly,
 as a keeper reads its own node while a Flashbots relay is away."""
 
@@ -15,9 +15,9 @@ from sqlmodel import Session, col, select
 
 from keepers.obs import metrics
 from keepers.store.tables import ActionLedger, TxRecord
-from keepers.testing import Devnet, KeeperHarness
 from keepers.tx.routes import PROBE_EVERY_BLOCKS
 from keepers.tx.states import PENDING, TxState
+from keepers_workshop.testing import Devnet, KeeperHarness
 from tests.helpers.fault_proxy import FaultProxy, Mode
 
 pytestmark = pytest.mark.integration

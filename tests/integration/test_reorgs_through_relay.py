@@ -17,12 +17,12 @@ import requests
 from sqlmodel import Session, select
 from web3.types import TxParams, Wei
 
-from keepers.devnet.cluster import CHAINS, ChainEndpoint
-from keepers.devnet.run import ChainRun, _store_mismatches
 from keepers.store.tables import ActionLedger, TxRecord
-from keepers.testing import ORDER_KINDS, Devnet, KeeperHarness
 from keepers.tx.records import TxRecords
 from keepers.tx.states import MINED, PENDING, TxState
+from keepers_workshop.devnet.cluster import CHAINS, ChainEndpoint
+from keepers_workshop.devnet.run import ChainRun, _store_mismatches
+from keepers_workshop.testing import ORDER_KINDS, Devnet, KeeperHarness
 
 pytestmark = pytest.mark.integration
 

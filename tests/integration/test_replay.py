@@ -8,8 +8,8 @@ import sys
 import pytest
 from web3 import Web3
 
-from keepers.replay import Recorder, Recording, ReplayError, replay
-from keepers.testing import Devnet
+from keepers_workshop.replay import Recorder, Recording, ReplayError, replay
+from keepers_workshop.testing import Devnet
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from web3 import Web3
 
 from keepers.chain.artifacts import load_artifact
 from keepers.chain.reverts import _abi_type
-from keepers.devnet.anvil import free_port
+from keepers_workshop.devnet.anvil import free_port
 from tests.helpers.fault_proxy import FaultProxy, Mode, TcpProxy
 from tests.helpers.keeper_process import keeper_config, relayed_chain, start_keeper
 

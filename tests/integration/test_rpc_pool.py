@@ -7,7 +7,7 @@ import pytest
 from web3 import AsyncWeb3
 
 from keepers.chain.rpc_pool import AllEndpointsFailed, RpcPool, redact
-from keepers.devnet.anvil import Anvil, free_port
+from keepers_workshop.devnet.anvil import Anvil, free_port
 
 pytestmark = pytest.mark.integration
 

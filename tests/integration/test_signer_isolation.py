@@ -102,7 +102,7 @@ def test_a_hostile_plugin_finds_no_key_in_the_keeper(tmp_path: Path, reference: 
     then reads the keeper's whole memory for the key itself, and, as a control that the scan
     can see a key, finds it in the signer process."""
     report = tmp_path / "snoop.json"
-    # A fresh key: anvil's default keys are literals in keepers.devnet, which the CLI imports.
+    # A fresh key: anvil's default keys are literals in keepers_workshop.devnet, which the CLI imports.
     funds = Account.create()
     key = funds.key.to_0x_hex()
     with relayed_chain(tmp_path) as (anvil, relay):

@@ -15,8 +15,6 @@ from sqlmodel import Session, select
 from web3 import AsyncWeb3, Web3
 
 from keepers.chain.http import SessionHTTPProvider
-from keepers.devnet.anvil import DEFAULT_KEYS, Anvil, free_port
-from keepers.relay.server import RelayThread
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
 from keepers.store.tables import TxAttempt, TxRecord
@@ -28,6 +26,8 @@ from keepers.tx.records import Intent, Move, TxRecords
 from keepers.tx.routes import BundleRoute, MempoolRoute
 from keepers.tx.signer import TxSigner
 from keepers.tx.states import TxState
+from keepers_workshop.devnet.anvil import DEFAULT_KEYS, Anvil, free_port
+from keepers_workshop.relay.server import RelayThread
 
 pytestmark = pytest.mark.integration
 

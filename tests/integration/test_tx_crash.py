@@ -12,12 +12,12 @@ import pytest
 from sqlmodel import Session, col, select
 from web3 import Web3
 
-from keepers.devnet.anvil import free_port
 from keepers.store.engine import make_engine
 from keepers.store.tables import ActionLedger, TxRecord
 from keepers.tx.crash import POINTS
 from keepers.tx.records import TxRecords
 from keepers.tx.states import PENDING, TxState
+from keepers_workshop.devnet.anvil import free_port
 from tests.helpers.keeper_process import KEEPER, keeper_config, relayed_chain, start_keeper
 
 pytestmark = pytest.mark.integration

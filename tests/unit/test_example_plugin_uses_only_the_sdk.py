@@ -5,6 +5,7 @@ runs it against the installed wheel)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from keepers.toolchain import REPO_ROOT
@@ -13,7 +14,7 @@ EXAMPLE = REPO_ROOT / "examples" / "margin-guard"
 
 
 def keepers_imports(path: Path) -> list[tuple[int, str]]:
-    """(line, module) of every import of keepers or below it in a source file."""
+    """(line, module) of every import of keepers or keepers_workshop, or below them, in a source file."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -27,7 +28,7 @@ def keepers_imports(path: Path) -> list[tuple[int, str]]:
             )
         else:
             continue
-        found += [(node.lineno, m) for m in modules if m == "keepers" or m.startswith("keepers.")]
+        found += [(node.lineno, m) for m in modules if re.match(r"keepers(_workshop)?(\.|$)", m)]
     return found
 
 
@@ -47,11 +48,12 @@ def test_the_example_imports_only_keepers_sdk():
 def test_the_check_sees_what_it_must(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text(
-        "import keepers.testing\nfrom keepers import sdk, testing\nfrom keepers.sdk.testing import Devnet\n"
+        "import keepers_workshop.testing\nfrom keepers import sdk, testing\n"
+        "from keepers.sdk.testing import Devnet\n"
         "def f():\n    from keepers.engine.strategy import Strategy\n"
     )
     assert [m for _, m in keepers_imports(probe)] == [
-        "keepers.testing",
+        "keepers_workshop.testing",
         "keepers.sdk",
         "keepers.testing",
         "keepers.sdk.testing",

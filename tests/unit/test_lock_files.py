@@ -59,6 +59,15 @@ def direct(extra: str | None = None) -> list[Requirement]:
 
 
 BUILD = [Requirement(r) for r in PYPROJECT["build-system"]["requires"]]
+#: The development workshop's own dependencies (keepers itself is this tree's).
+WORKSHOP = [
+    r
+    for r in map(
+        Requirement,
+        tomllib.loads((REPO_ROOT / "workshop" / "pyproject.toml").read_text())["project"]["dependencies"],
+    )
+    if canonicalize_name(r.name) != "keepers"
+]
 
 
 def assert_pinned_in_range(reqs: list[Requirement], lock: Path) -> None:
@@ -73,7 +82,17 @@ def assert_pinned_in_range(reqs: list[Requirement], lock: Path) -> None:
 
 def test_every_direct_dependency_is_pinned_within_its_range():
     assert_pinned_in_range(direct() + BUILD, RUNTIME_LOCK)
-    assert_pinned_in_range(direct() + direct("dev") + BUILD, DEV_LOCK)
+    assert_pinned_in_range(direct() + direct("dev") + WORKSHOP + BUILD, DEV_LOCK)
+
+
+def test_the_image_holds_none_of_the_workshops_own_dependencies():
+    """runtime.lock carries what the runtime needs: a workshop dependency is in it only when the
+    runtime's own dependencies need it too (rlp by eth-account, requests by web3), never the
+    workshop's alone (rich, for the devnet's live view)."""
+    runtime = read_lock(RUNTIME_LOCK)
+    assert "rich" not in runtime, f"the devnet's live view is in the image: {RELOCK}"
+    runtime_direct = {canonicalize_name(r.name) for r in direct()}
+    assert not {"rich", "rlp", "pytest"} & runtime_direct, "workshop dependencies in keepers' own"
 
 
 def test_the_extras_of_direct_dependencies_are_pinned_too():
@@ -129,6 +148,7 @@ def test_the_venv_is_the_dev_lock():
 def test_dev_setup_and_the_dockerfile_install_from_the_locks():
     dev = (REPO_ROOT / "dev").read_text()
     assert "--require-hashes --no-deps -r requirements/dev.lock" in dev
+    assert "-e . -e workshop " in dev, "./dev setup installs keepers and the workshop"
     assert "requirements/dev.lock" in re.search(r"setup_python\(\) \{.*?stale [^\n]*", dev, re.S).group(0), (
         "the venv's stamp must follow the lock"
     )
@@ -214,6 +234,8 @@ def test_the_build_context_has_what_the_dockerfile_copies_and_no_local_state():
         "contracts/cache",
         "keepers/chain/compiled",  # the image writes its own from the contracts stage
         "bench",  # periphery: run from the repository, never in the image
+        "workshop",  # periphery: the devnet, local relay, replay and test harness (keepers-workshop)
+        "workshop/keepers_workshop/devnet/run.py",
         ".devnet",
         "keepers/__pycache__",
         "keepers/chain/__pycache__/x.cpython-311.pyc",

@@ -32,8 +32,8 @@ from web3.exceptions import Web3RPCError
 
 from keepers.chain.artifacts import load_artifact
 from keepers.chain.events import EventDecoder
-from keepers.devnet.deploy import Deployment, bind
-from keepers.devnet.public import chain_id_cached
+from keepers_workshop.devnet.deploy import Deployment, bind
+from keepers_workshop.devnet.public import chain_id_cached
 
 KIND_NAMES = ("limit", "stop-loss", "take-profit", "twap", "iceberg")
 #: A remainder under 1/DUST_DIVISOR of the order is dust: not judged (no fee on it pays a fill).

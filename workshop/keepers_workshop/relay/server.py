@@ -23,11 +23,11 @@ from eth_account.messages import encode_defunct
 from eth_utils.crypto import keccak
 
 from keepers.engine.pauses import CollectBetweenBlocks
-from keepers.relay.builder import BlockBuilder, Bundle, tx_hash
-from keepers.relay.gate import ReadWriteGate
-from keepers.relay.jsonrpc import JsonRpc, RpcError
-from keepers.relay.signed import decode
 from keepers.tx.flashbots import BAD_SIGNATURE, SIGNATURE_HEADER
+from keepers_workshop.relay.builder import BlockBuilder, Bundle, tx_hash
+from keepers_workshop.relay.gate import ReadWriteGate
+from keepers_workshop.relay.jsonrpc import JsonRpc, RpcError
+from keepers_workshop.relay.signed import decode
 
 log = structlog.get_logger("relay")
 

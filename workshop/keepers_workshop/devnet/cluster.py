@@ -18,7 +18,7 @@ from eth_account import Account
 from prometheus_client.parser import text_string_to_metric_families
 
 from keepers.config.schema import KEEPER_KINDS
-from keepers.devnet.anvil import anvil_key, free_port
+from keepers_workshop.devnet.anvil import anvil_key, free_port
 
 #: Which built-in strategy each keeper kind runs on the devnet.
 STRATEGIES = {

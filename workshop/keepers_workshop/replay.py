@@ -26,8 +26,6 @@ from web3 import AsyncWeb3, Web3
 from keepers.chain.follower import ChainFollower
 from keepers.chain.http import SessionHTTPProvider
 from keepers.config.contracts import ContractAddresses
-from keepers.devnet.anvil import Anvil, anvil_key
-from keepers.devnet.deploy import Deployment
 from keepers.engine.candidates import candidates_for
 from keepers.engine.decide import decide
 from keepers.engine.market import SnapshotReader
@@ -38,6 +36,8 @@ from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
 from keepers.tx.actions import Action
 from keepers.tx.manager import explain_revert
+from keepers_workshop.devnet.anvil import Anvil, anvil_key
+from keepers_workshop.devnet.deploy import Deployment
 
 #: The replaying keeper: a funded dev account of the loaded state (it never signs anything real).
 REPLAY_KEEPER_INDEX = 9

@@ -1,6 +1,7 @@
-"""pytest plugin (entry point `pytest11`): the `keepers_devnet` fixture for strategy tests.
+"""pytest plugin (entry point `pytest11` of keepers-workshop): the `keepers_devnet` fixture for
+strategy tests.
 
-pytest imports this module into every session wherever keepers is installed, so it imports
+pytest imports this module into every session wherever the workshop is installed, so it imports
 nothing of keepers at module level: the harness (web3, the relay, the runtime) is imported
 when a test first asks for the fixture.
 """
@@ -14,13 +15,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from keepers.testing.devnet import Devnet
+    from keepers_workshop.testing.devnet import Devnet
 
 
 @pytest.fixture
 def keepers_devnet(tmp_path: Path) -> Iterator[Devnet]:
     """A fresh anvil with the platform deployed, funded traders, blocks stepped by the test."""
-    from keepers.testing.devnet import Devnet
+    from keepers_workshop.testing.devnet import Devnet
 
     devnet = Devnet(tmp_path).start()
     try:

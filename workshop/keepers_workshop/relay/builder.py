@@ -24,8 +24,8 @@ from typing import Any
 
 from eth_utils.crypto import keccak
 
-from keepers.relay.jsonrpc import JsonRpc, RpcError
-from keepers.relay.signed import SignedTx, decode, tx_hash
+from keepers_workshop.relay.jsonrpc import JsonRpc, RpcError
+from keepers_workshop.relay.signed import SignedTx, decode, tx_hash
 
 COINBASE = "0x000000000000000000000000000000000000c0de"
 #: eth_simulateV1 reports every ETH transfer as an ERC-20 Transfer log from this address.

@@ -2,8 +2,8 @@
 blocks stepped by the test through the local relay, helpers to move prices, and a harness that
 runs a real keeper loop (follower, store, nonce manager, bundle submission) in the background.
 
-Served by the `keepers_devnet` fixture of the pytest plugin (`keepers.testing.plugin`) wherever
-`keepers` is installed; a plugin's tests name its type from the SDK:
+Served by the `keepers_devnet` fixture of the pytest plugin (`keepers_workshop.testing.plugin`)
+wherever keepers-workshop is installed; a plugin's tests name its type from the SDK:
 
     from keepers.sdk.testing import Devnet
 
@@ -40,15 +40,15 @@ from web3.logs import DISCARD
 from web3.types import TxReceipt
 
 from keepers.config.schema import Settings
-from keepers.devnet.anvil import Anvil, anvil_key, free_port
-from keepers.devnet.deploy import Deployment, bind, deploy_platform
-from keepers.devnet.market import arbitrage_input
 from keepers.engine.loop import KeeperLoop
 from keepers.engine.plugins import strategy_class
 from keepers.obs.health import bound_port, make_health_app, serve
 from keepers.obs.order_api import make_order_api, onchain_markets
-from keepers.relay.server import RelayThread
 from keepers.runtime import build_keeper
+from keepers_workshop.devnet.anvil import Anvil, anvil_key, free_port
+from keepers_workshop.devnet.deploy import Deployment, bind, deploy_platform
+from keepers_workshop.devnet.market import arbitrage_input
+from keepers_workshop.relay.server import RelayThread
 
 ORDER_KINDS = {"limit": 0, "stop-loss": 1, "take-profit": 2, "twap": 3, "iceberg": 4}
 KEEPER_KEY_INDEX = 9

@@ -1,7 +1,7 @@
 """`keepers devnet`: the whole system on one machine. anvil mines through the local relay
 every `block_time`, the platform is deployed and seeded, six keeper processes run from a
 config file written here, simulated traders and a moving market keep them busy, and a referee
-(keepers.devnet.monitor) judges every fill. With `--chains 2` a second, Polygon-like chain
+(keepers_workshop.devnet.monitor) judges every fill. With `--chains 2` a second, Polygon-like chain
 runs beside it (its keepers on the public mempool), from the same config file. `--blocks N`
 runs N blocks and exits with a summary, non-zero if an executable order was left unfilled, a
 fill broke its limit, a nonce gap was left, or a keeper did not exit cleanly. Fills later than
@@ -35,8 +35,12 @@ from web3 import Web3
 
 from keepers.chain.artifacts import load_artifact
 from keepers.config.schema import KEEPER_KINDS
-from keepers.devnet.anvil import Anvil, anvil_key
-from keepers.devnet.cluster import (
+from keepers.store.engine import make_engine
+from keepers.store.tables import Cursor, Order, TxRecord
+from keepers.tx.records import TxRecords
+from keepers.tx.states import TxState
+from keepers_workshop.devnet.anvil import Anvil, anvil_key
+from keepers_workshop.devnet.cluster import (
     ACCOUNTS,
     CHAINS,
     ChainEndpoint,
@@ -45,16 +49,12 @@ from keepers.devnet.cluster import (
     keeper_address,
     write_config,
 )
-from keepers.devnet.deploy import Deployment, deploy_platform, write_deployment
-from keepers.devnet.market import MarketDriver
-from keepers.devnet.monitor import UNFILLED_AFTER, FillMonitor, Reorg
-from keepers.devnet.public import PublicSender, account, chain_id_cached
-from keepers.devnet.traders import TraderSim
-from keepers.devnet.view import ChainView, LiveView, plain_line, summary_table
-from keepers.store.engine import make_engine
-from keepers.store.tables import Cursor, Order, TxRecord
-from keepers.tx.records import TxRecords
-from keepers.tx.states import TxState
+from keepers_workshop.devnet.deploy import Deployment, deploy_platform, write_deployment
+from keepers_workshop.devnet.market import MarketDriver
+from keepers_workshop.devnet.monitor import UNFILLED_AFTER, FillMonitor, Reorg
+from keepers_workshop.devnet.public import PublicSender, account, chain_id_cached
+from keepers_workshop.devnet.traders import TraderSim
+from keepers_workshop.devnet.view import ChainView, LiveView, plain_line, summary_table
 
 log = structlog.get_logger("devnet")
 

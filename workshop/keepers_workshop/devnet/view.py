@@ -12,8 +12,8 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from keepers.devnet.cluster import ChainPlan, KeeperHealth
-from keepers.devnet.monitor import KIND_NAMES, BlockStats, FillMonitor, Summary
+from keepers_workshop.devnet.cluster import ChainPlan, KeeperHealth
+from keepers_workshop.devnet.monitor import KIND_NAMES, BlockStats, FillMonitor, Summary
 
 
 def _fmt(v: float | None, digits: int = 0) -> str:

@@ -13,8 +13,8 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
 
-from keepers.devnet.deploy import Deployment, bind
-from keepers.devnet.public import PublicSender
+from keepers_workshop.devnet.deploy import Deployment, bind
+from keepers_workshop.devnet.public import PublicSender
 
 log = structlog.get_logger("traders")
 
