@@ -99,7 +99,7 @@ class {cls}(Strategy[{cls}Params]):
 
 _TEST = '''\
 """Unit tests on the fast harness: no chain, milliseconds each. For tests on a real devnet,
-the `keepers_devnet` fixture of keepers-workshop (see the Keepers docs, "Writing a strategy": docs/strategy.md)."""
+the `keepers_devnet` fixture of keepers-workshop (Keepers docs: "Write a strategy")."""
 
 from __future__ import annotations
 
