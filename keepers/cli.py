@@ -330,16 +330,19 @@ def _add_registered_commands(sub: Subparsers) -> None:
     module must import nothing heavy: it runs on every `keepers` command, `keepers run` too."""
     registered: set[str] = set()
     for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name):
+        if ep.name in sub.choices:  # an add-on never replaces a command (nor a second add-on)
+            continue
         try:
             ep.load()(sub)
-        except Exception as exc:  # noqa: BLE001 - a broken add-on must not take `keepers run` down
-            _unavailable(sub, ep.name, f"keepers {ep.name} ({ep.value}) did not load: {exc!r}")
+        except Exception as exc:  # noqa: BLE001 - a broken add-on costs its own command only
+            if ep.name not in sub.choices:
+                _unavailable(sub, ep.name, f"keepers {ep.name} ({ep.value}) did not load: {exc!r}")
         registered.add(ep.name)
     for name, what in WORKSHOP_COMMANDS.items():
         if name not in registered:
             _unavailable(
-                sub, name, f"keepers {name} is in the development workshop: pip install {WORKSHOP}"
-                " (in a checkout, ./dev setup installs it)", what,
+                sub, name, f"keepers {name} is in the development workshop, the {WORKSHOP}"
+                " distribution in this repository's workshop/ folder (./dev setup installs it)", what,
             )  # fmt: skip
 
 
@@ -366,7 +369,9 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(addons: bool = True) -> argparse.ArgumentParser:
+    """The `keepers` command; `addons=False` leaves out the commands other distributions
+    register (COMMANDS_GROUP)."""
     parser = argparse.ArgumentParser(prog="keepers", description=__doc__)
     parser.add_argument("--version", action="version", version=f"keepers {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -446,8 +451,21 @@ def build_parser() -> argparse.ArgumentParser:
     address.add_argument("name", nargs="?", help="a [keepers.<name>] (default: the first)")
     _config_option(address)
     address.set_defaults(func=_signer_address)
-    _add_registered_commands(sub)
+    if addons:
+        _add_registered_commands(sub)
     return parser
+
+
+def _builtin_command(argv: Sequence[str]) -> bool:
+    """Whether argv names one of keepers' own commands (the only top-level option, --version,
+    takes no value, so the first word that is no option is the command)."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is None:
+        return False
+    own = build_parser(addons=False)
+    return any(
+        first in action.choices for action in own._actions if isinstance(action, argparse._SubParsersAction)
+    )
 
 
 def error(message: str) -> None:
@@ -488,7 +506,10 @@ def _expected_failure(exc: BaseException) -> int | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Another distribution's command module is imported only to run that command: never in
+    # the process of `keepers run`, which holds the funds key until its signer has started.
+    parser = build_parser(addons=not _builtin_command(argv))
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args, "any_arguments", False):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -38,13 +38,22 @@ def find_tool(name: str) -> Path:
 
 
 def artifacts_dir() -> Path:
-    """The compiled contracts: $KEEPERS_ARTIFACTS, else forge's contracts/out in the source tree,
-    else the copy shipped in the package; contracts/out when there is neither, for the error."""
+    """The compiled contracts: $KEEPERS_ARTIFACTS, else forge's contracts/out in a source checkout,
+    else the copy shipped in the package; contracts/out when a checkout has neither, for the error."""
     override = os.environ.get("KEEPERS_ARTIFACTS")
     if override:
         return Path(override)
-    # The source tree's own output first: in a checkout it is what forge built last.
+    # A checkout's own output first: there it is what forge built last. Installed, REPO_ROOT is
+    # site-packages, where another distribution's contracts/out must never stand in for ours.
     forge_out = REPO_ROOT / "contracts" / "out"
-    if forge_out.is_dir() or not PACKAGED_ARTIFACTS.is_dir():
+    if _source_tree() and (forge_out.is_dir() or not PACKAGED_ARTIFACTS.is_dir()):
         return forge_out
     return PACKAGED_ARTIFACTS
+
+
+def _source_tree() -> bool:
+    """Whether this package runs from a keepers checkout (not from site-packages)."""
+    try:
+        return 'name = "keepers"' in (REPO_ROOT / "pyproject.toml").read_text()
+    except OSError:
+        return False

@@ -159,7 +159,8 @@ class IsolatedStrategy(Strategy):
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
             SPEC_ENV: spec,
         }
-        proc = await anyio.open_process([sys.executable, "-m", "keepers.engine.worker"], env=env, stderr=None)
+        argv = [sys.executable, "-P", "-m", "keepers.engine.worker"]  # -P: never code from the cwd
+        proc = await anyio.open_process(argv, env=env, stderr=None)
         assert proc.stdout is not None
         self._proc, self._out, self._ready = proc, BufferedByteReceiveStream(proc.stdout), False
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import socket
 import sqlite3
@@ -30,8 +31,12 @@ class NotLeader(RuntimeError):
 
 def _process_space() -> str | None:
     """Names this boot and pid namespace: pids are comparable only between holders that share
-    it (pods on one node with host networking share a host name, not their pids)."""
+    it (pods on one node with host networking share a host name, not their pids). None where
+    /proc does not describe this process's own namespace (no /proc, or a pid namespace made
+    without remounting it): then no holder is ever judged gone."""
     try:
+        if os.readlink("/proc/self") != str(os.getpid()):
+            return None
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         pidns = os.readlink("/proc/self/ns/pid")
     except OSError:
@@ -39,12 +44,25 @@ def _process_space() -> str | None:
     return hashlib.sha256(f"{boot}/{pidns}".encode()).hexdigest()[:8]
 
 
+class _Unknown(Exception):
+    """/proc would not say (hidden by hidepid or ProtectProc, out of file descriptors...)."""
+
+
 def _started(pid: int) -> str | None:
-    """When process `pid` started (clock ticks since boot), or None if there is no such process."""
+    """When process `pid` started (clock ticks since boot); None only if there is certainly no
+    such process; _Unknown when that cannot be told."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
+    except FileNotFoundError:
+        try:  # hidepid=2 hides other users' processes as if absent: ask the kernel too
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except OSError:
+            pass  # EPERM: it exists, another user's
+        raise _Unknown(pid) from None
+    except OSError as exc:
+        raise _Unknown(pid) from exc
     return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
 
 
@@ -56,20 +74,27 @@ def holder_id() -> str:
     also the process space and the pid's start time, so a successor on the same host can see
     that this process is gone (`is_gone`) and need not wait for its lease to lapse."""
     base = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-    started = _started(os.getpid())
+    try:
+        started = _started(os.getpid())
+    except _Unknown:
+        started = None
     return base if _SPACE is None or started is None else f"{base}:{_SPACE}:{started}"
 
 
 def is_gone(holder: str) -> bool:
     """True only when `holder` is certainly a dead process: it ran on this host, in this boot
     and pid namespace, and its pid is now free or belongs to a process started at another time.
-    Anything else (another host, an id without those fields) is presumed alive."""
+    Anything else (another host, an id without those fields, a process /proc will not show) is
+    presumed alive: a wrong True would let two live processes lead at once."""
     parts = holder.split(":")
     if _SPACE is None or len(parts) != 5 or parts[0] != socket.gethostname() or parts[3] != _SPACE:
         return False
-    if not parts[1].isdigit():
+    if not re.fullmatch(r"[0-9]{1,10}", parts[1]) or not re.fullmatch(r"[0-9]{1,20}", parts[4]):
         return False
-    return _started(int(parts[1])) != parts[4]
+    try:
+        return _started(int(parts[1])) != parts[4]
+    except _Unknown:
+        return False
 
 
 def _now_sql(engine: Engine) -> str:

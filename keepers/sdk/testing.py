@@ -70,7 +70,7 @@ def __getattr__(name: str) -> Any:
                 raise  # the workshop is there, something it needs is not: say that, not this
             raise ImportError(
                 f"keepers.sdk.testing.{name} is the devnet harness of the development workshop: "
-                "pip install keepers-workshop"
+                "install keepers-workshop (workshop/ in the keepers repository)"
             ) from exc
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

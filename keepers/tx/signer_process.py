@@ -73,7 +73,7 @@ class SignerProcess:
         self._dir = Path(tempfile.mkdtemp(prefix="keepers-signer-"))  # 0700: ours alone
         self.socket = self._dir / "signer.sock"
         self._argv = [
-            sys.executable, "-m", "keepers.tx.signer_service",
+            sys.executable, "-P", "-m", "keepers.tx.signer_service",  # -P: never code from the cwd
             *signer_args(
                 key, self.socket, chain_id, max_fees_per_hour_eth, allow_to, value_to, kind, contracts
             ),

@@ -63,16 +63,29 @@ def test_packaged_artifacts_are_forge_output_less_what_nothing_reads(tmp_path):
     assert sum(p.stat().st_size for p in written) < 1_000_000, "abi and bytecode only, not sources or ASTs"
 
 
-def test_the_loader_falls_back_to_the_packaged_copy_without_a_source_tree(tmp_path, monkeypatch):
+def test_installed_the_loader_reads_the_packaged_copy_only(tmp_path, monkeypatch):
+    """Installed, REPO_ROOT is site-packages: another distribution's contracts/out there must
+    never stand in for the package's own copy."""
     monkeypatch.delenv("KEEPERS_ARTIFACTS", raising=False)
-    monkeypatch.setattr(toolchain, "REPO_ROOT", tmp_path / "site-packages")  # no contracts/out there
-    packaged = tmp_path / "site-packages" / "keepers" / "chain" / "compiled"
+    site = tmp_path / "site-packages"
+    monkeypatch.setattr(toolchain, "REPO_ROOT", site)
+    packaged = site / "keepers" / "chain" / "compiled"
     monkeypatch.setattr(toolchain, "PACKAGED_ARTIFACTS", packaged)
-    assert artifacts_dir() == tmp_path / "site-packages" / "contracts" / "out"  # neither: the error names it
+    (site / "contracts" / "out").mkdir(parents=True)
+    assert artifacts_dir() == packaged
+
+
+def test_in_a_checkout_forge_output_comes_first(tmp_path, monkeypatch):
+    monkeypatch.delenv("KEEPERS_ARTIFACTS", raising=False)
+    monkeypatch.setattr(toolchain, "REPO_ROOT", tmp_path)
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "keepers"\n')
+    packaged = tmp_path / "keepers" / "chain" / "compiled"
+    monkeypatch.setattr(toolchain, "PACKAGED_ARTIFACTS", packaged)
+    assert artifacts_dir() == tmp_path / "contracts" / "out"  # neither: the error names forge's
     packaged.mkdir(parents=True)
     assert artifacts_dir() == packaged
-    (tmp_path / "site-packages" / "contracts" / "out").mkdir(parents=True)
-    assert artifacts_dir() == tmp_path / "site-packages" / "contracts" / "out", "a source tree's build first"
+    (tmp_path / "contracts" / "out").mkdir(parents=True)
+    assert artifacts_dir() == tmp_path / "contracts" / "out", "a checkout's build first"
 
 
 def test_with_neither_the_error_names_both_places_and_the_fix(tmp_path, monkeypatch):

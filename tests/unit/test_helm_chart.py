@@ -214,7 +214,7 @@ def test_the_key_is_mounted_into_the_signer_sidecar_only():
         assert {m["name"] for m in keeper["volumeMounts"]} >= {"signer-socket"}
         assert "signer" not in {m["name"] for m in keeper["volumeMounts"]}
         assert {m["name"] for m in sidecar["volumeMounts"]} == {"signer", "signer-socket"}
-        assert sidecar["command"] == ["python", "-m", "keepers.tx.signer_service"]
+        assert sidecar["command"] == ["python", "-P", "-m", "keepers.tx.signer_service"]
         args = sidecar["args"]
         assert args[args.index("--chain-id") + 1] == "1"
         assert args[args.index("--max-fees-per-hour-eth") + 1] == "0.5"

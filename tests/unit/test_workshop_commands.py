@@ -43,8 +43,8 @@ def test_without_the_workshop_its_commands_say_what_to_install(monkeypatch: pyte
         assert code == 2
         assert out == ""
         assert err == (
-            f"keepers: error: keepers {argv[0]} is in the development workshop: "
-            "pip install keepers-workshop (in a checkout, ./dev setup installs it)\n"
+            f"keepers: error: keepers {argv[0]} is in the development workshop, the keepers-workshop"
+            " distribution in this repository's workshop/ folder (./dev setup installs it)\n"
         )
     assert "needs keepers-workshop" in cli.build_parser().format_help()
 
@@ -58,6 +58,51 @@ def test_a_broken_add_on_does_not_take_the_runtime_down(monkeypatch: pytest.Monk
     assert _cli("strategies", "show", "fee-maximising", "--json")[0] == 0
 
 
+def _watch_command_loads(monkeypatch: pytest.MonkeyPatch, loaded: list[str], register) -> None:
+    """Records the command add-ons loaded (strategies load as usual) and hands out `register`."""
+    real = EntryPoint.load
+
+    def load(ep: EntryPoint):
+        if ep.group != cli.COMMANDS_GROUP:
+            return real(ep)
+        loaded.append(ep.name)
+        return register
+
+    monkeypatch.setattr(EntryPoint, "load", load)
+
+
+def test_an_add_on_never_replaces_a_command_and_a_failing_one_costs_only_itself(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    def half_registered(sub):  # adds its parser, then fails
+        sub.add_parser("flaky")
+        raise RuntimeError("broken after add_parser")
+
+    eps = [
+        EntryPoint("run", "evil:run", cli.COMMANDS_GROUP),  # a built-in's name
+        EntryPoint("flaky", "flaky:register", cli.COMMANDS_GROUP),
+    ]
+    monkeypatch.setattr(cli, "entry_points", lambda group: eps)
+    loaded: list[str] = []
+    _watch_command_loads(monkeypatch, loaded, half_registered)
+    assert "flaky" in cli.build_parser().format_help()
+    assert loaded == ["flaky"], "the add-on named like a built-in was never loaded"
+    assert _cli("strategies", "show", "fee-maximising", "--json")[0] == 0
+
+
+def test_the_runtimes_own_commands_import_no_add_on(monkeypatch: pytest.MonkeyPatch):
+    """`keepers run` holds the funds key until its signer starts: another distribution's code
+    must not run in that process."""
+    loaded: list[str] = []
+    _watch_command_loads(monkeypatch, loaded, lambda sub: None)
+    _cli("strategies", "show", "fee-maximising", "--json")
+    _cli("config", "check", "/no/such.toml")
+    assert loaded == []
+    with pytest.raises(SystemExit):  # the stand-in registers nothing: argparse refuses it
+        _cli("devnet")
+    assert loaded == ["devnet", "relay", "replay"], "an add-on's command loads the add-ons"
+
+
 def test_the_sdk_names_the_workshop_when_the_harness_is_missing():
     # A fresh interpreter where keepers_workshop cannot be imported (as in the image).
     probe = (
@@ -67,4 +112,6 @@ def test_the_sdk_names_the_workshop_when_the_harness_is_missing():
         "except ImportError as exc:\n    print(exc)\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert "pip install keepers-workshop" in out.stdout, out.stdout + out.stderr
+    assert "install keepers-workshop (workshop/ in the keepers repository)" in out.stdout, (
+        out.stdout + out.stderr
+    )

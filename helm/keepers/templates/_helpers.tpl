@@ -103,7 +103,7 @@ app.kubernetes.io/component: {{ .kind }}
   imagePullPolicy: {{ $root.Values.image.pullPolicy }}
   restartPolicy: Always
   # The signer module alone (not the whole CLI): less code in the process with the key.
-  command: ["python", "-m", "keepers.tx.signer_service"]
+  command: ["python", "-P", "-m", "keepers.tx.signer_service"]
   args:
     - --keystore
     - /var/run/secrets/keepers/signer/keystore.json

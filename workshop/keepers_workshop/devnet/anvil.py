@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import socket
 import subprocess
 import tempfile
@@ -37,9 +39,10 @@ def anvil_key(index: int) -> str:
     return "0x" + bytes(acct.key).hex()
 
 
-#: Ports handed out by `free_port` on this machine, one empty file each (shared by processes).
-_PORT_CLAIMS = Path(tempfile.gettempdir()) / "keepers-port-claims"
-#: A claim older than this is stale: its owner has bound the port or given it up by now.
+#: Ports `free_port` handed out lately on this machine, to this user: "port time" lines, read
+#: and rewritten under an exclusive lock (fcntl) so concurrent callers see each other's claims.
+_PORT_LEDGER = Path(tempfile.gettempdir()) / f"keepers-ports-{os.getuid()}"
+#: A claim older than this is forgotten: its owner has bound the port or given it up by now.
 _CLAIM_SECONDS = 120.0
 
 
@@ -48,23 +51,30 @@ def free_port() -> int:
 
     The kernel may hand a port it just gave another process (which has not bound it yet) to a
     second caller; several devnets or test workers starting side by side would then collide.
-    An exclusive-create claim file per port keeps concurrent callers on this machine apart.
     """
-    _PORT_CLAIMS.mkdir(exist_ok=True)
-    for _ in range(64):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        claim = _PORT_CLAIMS / str(port)
-        with contextlib.suppress(FileNotFoundError):
-            if time.time() - claim.stat().st_mtime > _CLAIM_SECONDS:
-                claim.unlink()  # stale: whoever claimed it has bound the port or given it up
-        try:
-            claim.touch(exist_ok=False)
-            return port
-        except FileExistsError:
-            continue
-    raise ToolchainError("no free local TCP port found in 64 tries")
+    fd = os.open(_PORT_LEDGER, os.O_RDWR | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "r+") as ledger:
+        fcntl.flock(ledger, fcntl.LOCK_EX)  # released when the file closes
+        now = time.time()
+        claims: dict[int, float] = {}
+        for line in ledger.read().splitlines():
+            with contextlib.suppress(ValueError):
+                port_text, at = line.split()
+                if now - float(at) < _CLAIM_SECONDS:
+                    claims[int(port_text)] = float(at)
+        for _ in range(64):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in claims:
+                break
+        else:
+            raise ToolchainError("no free local TCP port found in 64 tries")
+        claims[port] = now
+        ledger.seek(0)
+        ledger.truncate()
+        ledger.write("".join(f"{p} {at}\n" for p, at in claims.items()))
+    return port
 
 
 @dataclass

@@ -183,7 +183,7 @@ class Cluster:
         log = self.logs / f"{name}.log"
         out = log.open("ab")
         popen = subprocess.Popen(
-            [sys.executable, "-m", "keepers.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, "-P", "-m", "keepers.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the devnet only; it stops the others in order
         )  # fmt: skip
         return Proc(name, popen, port, log, argv=args, env=env)
