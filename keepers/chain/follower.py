@@ -10,6 +10,13 @@ is nothing more to check, the usual case at the head. Otherwise the cursor block
 compared with the chain's: on a mismatch (or a chain now shorter than the cursor) the follower
 walks back through its recent hashes to the fork point, rolls the store back to it and reads
 the new branch.
+
+Keeper kinds share one store, each following with its own cursor, and one may see a reorg after
+the others have stored the new branch: its rollback removes their blocks too. Every commit
+therefore checks, under the chain's write lock, the store's log of rollbacks (a follower whose
+blocks were removed reads again from the fork, and its next Block says so) and the stored block
+hashes (a page of another branch than the store's is not written; the store's recent blocks are
+checked against the chain before the next read, and rolled back if they are not canonical).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from keepers.chain.events import Event, EventDecoder, MalformedLog
 from keepers.obs import metrics
 from keepers.store.bulk import insert_rows
 from keepers.store.engine import lock_chain_writes
-from keepers.store.projection import Stored, rollback_after, store_events
+from keepers.store.projection import HASHES, Stored, rollback_after, rollbacks_since, store_events
 from keepers.store.tables import BlockHash, Cursor
 
 log = structlog.get_logger("follower")
@@ -90,6 +97,12 @@ class ChainFollower:
         self._pending = _Pending()
         #: The number of the last Block returned (-1: none yet).
         self._returned = -1
+        #: The newest entry of the store's log of rollbacks this follower has acted on (None:
+        #: not read yet).
+        self._rollback_id: int | None = None
+        #: Set when a commit found another branch in the store: the next sync checks the
+        #: store's recent blocks against the chain first.
+        self._audit = False
 
     # ------------------------------------------------------------------ state
 
@@ -102,6 +115,40 @@ class ChainFollower:
         with Session(self.engine) as s:
             c = s.get(Cursor, (self.chain_id, self.name))
             return (c.block_number, c.block_hash) if c else None
+
+    def _read_position(self) -> None:
+        """The newest rollback, then the cursor: every rollback up to that one has moved the
+        cursor back already (read the other way round, one committed in between would be
+        taken as seen and the cursor read before it)."""
+        with Session(self.engine) as s:
+            self._rollback_id = rollbacks_since(s, self.chain_id, 0)[0]
+        with Session(self.engine) as s:
+            c = s.get(Cursor, (self.chain_id, self.name))
+            self._cursor = (c.block_number, c.block_hash) if c else None
+
+    def _follow_rollbacks(self) -> None:
+        """Takes in rollbacks other followers made since the last look: a cursor above the
+        fork moves back to it, and the next Block reports the fork (the keeper's view may
+        hold rows of removed blocks even when its cursor is below them: rows another follower
+        stored first). Looked at before the chain is searched for a fork: a follower whose
+        cursor is on a replaced branch then reads from the fork instead of rolling back again."""
+        with Session(self.engine) as s:
+            self._take_rollbacks(s, self._rollback_id or 0)
+
+    def _take_rollbacks(self, s: Session, since: int) -> int | None:
+        """Rollbacks logged after `since`: the lowest fork among them (None if none), the
+        cursor moved back to it when above it, and the fork pending for the next Block."""
+        newest, lowest = rollbacks_since(s, self.chain_id, since)
+        self._rollback_id = max(newest, self._rollback_id or 0)
+        cur = self._cursor
+        if lowest is None or cur is None:
+            return lowest
+        if lowest < cur[0]:
+            kept = s.get(BlockHash, (self.chain_id, lowest))
+            self._cursor = (lowest, kept.hash if kept else "")
+            log.warning("store rolled back by another follower", chain=self.label, fork_block=lowest)
+        self._pending.rolled_back_to(min(lowest, cur[0]), 0)
+        return lowest
 
     def _stored_hashes(self) -> list[BlockHash]:
         with Session(self.engine) as s:
@@ -130,9 +177,16 @@ class ChainFollower:
         fault; DeepReorg when no kept block hash is canonical (the store cannot be trusted)."""
         tip = await self._header("latest" if number is None else hex(number))
         metrics.HEAD.labels(self.label).set(tip.number)
-        if self._cursor is None:
-            self._cursor = self.cursor()
+        if self._rollback_id is None or self._cursor is None:
+            await anyio.to_thread.run_sync(self._read_position)
+        if self._audit:
+            await self._audit_store(tip)
         cur = self._cursor
+        if cur is not None and cur not in ((tip.number - 1, tip.parent_hash), (tip.number, tip.hash)):
+            # Not the next block: another follower may have rolled the store back already
+            # (else the commit's check finds any rollback, without a read on every block).
+            await anyio.to_thread.run_sync(self._follow_rollbacks)
+            cur = self._cursor
         if cur is not None and cur not in ((tip.number - 1, tip.parent_hash), (tip.number, tip.hash)):
             if tip.number < cur[0] and self._stored_hash(tip.number) in (tip.hash, None):
                 # A node behind us (an endpoint of the pool that lags), not a reorg; and a
@@ -143,12 +197,42 @@ class ChainFollower:
                 # The tip says the cursor block was replaced; the node asked says it was not.
                 raise ChainMoved(f"nodes disagree on block {cur[0]}")
             if fork is not None:
-                rolled_back = await anyio.to_thread.run_sync(self._rollback, fork)
-                self._pending.rolled_back_to(fork, rolled_back)
-                metrics.REORGS.labels(self.label).inc()
-                metrics.REORG_DEPTH.labels(self.label).observe(cur[0] - fork)
-                log.warning("reorg", chain=self.label, fork_block=fork, depth=cur[0] - fork)
-                cur = self._cursor
+                await self._roll_back(fork, "reorg")
+        try:
+            await self._read_to(tip)
+        except _StoreMoved:
+            # Another follower removed blocks this one had stored, or stored another branch
+            # where this page goes: settle which branch is the chain's and read again, once
+            # now (this tip is still the one to reach).
+            if self._audit:
+                await self._audit_store(tip)
+            await self._read_to(tip)
+        cur = self._cursor
+        metrics.BLOCKS_BEHIND.labels(self.label).set(max(0, tip.number - (cur[0] if cur else tip.number)))
+        p, self._pending = self._pending, _Pending()
+        block = Block(
+            tip.number, tip.hash, tip.timestamp, self._returned, p.applied, p.fork, p.rolled_back, p.orders
+        )
+        self._returned = tip.number
+        return block
+
+    async def _audit_store(self, tip: Header) -> None:
+        store_fork = await self._store_fork_point(tip)
+        if store_fork is not None:
+            await self._roll_back(store_fork, "store held a replaced branch")
+        self._audit = False
+
+    async def _roll_back(self, fork: int, why: str) -> None:
+        held = self._cursor[0] if self._cursor else fork
+        fork, removed = await anyio.to_thread.run_sync(self._rollback, fork)
+        self._pending.rolled_back_to(fork, removed)
+        metrics.REORGS.labels(self.label).inc()
+        metrics.REORG_DEPTH.labels(self.label).observe(max(0, held - fork))
+        log.warning(why, chain=self.label, fork_block=fork, depth=max(0, held - fork))
+
+    async def _read_to(self, tip: Header) -> None:
+        """Reads and stores the blocks from the cursor up to `tip`, page by page."""
+        cur = self._cursor
         done = cur[0] if cur else self.start_block - 1
         # Pipelined: the next page is fetched and decoded while this one is written (SQLite
         # and the node work outside the GIL). Pages shrink when they come back with more than
@@ -175,16 +259,9 @@ class ChainFollower:
             cur = self._cursor
             page = box.get("page")
         self._span = span
-        metrics.BLOCKS_BEHIND.labels(self.label).set(max(0, head - (cur[0] if cur else done)))
-        p, self._pending = self._pending, _Pending()
-        block = Block(
-            tip.number, tip.hash, tip.timestamp, self._returned, p.applied, p.fork, p.rolled_back, p.orders
-        )
-        self._returned = tip.number
-        return block
 
     async def _commit_into(self, page: _Page) -> None:
-        stored = await anyio.to_thread.run_sync(self._commit, page.events, page.headers, page.end)
+        stored = await anyio.to_thread.run_sync(self._commit, page)
         # Reported by the next Block returned, whatever happens to the rest of this sync.
         self._pending.carry(stored)
 
@@ -201,6 +278,7 @@ class ChainFollower:
     async def _fetch(self, start: int, end: int, tip: Header) -> _Page:
         """The page start..end, or a shorter one from `start` when the node refuses or times
         out on this range (too many logs: nodes cap results, and a dense range is megabytes)."""
+        rollback_id = self._rollback_id or 0
         while True:
             try:
                 # The raw request: web3's result formatters cost more than decoding the logs.
@@ -230,7 +308,7 @@ class ChainFollower:
         hashes = {h.number: h.hash for h in headers}
         if any(hashes.get(e.block_number, e.block_hash) != e.block_hash for e in events):
             raise ChainMoved("logs and headers disagree: the chain moved under us")
-        return _Page(end, events, headers)
+        return _Page(end, events, headers, rollback_id)
 
     async def _header(self, block: str) -> Header:
         """One header, raw (web3's get_block formats every field of the block: milliseconds)."""
@@ -258,9 +336,11 @@ class ChainFollower:
                     tg.start_soon(one, i, n)
         return [h for h in out if h is not None]
 
-    def _commit(self, events: list[Event], headers: list[Header], end: int) -> Stored:
+    def _commit(self, page: _Page) -> Stored:
+        events, headers, end = page.events, page.headers, page.end
         with Session(self.engine) as s, s.begin():
             lock_chain_writes(s, self.chain_id)
+            self._check_store(s, page)
             stored = store_events(s, self.chain_id, events)
             s.exec(
                 delete(BlockHash).where(
@@ -290,6 +370,42 @@ class ChainFollower:
             metrics.EVENTS_APPLIED.labels(self.label, name).inc(count)
         return stored
 
+    def _check_store(self, s: Session, page: _Page) -> None:
+        """Before a page is written on top of the cursor: the store still holds the cursor's
+        block (no rollback by another follower removed it), no rollback since the page was
+        read reached into it (it may be of the replaced branch), and the store holds no other
+        branch where the page goes (one read before a reorg no one had rolled back yet)."""
+        held = self._cursor
+        lowest = self._take_rollbacks(s, page.rollback_id)
+        if lowest is not None and held is not None and lowest < held[0]:
+            raise _StoreMoved(f"the store was rolled back to block {lowest} by another follower")
+        if lowest is not None and lowest < page.end:
+            raise _StoreMoved(f"the store was rolled back to block {lowest} after this page was read")
+        cur = self._cursor
+        ours = {h.number: h.hash for h in page.headers}
+        if cur is not None and cur[1]:
+            ours[cur[0]] = cur[1]
+        for number, stored_hash in s.execute(
+            select(HASHES.c.number, HASHES.c.hash).where(
+                HASHES.c.chain_id == self.chain_id, HASHES.c.number.between(min(ours), max(ours))
+            )
+        ):
+            if ours.get(number, stored_hash) != stored_hash:
+                self._audit = True
+                raise _StoreMoved(f"the store holds another branch at block {number}")
+
+    async def _store_fork_point(self, tip: Header) -> int | None:
+        """None if the store's newest kept block at or below the tip is canonical, else the
+        newest one that is. Blocks past this node's tip are not judged (a node that lags
+        would take them for a replaced branch): they are built on the ones below."""
+        judged = [h for h in self._stored_hashes() if h.number <= tip.number]
+        for i, stored in enumerate(judged):
+            if await self._canonical(stored.number, stored.hash, tip):
+                return None if i == 0 else stored.number
+        if not judged:
+            return None
+        raise DeepReorg(f"no kept block hash is canonical (kept {self.keep_blocks} blocks)")
+
     async def _fork_point(self, cur: tuple[int, str], tip: Header) -> int | None:
         """None if the cursor block is still canonical, else the highest kept block that is.
         A block above the tip is not (a rollback to a shorter chain); a block at or below it
@@ -309,16 +425,22 @@ class ChainFollower:
             return tip.hash == block_hash
         return (await self._header(hex(number))).hash == block_hash
 
-    def _rollback(self, fork: int) -> int:
+    def _rollback(self, fork: int) -> tuple[int, int]:
+        """Rolls the store back to `fork`, or further if another follower already did (what
+        was stored above that since may be of either branch). Returns the fork and the events
+        removed."""
         contracts = self.decoder.by_address
         with Session(self.engine) as s, s.begin():
             lock_chain_writes(s, self.chain_id)
-            removed = rollback_after(s, self.chain_id, fork, contracts)
+            _, lowest = rollbacks_since(s, self.chain_id, self._rollback_id or 0)
+            fork = fork if lowest is None else min(fork, lowest)
+            done = rollback_after(s, self.chain_id, fork, contracts)
             kept = s.get(BlockHash, (self.chain_id, fork))
             kept_hash = kept.hash if kept else ""
             s.merge(Cursor(chain_id=self.chain_id, name=self.name, block_number=fork, block_hash=kept_hash))
         self._cursor = (fork, kept_hash)
-        return removed
+        self._rollback_id = done.rollback_id
+        return fork, done.removed
 
     # ------------------------------------------------------------------ heads
 
@@ -376,6 +498,11 @@ class ChainMoved(RuntimeError):
     """The chain changed while a sync read it (a reorg, a lagging node): try at the next head."""
 
 
+class _StoreMoved(ChainMoved):
+    """Another follower rolled the shared store back below this one's cursor (now moved
+    there), or stored another branch where this one's page goes (`_audit` set)."""
+
+
 @contextmanager
 def _unwrapped() -> Iterator[None]:
     """Re-raises a task group's failure as the exception itself when its tasks failed alike
@@ -384,8 +511,13 @@ def _unwrapped() -> Iterator[None]:
     try:
         yield
     except BaseExceptionGroup as group:
-        if len({type(e) for e in group.exceptions}) == 1:
-            raise group.exceptions[0] from None
+        errors = group.exceptions
+        if len({type(e) for e in errors}) == 1:
+            raise errors[0] from None
+        # A page's commit and the next page's fetch can both find the chain moved (a reorg
+        # seen by both): the commit's finding says more (the store moved; retry at once).
+        if all(isinstance(e, ChainMoved) for e in errors):
+            raise next((e for e in errors if isinstance(e, _StoreMoved)), errors[0]) from None
         raise
 
 
@@ -413,6 +545,8 @@ class _Page(NamedTuple):
     end: int
     events: list[Event]
     headers: list[Header]
+    #: The newest store rollback the follower knew of when the page's read began.
+    rollback_id: int
 
 
 async def _ws_heads(url: str, silence: float) -> AsyncIterator[int]:

@@ -83,6 +83,11 @@ def _pg_allocate(conn: Connection) -> None:
         conn.exec_driver_sql(allocate_pg.CREATE)
 
 
+def _store_rollbacks(conn: Connection) -> None:
+    """The log of rollbacks that keeps followers sharing a store in step (tables.StoreRollback)."""
+    tables.StoreRollback.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "action ledger, order reorg marker", _ledger_and_reorg_marker),
@@ -91,6 +96,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "order fairness tolerance", _order_tolerance),
     Migration(6, "transaction fees on the record; no in_flight state", _tx_fees),
     Migration(7, "nonce allocation in one statement on PostgreSQL", _pg_allocate),
+    Migration(8, "log of store rollbacks", _store_rollbacks),
 )
 
 

@@ -37,6 +37,16 @@ class BlockHash(SQLModel, table=True):
     parent_hash: str
 
 
+class StoreRollback(SQLModel, table=True):
+    """Each rollback of a chain's events, in order: followers sharing the store (one per keeper
+    kind) check for one since their last commit, so none stores a block on top of a store that
+    was rolled back below it."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    chain_id: int = Field(index=True)
+    fork_block: int
+
+
 class ChainEvent(SQLModel, table=True):
     """Every applied log, once: the key makes re-delivery a no-op."""
 

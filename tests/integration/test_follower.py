@@ -14,12 +14,12 @@ from web3 import AsyncWeb3, Web3
 from keepers.chain.artifacts import load_artifact
 from keepers.chain.block import Block
 from keepers.chain.events import EventDecoder
-from keepers.chain.follower import ChainFollower, ChainMoved
+from keepers.chain.follower import ChainFollower, ChainMoved, _StoreMoved, _unwrapped
 from keepers.chain.http import SessionHTTPProvider
 from keepers.chain.source import BlockSource
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
-from keepers.store.tables import ChainEvent, Order
+from keepers.store.tables import ChainEvent, Order, StoreRollback
 from keepers_workshop.devnet.anvil import DEFAULT_KEYS, Anvil
 from keepers_workshop.devnet.deploy import Deployment, Sender, bind, deploy_platform
 
@@ -213,3 +213,148 @@ def test_a_chain_rolled_back_to_a_shorter_branch_is_followed_and_a_lagging_node_
     block = anyio.run(f.sync)
     assert block.fork_block == kept
     assert sorted(_orders(f).values()) == [7 * 10**18], "the orders of the dropped blocks are gone"
+
+
+def _cancel(w3: Web3, dep: Deployment, order_id: int) -> None:
+    book = bind(w3, "OrderBook", dep.order_book)
+    h = book.functions.cancelOrder(order_id).transact({"from": TRADER.address})
+    assert w3.eth.wait_for_transaction_receipt(h)["status"] == 1
+
+
+def _store_and_chain(w3: Web3, dep: Deployment, f: ChainFollower) -> tuple[dict[int, int], dict[int, int]]:
+    """Each stored order's remaining amount, in the store and on the chain (getOrder)."""
+    with Session(f.engine) as s:
+        stored = {o.order_id: o.remaining for o in s.exec(select(Order)).all()}
+    book = bind(w3, "OrderBook", dep.order_book)
+    return stored, {i: book.functions.getOrder(i).call()[1] for i in stored}
+
+
+def _statuses(f: ChainFollower) -> dict[int, str]:
+    with Session(f.engine) as s:
+        return {o.order_id: o.status for o in s.exec(select(Order)).all()}
+
+
+@pytest.mark.usefixtures("fresh")
+def test_followers_sharing_a_store_keep_it_equal_to_the_chain_when_one_sees_a_reorg_late(chain, tmp_path):
+    """Keeper kinds share one store, each with its own cursor. One that sees a reorg after
+    another rolled the store back reads from the fork (it does not roll back again); one
+    whose rollback lands after the other stored the new branch (both saw the reorg at once)
+    removes blocks the other holds: an event the other commits next must not be folded over
+    the rows that rollback removed (a cancel stored, its order re-placed open: the store said
+    open what the chain had closed), and the other must read again from the fork."""
+    anvil, dep = chain
+    w3 = Web3(Web3.HTTPProvider(anvil.url))
+    db = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    early = _follower(anvil.url, dep, db, name="limit-stop")
+    late = _follower(anvil.url, dep, db, name="oracle")
+    racing = _follower(anvil.url, dep, db, name="twap")
+    _place(w3, dep, 7 * 10**18)
+    fork = w3.eth.block_number
+    fork_nonce = w3.eth.get_transaction_count(TRADER.address)
+    _place(w3, dep, 100 * 10**18)  # orphaned
+    for f in (early, late, racing):
+        anyio.run(f.sync)
+
+    # The new branch: an order one block after the fork, another two blocks after.
+    first = _place_tx(w3, dep, 55 * 10**18, nonce=fork_nonce)
+    w3.provider.make_request("anvil_reorg", [1, [["0x" + first.hex(), 0]]])  # type: ignore[arg-type]
+    w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    _place(w3, dep, 56 * 10**18)
+    assert anyio.run(early.sync).fork_block == fork
+    (placed,) = (i for i, amount in _orders(early).items() if amount == 56 * 10**18)
+    assert anyio.run(late.sync).fork_block == fork, "told of the rollback"
+    with Session(early.engine) as s:
+        assert len(s.exec(select(StoreRollback)).all()) == 1, "the late one read from the fork"
+
+    # The racing one saw the reorg when the early one did; its rollback lands now, removing
+    # the new branch the others stored. Before anyone reads it again, a cancel.
+    assert racing._rollback(fork)[0] == fork
+    _cancel(w3, dep, placed)
+    block = anyio.run(early.sync)
+    assert block.fork_block == fork, "the early one is told its blocks were rolled back, and reads them again"
+    for f in (late, racing):
+        anyio.run(f.sync)
+    assert _statuses(early)[placed] == "cancelled"
+    stored, on_chain = _store_and_chain(w3, dep, early)
+    assert stored == on_chain, "the store equals the chain"
+
+
+@pytest.mark.usefixtures("fresh")
+def test_a_page_of_a_replaced_branch_stored_by_a_follower_that_died_is_found_and_rolled_back(chain, tmp_path):
+    """A follower reads the old branch, the chain reorgs, and it stores what it read and dies
+    before its next sync would see the reorg. The survivor's first page on the new branch
+    meets those blocks in the store: it does not write over them, checks the store's recent
+    blocks against the chain, rolls them back and reads the new branch, in the same sync."""
+    anvil, dep = chain
+    w3 = Web3(Web3.HTTPProvider(anvil.url))
+    db = f"sqlite:///{tmp_path / 'stale.sqlite'}"
+    survivor = _follower(anvil.url, dep, db, name="limit-stop")
+    dying = _follower(anvil.url, dep, db, name="oracle")
+    _place(w3, dep, 7 * 10**18)
+    fork = w3.eth.block_number
+    fork_nonce = w3.eth.get_transaction_count(TRADER.address)
+    anyio.run(survivor.sync)
+    anyio.run(dying.sync)
+    _place(w3, dep, 100 * 10**18)
+    _place(w3, dep, 101 * 10**18)
+    tip = anyio.run(dying._header, hex(fork + 2))
+    stale = anyio.run(dying._fetch, fork + 1, fork + 2, tip)
+
+    new_branch = _place_tx(w3, dep, 55 * 10**18, nonce=fork_nonce)
+    w3.provider.make_request("anvil_reorg", [2, [["0x" + new_branch.hex(), 0]]])  # type: ignore[arg-type]
+    w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    dying._commit(stale)
+    assert 101 * 10**18 in _orders(survivor).values(), "the old branch is in the store"
+
+    block = anyio.run(survivor.sync)
+    assert block.fork_block == fork, "its first page met the old branch: checked, rolled back, read again"
+    amounts = sorted(_orders(survivor).values())
+    assert 55 * 10**18 in amounts, amounts
+    assert not any(a >= 100 * 10**18 for a in amounts), amounts
+    stored, on_chain = _store_and_chain(w3, dep, survivor)
+    assert stored == on_chain, "the store equals the chain"
+
+
+@pytest.mark.usefixtures("fresh")
+def test_a_follower_below_another_ones_rollback_is_told_of_it(chain, tmp_path):
+    """A keeper's view can hold rows of blocks above its follower's cursor (rows another
+    follower stored first): a rollback by another follower tells it too, although its own
+    cursor needs no move."""
+    anvil, dep = chain
+    w3 = Web3(Web3.HTTPProvider(anvil.url))
+    db = f"sqlite:///{tmp_path / 'below.sqlite'}"
+    behind = _follower(anvil.url, dep, db, name="limit-stop")
+    ahead = _follower(anvil.url, dep, db, name="oracle")
+    _place(w3, dep, 7 * 10**18)
+    fork = w3.eth.block_number
+    assert anyio.run(behind.sync).fork_block is None
+    _place(w3, dep, 100 * 10**18)
+    anyio.run(ahead.sync)
+    w3.provider.make_request("anvil_reorg", [1, []])  # type: ignore[arg-type]
+    assert anyio.run(ahead.sync).fork_block == fork
+    block = anyio.run(behind.sync)
+    assert block.fork_block == fork, "told of the rollback: its view reloads from the store"
+    assert anyio.run(behind.sync).fork_block is None, "once"
+
+
+def test_a_commit_and_a_fetch_that_both_find_the_chain_moved_raise_one_chain_moved():
+    """The commit of one page and the fetch of the next run together; both can fail on a
+    reorg, with different findings. The keeper's block source catches ChainMoved by type: an
+    ExceptionGroup of two would end the keeper."""
+
+    async def both() -> None:
+        async def fetch() -> None:
+            raise ChainMoved("logs and headers disagree")
+
+        async def commit() -> None:  # in a worker thread: not cancelled by the fetch's failure
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.01)
+            raise _StoreMoved("the store was rolled back")
+
+        with _unwrapped():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(fetch)
+                tg.start_soon(commit)
+
+    with pytest.raises(_StoreMoved):
+        anyio.run(both)
