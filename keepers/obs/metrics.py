@@ -63,7 +63,9 @@ CANDIDATES = Gauge(
     "keepers_candidates", "Orders/positions a keeper considered this block", ["chain", "keeper"]
 )
 ACTIONS = Counter("keepers_actions_total", "Actions by outcome", ["chain", "outcome"])
-BUNDLES = Counter("keepers_bundles_total", "Bundles by event (sent, included, missed)", ["chain", "event"])
+BUNDLES = Counter(
+    "keepers_bundles_total", "Bundles by event (sent, included, missed, late)", ["chain", "event"]
+)
 INCLUSION_BLOCKS = Histogram(
     "keepers_inclusion_latency_blocks",
     "Blocks from first target to inclusion",

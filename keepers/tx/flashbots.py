@@ -39,11 +39,37 @@ def bundle_hash(raw_txs: Sequence[bytes]) -> str:
     return "0x" + keccak(b"".join(keccak(tx) for tx in raw_txs)).hex()
 
 
+def without_url(text: str, url: str) -> str:
+    """`text` with `url`'s user part, path and query taken out: a relay's URL often carries an
+    API key there, and error texts quote it."""
+    scheme, _, rest = url.partition("://")
+    userinfo, at, hostpath = rest.rpartition("@")
+    _, slash, path = hostpath.partition("/")
+    for secret, shown in (
+        (url, redact(url)),
+        (f"{scheme}://{hostpath}", redact(url)),
+        (hostpath, redact(url).partition("://")[2]),
+        (f"/{path}" if slash and path else "", "/…"),
+        (userinfo if at else "", "…"),
+    ):
+        if secret:
+            text = text.replace(secret, shown)
+    return text
+
+
+def _fault(exc: BaseException, url: str) -> str:
+    """What a relay call's failure was, without the request: aiohttp's response errors carry
+    the request's URL and headers (the Authorization made from the URL's user part)."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return without_url(f"HTTP {exc.status} {exc.message}"[:300], url)
+    return without_url(f"{exc.__class__.__name__}: {exc}"[:300], url)
+
+
 class RelayError(RuntimeError):
     """The relay answered with a JSON-RPC error."""
 
     def __init__(self, url: str, method: str, code: int, message: str) -> None:
-        super().__init__(f"{method} at {redact(url)}: {code} {message}")
+        super().__init__(f"{method} at {redact(url)}: {code} {without_url(message, url)}")
         self.url, self.method, self.code, self.message = url, method, code, message
 
 
@@ -149,7 +175,8 @@ class FlashbotsClient:
                 )
                 raise RelayError(url, method, int(err.get("code", 0) or 0), str(err.get("message", "")))
             return payload["result"]
-        raise RelayUnavailable(f"{method} at {redact(url)}: {last!r} after {self.attempts} attempts")
+        fault = _fault(last, url) if last is not None else "no attempt"
+        raise RelayUnavailable(f"{method} at {redact(url)}: {fault} after {self.attempts} attempts")
 
     async def call_bundle(
         self,

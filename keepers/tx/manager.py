@@ -15,7 +15,9 @@ Per block the keeper loop calls, in this order and never concurrently:
    Records (with fees, so a transaction can be signed again identically after a crash) and
    the actions' ledger rows are written in one database transaction; after the send, one
    more records the attempt. A transaction the relay's simulation refuses is left out and the
-   rest renumbered onto the batch's lowest nonces, so no hole is left in the run.
+   rest renumbered onto the batch's lowest nonces, so no hole is left in the run. A bundle
+   whose block was built while it was prepared (a busy machine) goes for the next block
+   ("late"); settle reads such records back, and the next submission for that block joins them.
 
 Every state change is a compare-and-set (keepers.tx.records): a repeated one is a no-op, so
 two processes settling the same record, or a restart redoing a step, cannot break anything.
@@ -68,6 +70,9 @@ TIP_GAS = 40_000
 #: Simulation rounds per batch: each drops the first action the last one refused (the last
 #: round drops every refused one).
 SIM_ROUNDS = 4
+#: Times one submission may move its bundle to a later block because the one it was made for
+#: was built first (the machine was too slow for the block time).
+MAX_LATE = 2
 
 
 @cache
@@ -108,6 +113,18 @@ class Outcome:
     gas_cost_wei: int = 0
     #: The OrderBook orders the action fills (known to the process that decided it).
     order_ids: tuple[int, ...] = ()
+
+
+def _as_sent(
+    rec: TxRecord, signed: SignedTx, target: int, group: str, deadlines: dict[int | None, int]
+) -> TxRecord:
+    """The record as `_mark_sent` left it in the store (`deadlines`: the moved ones)."""
+    return rec.model_copy(
+        update={
+            "state": TxState.UNCONFIRMED.value, "tx_hash": signed.tx_hash, "target_block": target,
+            "bundle_hash": group, "deadline_block": deadlines.get(rec.id, rec.deadline_block),
+        }
+    )  # fmt: skip
 
 
 def _out_of_gas(error: str | None, revert: str) -> bool:
@@ -166,6 +183,9 @@ class TxManager:
         self._own: dict[str, list[int]] = {}
         #: Records to carry into this block's bundle, with the head settle decided it on.
         self._carry: list[tuple[TxRecord, int]] = []
+        #: Records sent (late) for a block past the head settle saw, read from the store by
+        #: settle: the next submission for that block sends them in its own bundle.
+        self._ahead: list[TxRecord] = []
         #: What this process knows of its actions (value, builder payment) until they settle.
         self._actions: dict[str, Action] = {}
         #: The first block each of those was sent for (inclusion latency is counted from it).
@@ -333,21 +353,112 @@ class TxManager:
         self, prepared: Sequence[tuple[Action, Fees]], head: int, timestamp: int
     ) -> list[Outcome]:
         assert isinstance(self.route, BundleRoute)
-        # What settle carried goes again only within its deadline (the head may have moved on).
+        # What settle carried goes again only within its deadline (the head may have moved on);
+        # so does what was sent late for the block this bundle is for (one bundle per signer
+        # per block: this one replaces it at the relays).
         carry = [(r, at) for r, at in self._carry if (r.deadline_block or 0) > head]
-        self._carry = []
+        carry += [
+            (r, r.target_block)
+            for r in self._ahead
+            if r.target_block is not None and r.target_block <= head + 1 and (r.deadline_block or 0) > head
+        ]
+        self._carry, self._ahead = [], []
         if not prepared and not carry:
             return []
         fresh = await self._allocate(prepared, head, self.route) if prepared else []
         outcomes: list[Outcome] = []
-        target = head + 1
-        carried_at = {r.id: at for r, at in carry}
+        target = first = head + 1
+        carried_at: dict[int | None, int] = {r.id: at for r, at in carry}
+        # Only this submission's own records have their deadlines moved when it is late: a
+        # record late again in a later block keeps the deadline it got here.
+        deadlines = {r.id: r.deadline_block for r in fresh}
         batch = sorted([r for r, _ in carry] + fresh, key=lambda r: r.nonce)
         signed = await self._sign(batch)
+        late = 0
+        while True:
+            batch, signed, refused, built = await self._simulated(batch, signed, target, timestamp)
+            outcomes += refused
+            if not batch:
+                return outcomes
+            if built is not None and target <= built < target + MAX_LATE and late < MAX_LATE:
+                # The target block was built while this bundle was prepared (a busy machine):
+                # it never had its chance there, so it goes for the next one, simulated again.
+                late += 1
+                target, timestamp = self._late(target, built, timestamp)
+                continue
+            crash_point("after-sign")
+            group = bundle_hash([s.raw for s in signed])
+            later = self._shifted(deadlines, target - first)
+            # Recorded as sent before the send: a record another process dropped meanwhile
+            # (its block built) does not move, and is not sent.
+            moved = await self._mark_sent(batch, signed, target, group, carried_at, later)
+            if len(moved) < len(batch):
+                log.info("bundle not sent: part of it was settled meanwhile", target=target)
+                return outcomes
+            batch = [_as_sent(r, s, target, group, later) for r, s in zip(batch, signed, strict=True)]
+            replacement = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.records.signer}:{target}"))
+            sent = await self.route.send([s.raw for s in signed], target, replacement)
+            crash_point("after-send")
+            past = None
+            if not sent.accepted and sent.refused:  # a relay unreachable: again would only wait again
+                past = await self._past(target)
+            if past is None:
+                break
+            # Refused, and its block is built: it came too late for it (a relay refuses a past
+            # block). What of it landed all the same (sent before, for that block) leaves the
+            # batch, settlement confirms it; the rest goes for the next block.
+            built, used = past
+            keep = [i for i, r in enumerate(batch) if r.nonce >= used]
+            if not keep or late >= MAX_LATE or built >= target + MAX_LATE:
+                break
+            batch, signed = [batch[i] for i in keep], [signed[i] for i in keep]
+            late += 1
+            carried_at = dict.fromkeys((r.id for r in batch), target)
+            target, timestamp = self._late(target, built, timestamp)
+        metrics.BUNDLES.labels(self.chain, "sent").inc()
+        if not sent.accepted:
+            log.warning("no relay took the bundle", target=target, errors=list(sent.errors))
+        if self.fallback is not None:
+            # A bundle refused for a block built before it came is the machine's lateness,
+            # not the relays' failure: it does not count toward sending by the fallback route.
+            self.fallback.sent(sent.accepted or past is not None)
+            if self.fallback.active and self.fallback.refused == self.fallback.after:
+                log.warning(
+                    "relays refuse bundles; sending by the fallback route",
+                    route=self.fallback.route.kind, blocks=self.fallback.refused,
+                )  # fmt: skip
+                metrics.RELAY_FALLBACK.labels(self.chain, self.keeper).set(1)
+        self._own[group] = [r.id or 0 for r in batch]
+        for key in {action_key_of(r) for r in batch}:
+            action = self._actions.get(key)
+            orders = action.order_ids if action else ()
+            outcomes.append(
+                Outcome(key, Status.SENT, tx_hashes=[s.tx_hash for s in signed], order_ids=orders)
+            )
+        return outcomes
+
+    async def _past(self, target: int) -> tuple[int, int] | None:
+        """The chain's latest block and the signer's used nonce count, if block `target` is
+        built (a bundle refused for it came too late); else None."""
+        latest = await self.chain_reads.latest()
+        if latest is None or latest[0] < target:
+            return None
+        return latest[0], await self.chain_reads.nonce(self.signer.address)
+
+    async def _simulated(
+        self, batch: list[TxRecord], signed: list[SignedTx], target: int, timestamp: int
+    ) -> tuple[list[TxRecord], list[SignedTx], list[Outcome], int | None]:
+        """The batch the relay's simulation for `target` accepts (refused actions left out,
+        starved gas limits raised), the refusals, and the block the simulation ran on (None
+        when the relay could not simulate)."""
+        assert isinstance(self.route, BundleRoute)
+        outcomes: list[Outcome] = []
+        built = None
         for _round in range(SIM_ROUNDS):
             sim = await self.route.simulate(
                 [s.raw for s in signed], target, timestamp + max(1, int(self.block_time))
             )
+            built = sim.state_block if sim is not None else None
             if sim is None or sim.ok:
                 break
             by_hash = {r.tx_hash.lower(): r for r in sim.results if r.error}
@@ -376,37 +487,23 @@ class TxManager:
             batch, signed, refused = await self._leave_out(batch, failed_actions, target)
             outcomes += refused
             if not batch:
-                return outcomes
-        crash_point("after-sign")
-        group = bundle_hash([s.raw for s in signed])
-        # Recorded as sent before the send: a record another process dropped meanwhile (its
-        # block built) does not move, and is not sent.
-        moved = await self._mark_sent(batch, signed, target, group, carried_at)
-        if len(moved) < len(batch):
-            log.info("bundle not sent: part of it was settled meanwhile", target=target)
-            return outcomes
-        replacement = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.records.signer}:{target}"))
-        sent = await self.route.send([s.raw for s in signed], target, replacement)
-        crash_point("after-send")
-        metrics.BUNDLES.labels(self.chain, "sent").inc()
-        if not sent.accepted:
-            log.warning("no relay took the bundle", target=target, errors=list(sent.errors))
-        if self.fallback is not None:
-            self.fallback.sent(sent.accepted)
-            if self.fallback.active and self.fallback.refused == self.fallback.after:
-                log.warning(
-                    "relays refuse bundles; sending by the fallback route",
-                    route=self.fallback.route.kind, blocks=self.fallback.refused,
-                )  # fmt: skip
-                metrics.RELAY_FALLBACK.labels(self.chain, self.keeper).set(1)
-        self._own[group] = [r.id or 0 for r in batch]
-        for key in {action_key_of(r) for r in batch}:
-            action = self._actions.get(key)
-            orders = action.order_ids if action else ()
-            outcomes.append(
-                Outcome(key, Status.SENT, tx_hashes=[s.tx_hash for s in signed], order_ids=orders)
-            )
-        return outcomes
+                break
+        return batch, signed, outcomes, built
+
+    def _late(self, target: int, built: int, timestamp: int) -> tuple[int, int]:
+        """The block after `built` (and its expected time) for a bundle made for `target`."""
+        later = built + 1
+        metrics.BUNDLES.labels(self.chain, "late").inc()
+        log.info("bundle late for its block; sent for the next", target=target, now_for=later)
+        return later, timestamp + (later - target) * max(1, int(self.block_time))
+
+    @staticmethod
+    def _shifted(deadlines: dict[int | None, int | None], shift: int) -> dict[int | None, int]:
+        """The records' deadlines moved `shift` blocks later: blocks a bundle reached too late
+        to be in do not count against its deadline."""
+        if not shift:
+            return {}
+        return {i: d + shift for i, d in deadlines.items() if d is not None}
 
     async def _more_gas(self, batch: list[TxRecord], starved: Sequence[TxRecord]) -> list[TxRecord]:
         """The batch with twice the gas limit on the records the simulation ran out of gas."""
@@ -422,12 +519,20 @@ class TxManager:
     ) -> tuple[list[TxRecord], list[SignedTx], list[Outcome]]:
         """The batch without the actions the simulation refused: unsent records of those are
         dropped and the rest renumbered onto the batch's lowest nonces; carried ones (sent
-        before, whose block has passed) are dropped the same way."""
+        before, whose block has passed) are dropped the same way, unless the chain has used
+        their nonce: one sent before may have landed (a late bundle, in the block built while
+        this one was prepared). Those leave the batch unreported: settlement finds them."""
         unsent = [r for r in batch if TxState(r.state) is TxState.UNSTARTED]
         keep = [r for r in unsent if action_key_of(r) not in failed]
         drop = [r for r in unsent if action_key_of(r) in failed]
         carried_bad = [r for r in batch if r not in unsent and action_key_of(r) in failed]
         carried_ok = [r for r in batch if r not in unsent and action_key_of(r) not in failed]
+        if carried_bad:
+            used = await self.chain_reads.nonce(self.signer.address)
+            landed = {action_key_of(r) for r in carried_bad if r.nonce < used}
+            carried_bad = [r for r in carried_bad if action_key_of(r) not in landed]
+            carried_ok = [r for r in carried_ok if action_key_of(r) not in landed]
+            failed = {k: why for k, why in failed.items() if k not in landed}
         updates = [LedgerUpdate(k, "rejected", earned_wei=0) for k in failed]
         if carried_bad:
             await anyio.to_thread.run_sync(
@@ -467,18 +572,21 @@ class TxManager:
         target: int,
         group: str | None,
         carried_at: dict[int | None, int] | None = None,
+        deadlines: dict[int | None, int] | None = None,
     ) -> set[int]:
         """Records the batch as sent for `target` (one transaction, with its attempts); the
         ids that moved. A carried record moves only if no process settled it since the head
-        it was carried on."""
-        carried_at = carried_at or {}
+        it was carried on. `deadlines`: new deadline blocks of records sent late."""
+        carried_at, deadlines = carried_at or {}, deadlines or {}
         moves = [
             Move(
                 r.id or 0,
                 TxState.UNCONFIRMED,
                 "sent",
-                {"tx_hash": s.tx_hash, "target_block": target, "bundle_hash": group},
+                {"tx_hash": s.tx_hash, "target_block": target, "bundle_hash": group}
+                | ({"deadline_block": deadlines[r.id]} if r.id in deadlines else {}),
                 target_at_most=carried_at.get(r.id),
+                only_from=PENDING,
             )
             for r, s in zip(batch, signed, strict=True)
         ]
@@ -531,6 +639,12 @@ class TxManager:
         """The confirmer's step at a new head; returns the actions that ended."""
         async with self._lock:
             records = await anyio.to_thread.run_sync(self.records.open_records)
+            # Sent (late) for a block not built yet: the next submission for it joins them.
+            self._ahead = [
+                r for r in records
+                if r.route == "bundle" and TxState(r.state) is TxState.UNCONFIRMED
+                and r.target_block is not None and r.target_block > head
+            ]  # fmt: skip
             if not records:
                 return self._reported([])
             watch = [r for r in records if self._due(r, head)]
@@ -703,7 +817,7 @@ class TxManager:
             max_priority_fee_per_gas=bumped.max_priority_fee_per_gas, target_block=head + 1,
         )  # fmt: skip
         await anyio.to_thread.run_sync(lambda: self.records.apply([], attempts=[attempt]))
-        return [Move(rec.id or 0, TxState.UNCONFIRMED, "fee bumped", fields)]
+        return [Move(rec.id or 0, TxState.UNCONFIRMED, "fee bumped", fields, only_from=PENDING)]
 
     def _ended(
         self, records: Sequence[TxRecord], moves: Sequence[Move], mined: dict[int, _Mined]

@@ -96,9 +96,13 @@ class Move:
     #: A finalized record may move too (back to unconfirmed: a reorg deeper than
     #: `confirmations` took it).
     reopen: bool = False
+    #: Narrower from-states than the target allows (a send never unconfirms a mined record).
+    only_from: frozenset[TxState] | None = None
 
     @property
     def from_states(self) -> frozenset[TxState]:
+        if self.only_from is not None:
+            return FROM[self.target] & self.only_from
         return FROM[self.target] | ({TxState.FINALIZED} if self.reopen else frozenset())
 
 

@@ -20,7 +20,7 @@ from web3 import AsyncWeb3
 from web3.exceptions import Web3RPCError
 
 from keepers.chain.rpc_pool import redact
-from keepers.tx.flashbots import FlashbotsClient, RelayError, RelayUnavailable, Simulation
+from keepers.tx.flashbots import FlashbotsClient, RelayError, RelayUnavailable, Simulation, without_url
 
 log = structlog.get_logger("route")
 
@@ -32,6 +32,9 @@ class Sent:
     accepted: bool
     bundle_hash: str | None = None
     errors: tuple[str, ...] = ()
+    #: Every relay that did not take it answered with a refusal (a JSON-RPC error): none was
+    #: unreachable, so a send again is answered at once.
+    refused: bool = False
 
 
 class BundleRoute:
@@ -57,8 +60,12 @@ class BundleRoute:
             raws, target, replacement_uuid=replacement_uuid, builders=self.builders
         )
         hashes = [r for r in results.values() if isinstance(r, str)]
-        errors = tuple(f"{redact(u)}: {e}" for u, e in results.items() if not isinstance(e, str))
-        return Sent(bool(hashes), hashes[0] if hashes else None, errors)
+        errors = tuple(
+            f"{redact(u)}: {without_url(str(e), u)}" for u, e in results.items() if not isinstance(e, str)
+        )
+        failed = [e for e in results.values() if not isinstance(e, str)]
+        refused = bool(failed) and all(isinstance(e, RelayError) for e in failed)
+        return Sent(bool(hashes), hashes[0] if hashes else None, errors, refused)
 
 
 class MempoolRoute:

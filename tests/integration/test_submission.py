@@ -4,7 +4,7 @@ gap fills, no-op replacement at the deadline)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -15,6 +15,7 @@ from sqlmodel import Session, select
 from web3 import AsyncWeb3, Web3
 
 from keepers.chain.http import SessionHTTPProvider
+from keepers.obs import metrics
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
 from keepers.store.tables import TxAttempt, TxRecord
@@ -23,8 +24,8 @@ from keepers.tx.fees import FeeEstimator, Fees
 from keepers.tx.flashbots import FlashbotsClient
 from keepers.tx.manager import Outcome, Status, TxManager
 from keepers.tx.records import Intent, Move, TxRecords
-from keepers.tx.routes import BundleRoute, MempoolRoute
-from keepers.tx.signer import TxSigner
+from keepers.tx.routes import BundleRoute, MempoolRoute, Sent
+from keepers.tx.signer import SignedTx, TxSigner
 from keepers.tx.states import TxState
 from keepers_workshop.devnet.anvil import DEFAULT_KEYS, Anvil, free_port
 from keepers_workshop.relay.server import RelayThread
@@ -33,6 +34,8 @@ pytestmark = pytest.mark.integration
 
 KEEPER = Account.from_key(DEFAULT_KEYS[4])
 CAROL = Account.from_key(DEFAULT_KEYS[3])
+#: The relays' reputation key (a restarted keeper signs its bundles with the same one).
+REPUTATION = Account.create()
 SINK = "0x000000000000000000000000000000000000dEaD"
 GWEI = 10**9
 ETH = 10**18
@@ -83,15 +86,18 @@ async def _rpc(session: aiohttp.ClientSession, url: str, method: str, *params: A
 Body = Callable[[TxManager, aiohttp.ClientSession, Web3], Awaitable[None]]
 
 
-async def _with_bundles(relay: RelayThread, records: TxRecords, body: Body) -> None:
+def _bundle_manager(relay: RelayThread, records: TxRecords, session: aiohttp.ClientSession) -> TxManager:
     w3 = AsyncWeb3(SessionHTTPProvider(relay.url))
+    return TxManager(
+        w3=w3, records=records, signer=TxSigner(KEEPER, 31337), fees=FeeEstimator(w3, max_fee_gwei=100),
+        route=BundleRoute(FlashbotsClient([relay.url], REPUTATION, session)), chain="test",
+        block_time=1.0,
+    )  # fmt: skip
+
+
+async def _with_bundles(relay: RelayThread, records: TxRecords, body: Body) -> None:
     async with aiohttp.ClientSession() as session:
-        txm = TxManager(
-            w3=w3, records=records, signer=TxSigner(KEEPER, 31337), fees=FeeEstimator(w3, max_fee_gwei=100),
-            route=BundleRoute(FlashbotsClient([relay.url], Account.create(), session)), chain="test",
-            block_time=1.0,
-        )  # fmt: skip
-        await body(txm, session, Web3(Web3.HTTPProvider(relay.url)))
+        await body(_bundle_manager(relay, records, session), session, Web3(Web3.HTTPProvider(relay.url)))
 
 
 async def _build(session: aiohttp.ClientSession, url: str) -> None:
@@ -160,6 +166,173 @@ def test_bundle_that_misses_every_block_frees_its_nonce(relay: RelayThread, reco
     assert _ended(seen, "fill-a").status is Status.MISSED
     assert _ended(seen, "fill-b").status is Status.INCLUDED
     assert w3.eth.get_transaction_count(KEEPER.address) == 1, "nonce 0 was used once, by the second action"
+    assert records.live_nonces() == [0]
+    assert records.gaps() == []
+
+
+class _SlowSigner(TxSigner):
+    """A busy machine: the relay builds a block while the keeper signs its first bundle."""
+
+    def __init__(self, relay_url: str) -> None:
+        super().__init__(KEEPER, 31337)
+        self.relay_url, self.slow = relay_url, True
+
+    async def sign(self, requests: Sequence[tuple[TxRecord, Fees]]) -> list[SignedTx]:
+        if self.slow:
+            self.slow = False
+            async with aiohttp.ClientSession() as session:
+                await _build(session, self.relay_url)
+        return await super().sign(requests)
+
+
+class _SlowSend(BundleRoute):
+    """A busy machine: the relay builds a block between the keeper's simulation and its send."""
+
+    slow = True
+
+    async def send(self, raws: Sequence[bytes], target: int, replacement_uuid: str) -> Sent:
+        if self.slow:
+            self.slow = False
+            await _rpc(self.client.session, self.client.relays[0], "relay_buildBlock")
+        return await super().send(raws, target, replacement_uuid)
+
+
+def _one_block_fill(key: str) -> Action:
+    """Valid for one block, as a fill is (the next block's plan is made from its own prices)."""
+    return Action(key, (Call(to=SINK, value=1, gas_limit=21_000),), expected_value_wei=ETH, deadline_blocks=1)
+
+
+@pytest.mark.parametrize(
+    "where", ["while signing", "between simulation and send", "between simulation and send, then restarted"]
+)
+def test_a_bundle_whose_block_was_built_while_it_was_prepared_goes_for_the_next_block(
+    relay: RelayThread, records: TxRecords, where: str
+):
+    """On a busy machine the block a bundle was made for can be built before the bundle is
+    sent. It never had its chance there, so it goes for the next block, deadline included,
+    instead of being refused as too late and dropped (a fill missed for every slow step). The
+    next block's actions join it in one bundle, also after a restart (read from the store)."""
+    seen: list[Outcome] = []
+    late = metrics.BUNDLES.labels("test", "late")
+    before = late._value.get()
+
+    async def body(txm: TxManager, session: aiohttp.ClientSession, sync: Web3) -> None:
+        if where == "while signing":
+            txm.signer = _SlowSigner(relay.url)
+        else:
+            txm.route = _SlowSend(txm.route.client)  # type: ignore[union-attr]
+        head = sync.eth.block_number
+        seen.extend(await _step(txm, sync, [_one_block_fill("fill-late")]))
+        assert sync.eth.block_number == head + 1, "a block was built while it was prepared"
+        assert await _pending_for(session, relay.url, head + 2) == 1, "sent for the next block"
+        if where.endswith("restarted"):
+            txm = _bundle_manager(relay, records, session)
+        # The step at head+1 (its block not built yet): this block's action joins the late
+        # bundle in one, which replaces it (one bundle per signer per block).
+        seen.extend(await _step(txm, sync, [_one_block_fill("fill-next")]))
+        assert await _pending_for(session, relay.url, head + 2) == 1, "one bundle for the block"
+        await _build(session, relay.url)
+        seen.extend(await _step(txm, sync))
+
+    anyio.run(_with_bundles, relay, records, body)
+    w3 = Web3(Web3.HTTPProvider(relay.url))
+    for key in ("fill-late", "fill-next"):
+        outcome = _ended(seen, key)
+        assert outcome.status is Status.INCLUDED, outcome
+        assert outcome.block == w3.eth.block_number
+    assert late._value.get() == before + 1
+    assert records.live_nonces() == [0, 1]
+    assert records.gaps() == []
+
+
+def test_a_late_bundle_that_lands_while_the_next_one_is_prepared_is_found_not_dropped(
+    relay: RelayThread, records: TxRecords
+):
+    """Sent late for block T, it joins the next submission for T; T is built (with it) while
+    that one is prepared. Its simulation then refuses it (its nonce is used): that is not a
+    refusal but a landing. It leaves the bundle unreported, settlement confirms it, and the
+    next action goes for T+1 on the next nonce."""
+    seen: list[Outcome] = []
+
+    async def body(txm: TxManager, session: aiohttp.ClientSession, sync: Web3) -> None:
+        txm.route = _SlowSend(txm.route.client)  # type: ignore[union-attr]
+        head = sync.eth.block_number
+        seen.extend(await _step(txm, sync, [_one_block_fill("fill-late")]))
+        assert await _pending_for(session, relay.url, head + 2) == 1
+        txm.signer = _SlowSigner(relay.url)  # builds head+2 (with the late bundle) meanwhile
+        seen.extend(await _step(txm, sync, [_one_block_fill("fill-next")]))
+        assert sync.eth.get_transaction_count(KEEPER.address) == 1, "the late bundle landed"
+        await _build(session, relay.url)
+        seen.extend(await _step(txm, sync))
+
+    anyio.run(_with_bundles, relay, records, body)
+    w3 = Web3(Web3.HTTPProvider(relay.url))
+    late, nxt = _ended(seen, "fill-late"), _ended(seen, "fill-next")
+    assert late.status is Status.INCLUDED, late
+    assert nxt.status is Status.INCLUDED, nxt
+    assert nxt.block == late.block + 1 == w3.eth.block_number
+    assert records.live_nonces() == [0, 1]
+    assert records.gaps() == []
+
+
+def test_a_bundle_refused_as_past_goes_again_without_what_of_it_landed(
+    relay: RelayThread, records: TxRecords
+):
+    """A late bundle X joins the next block's fill F; that block is built (with X's earlier
+    send) before the joint bundle is sent, which the relay refuses as past. X landed: it
+    leaves the bundle (settlement confirms it), and F goes for the next block."""
+    seen: list[Outcome] = []
+
+    async def body(txm: TxManager, session: aiohttp.ClientSession, sync: Web3) -> None:
+        route = txm.route = _SlowSend(txm.route.client)  # type: ignore[union-attr]
+        head = sync.eth.block_number
+        seen.extend(await _step(txm, sync, [_one_block_fill("x")]))
+        route.slow = True  # builds head+2 (with x) between the next simulation and its send
+        seen.extend(await _step(txm, sync, [_one_block_fill("f")]))
+        assert sync.eth.get_transaction_count(KEEPER.address) == 1, "x landed"
+        assert await _pending_for(session, relay.url, head + 3) == 1, "f went for the next block"
+        await _build(session, relay.url)
+        seen.extend(await _step(txm, sync))
+
+    anyio.run(_with_bundles, relay, records, body)
+    x, f = _ended(seen, "x"), _ended(seen, "f")
+    assert x.status is Status.INCLUDED, x
+    assert f.status is Status.INCLUDED, f
+    assert f.block == x.block + 1
+    assert records.live_nonces() == [0, 1]
+    assert records.gaps() == []
+
+
+def _valid_until(block: int) -> str:
+    """Runtime code that reverts once block.number > `block` (a plan that goes stale)."""
+    # PUSH1 block, NUMBER, GT, PUSH1 8, JUMPI, STOP, JUMPDEST, PUSH1 0, DUP1, REVERT
+    return "0x60" + f"{block:02x}" + "431160085700" + "5b600080fd"
+
+
+def test_a_late_bundle_that_its_next_block_refuses_in_part_keeps_the_rest(
+    chain: Anvil, relay: RelayThread, records: TxRecords
+):
+    """Sent late, then simulated for the next block, where one of its actions no longer holds:
+    that one is left out (its record, already marked sent, is dropped), the rest goes."""
+    seen: list[Outcome] = []
+    guard = "0x00000000000000000000000000000000000000C0"
+
+    async def body(txm: TxManager, session: aiohttp.ClientSession, sync: Web3) -> None:
+        txm.route = _SlowSend(txm.route.client)  # type: ignore[union-attr]
+        head = sync.eth.block_number
+        await _rpc(session, chain.url, "anvil_setCode", guard, _valid_until(head + 1))
+        call = Call(to=guard, gas_limit=30_000)
+        stale = Action("stale", (call,), expected_value_wei=ETH, deadline_blocks=1)
+        seen.extend(await _step(txm, sync, [_one_block_fill("fine"), stale]))
+        await _build(session, relay.url)
+        seen.extend(await _step(txm, sync))
+
+    anyio.run(_with_bundles, relay, records, body)
+    w3 = Web3(Web3.HTTPProvider(relay.url))
+    assert _ended(seen, "fine").status is Status.INCLUDED
+    refused = _ended(seen, "stale")
+    assert refused.status is Status.REJECTED, refused
+    assert w3.eth.get_transaction_count(KEEPER.address) == 1
     assert records.live_nonces() == [0]
     assert records.gaps() == []
 

@@ -72,7 +72,11 @@ def test_a_kill_at_any_step_leaves_nothing_wedged(tmp_path: Path, point: str):
         # The store equals the chain: every nonce below the chain's count is held by exactly one
         # record that is mined, at the block its receipt names.
         mined = [r for r in rows if TxState(r.state) in (TxState.CONFIRMED, TxState.FINALIZED)]
-        assert sorted(r.nonce for r in mined) == list(range(chain_nonce)), "one mined record per used nonce"
+        held = sorted(r.nonce for r in mined)
+        odd = [(r.nonce, r.state, r.reason, r.target_block, r.deadline_block, r.idempotency_key)
+               for r in sorted(rows, key=lambda r: (r.nonce, r.id or 0))
+               if held.count(r.nonce) != 1 and r.nonce < chain_nonce]  # fmt: skip
+        assert held == list(range(chain_nonce)), f"one mined record per used nonce: {odd}"
         for r in mined:
             receipt = w3.eth.get_transaction_receipt(r.tx_hash)  # type: ignore[arg-type]
             assert receipt["blockNumber"] == r.included_block

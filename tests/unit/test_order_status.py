@@ -5,15 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from keepers.chain.events import Event
 from keepers.store.engine import make_engine
 from keepers.store.ledger import Ledger
 from keepers.store.migrations import migrate
 from keepers.store.order_status import order_status
-from keepers.store.projection import rollback_after, store_events
-from keepers.store.tables import ActionLedger
+from keepers.store.projection import rollback_after, rollbacks_since, store_events
+from keepers.store.tables import ActionLedger, BlockHash, Cursor, StoreRollback
 
 BOOK = "0x00000000000000000000000000000000000000b0"
 OWNER = "0x00000000000000000000000000000000000000aa"
@@ -126,3 +126,28 @@ def test_pnl_by_keeper_strategy_and_day(tmp_path):
     assert ls.net_wei == 8 * 10**15 - 22 * 10**14
     assert rows[("oracle", "median")].net_wei == -7 * 10**14, "public-good work shows its cost"
     assert ledger.pnl(today + dt.timedelta(days=1)) == []
+
+
+def test_a_rollback_is_logged_moves_cursors_above_it_back_and_the_log_stays_short(tmp_path):
+    engine = _engine(tmp_path)
+    with Session(engine) as s, s.begin():
+        s.add(BlockHash(chain_id=1, number=14, hash="0x14", parent_hash="0x13"))
+        s.add(Cursor(chain_id=1, name="ahead", block_number=20, block_hash="0x20"))
+        s.add(Cursor(chain_id=1, name="behind", block_number=12, block_hash="0x12"))
+        s.add(Cursor(chain_id=2, name="ahead", block_number=20, block_hash="0x20"))
+    with Session(engine) as s, s.begin():
+        first = rollback_after(s, 1, 14, {BOOK: "OrderBook"}).rollback_id
+    with Session(engine) as s:
+        cursors = {(c.chain_id, c.name): (c.block_number, c.block_hash) for c in s.exec(select(Cursor))}
+        assert rollbacks_since(s, 1, 0) == (first, 14)
+        assert rollbacks_since(s, 1, first) == (first, None)
+        assert rollbacks_since(s, 2, 0) == (0, None)
+    assert cursors == {(1, "ahead"): (14, "0x14"), (1, "behind"): (12, "0x12"), (2, "ahead"): (20, "0x20")}
+    for _ in range(1_005):
+        with Session(engine) as s, s.begin():
+            rollback_after(s, 1, 14, {BOOK: "OrderBook"})
+    with Session(engine) as s, s.begin():
+        rollback_after(s, 2, 3, {})
+    with Session(engine) as s:
+        kept = s.exec(select(StoreRollback.chain_id)).all()
+    assert (kept.count(1), kept.count(2)) == (1_000, 1), "the newest 1,000 of each chain"
