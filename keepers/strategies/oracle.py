@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from typing import Any
+from functools import cached_property
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from keepers.chain.calls import RawCall, call_all
 from keepers.sdk import (
     Action,
     BlockContext,
@@ -19,10 +20,13 @@ from keepers.sdk import (
     Strategy,
     calldata,
     checksum,
-    load_artifact,
 )
 
 BPS = 10_000
+#: Output types of PriceOracle.latestRound (round, price, updatedAt) and assetConfig
+#: (deviationBps, maxChangeBps, heartbeat).
+_ROUND = ("uint256", "uint256", "uint256")
+_CONFIG = ("uint16", "uint16", "uint32")
 
 
 class OracleParams(BaseModel):
@@ -77,29 +81,54 @@ class Median(Strategy[OracleParams]):
     kind = "oracle"
     Params = OracleParams
 
+    @cached_property
+    def _reads(self) -> dict[tuple[str, str], tuple[RawCall, RawCall]]:
+        return {}
+
+    def _state_reads(self, oracle: str, asset: str) -> tuple[RawCall, RawCall]:
+        """An asset's latest round and its config, encoded once."""
+        key = (oracle, asset)
+        if key not in self._reads:
+            self._reads[key] = (
+                RawCall(oracle, calldata("PriceOracle", "latestRound", asset), _ROUND),
+                RawCall(oracle, calldata("PriceOracle", "assetConfig", asset), _CONFIG),
+            )
+        return self._reads[key]
+
     async def on_block(self, ctx: BlockContext) -> Sequence[Action]:
         snap, oracle_addr = ctx.market, ctx.contracts.get("oracle")
         if snap is None or oracle_addr is None or ctx.reader is None:
             return []
-        oracle: Any = ctx.reader.eth.contract(
-            address=checksum(oracle_addr), abi=load_artifact("PriceOracle").abi
-        )
-        assets = self.params.assets or sorted(snap.prices)
-        updates: list[tuple[str, int]] = []
-        for asset in assets:
+        oracle = checksum(oracle_addr)
+        targets: dict[str, int] = {}
+        for asset in self.params.assets or sorted(snap.prices):
             sources = implied_prices(snap, asset)
             if len(sources) < self.params.min_sources:
                 continue
             target = robust_median(sources, self.params.outlier_bps)
-            if target is None:
-                continue
-            _round, current, _at = await oracle.functions.latestRound(checksum(asset)).call(
-                block_identifier=ctx.number
-            )
-            _dev, max_change, _hb = await oracle.functions.assetConfig(checksum(asset)).call()
-            price = bounded_step(int(current), target, int(max_change))
-            if await oracle.functions.isUpdateDue(checksum(asset), price).call(block_identifier=ctx.number):
-                updates.append((checksum(asset), price))
+            if target is not None:
+                targets[checksum(asset)] = target
+        if not targets:
+            return []
+        # Two round trips a block whatever the number of assets, every read of a round in
+        # flight at once: on a busy machine a read per asset in turn outlasted the strategy's
+        # timeout.
+        state = await call_all(
+            ctx.reader, [c for a in targets for c in self._state_reads(oracle, a)], ctx.number
+        )
+        steps = {
+            a: bounded_step(int(state[2 * i][1]), target, int(state[2 * i + 1][1]))
+            for i, (a, target) in enumerate(targets.items())
+        }
+        due = await call_all(
+            ctx.reader,
+            [
+                RawCall(oracle, calldata("PriceOracle", "isUpdateDue", a, p), ("bool",))
+                for a, p in steps.items()
+            ],
+            ctx.number,
+        )
+        updates = [(a, p) for (a, p), (is_due,) in zip(steps.items(), due, strict=True) if is_due]
         if not updates:
             return []
         data = calldata("PriceOracle", "updatePrices", [a for a, _ in updates], [p for _, p in updates])
