@@ -5,7 +5,6 @@ the Flashbots-protocol relay, and on two (the second a public-mempool chain)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,17 +15,21 @@ import pytest
 from keepers.config.schema import KEEPER_KINDS
 from keepers_workshop.devnet.anvil import anvil_key
 from keepers_workshop.devnet.cluster import ACCOUNTS
+from tests.helpers.cores import cpu_hogs, sharing_cores
 
 pytestmark = pytest.mark.integration
 
 
-def _devnet(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str, int]:
+def _devnet(tmp_path: Path, *args: str, hogs: bool = False) -> tuple[dict[str, Any], str, int]:
+    """`keepers devnet` headless; with `hogs`, beside a CPU hog per core and no other devnet
+    run of the suite (tests.helpers.cores)."""
     summary_file = tmp_path / "summary.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "keepers.cli", "devnet", "--plain", "--workdir", str(tmp_path / "devnet"),
-         "--summary-json", str(summary_file), *args],
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+    with cpu_hogs() if hogs else sharing_cores():
+        proc = subprocess.run(
+            [sys.executable, "-m", "keepers.cli", "devnet", "--plain", "--workdir", str(tmp_path / "devnet"),
+             "--summary-json", str(summary_file), *args],
+            capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
     tail = (proc.stdout + proc.stderr)[-4000:]
     assert summary_file.exists(), tail
     return json.loads(summary_file.read_text()), tail, proc.returncode
@@ -105,21 +108,6 @@ def test_two_chains_from_one_config_relay_and_public_mempool(tmp_path):
     assert '[keepers.limit-stop-polygon]\nkind = "limit-stop"\nchain = "polygon"' in config
 
 
-class CpuHogs:
-    """A busy-loop process per core for as long as the block runs: the machine is not ours."""
-
-    def __enter__(self) -> CpuHogs:
-        self.procs = [
-            subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)
-        ]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for p in self.procs:
-            p.kill()
-            p.wait()
-
-
 def _transaction_path_errors(workdir: Path) -> list[str]:
     """Error-level lines, and failures of sending or settling, in every keeper's log."""
     bad = []
@@ -138,8 +126,7 @@ def test_under_load_nothing_is_lost(tmp_path, chains: int):
     """The main job with every core kept busy by a CPU hog: fills may come later, but no
     executable order is left unfilled, none is filled below its limit, no nonce gap is left,
     nothing on the transaction path fails, and every keeper drains and exits 0."""
-    with CpuHogs():
-        result, tail, code = _devnet(tmp_path, "--chains", str(chains), "--blocks", "60")
+    result, tail, code = _devnet(tmp_path, "--chains", str(chains), "--blocks", "60", hogs=True)
     for name, s in result["chains"].items():
         keepers = [k if name == "devnet" else f"{k}-{name}" for k in KEEPER_KINDS]
         assert s["unfilled_executable"] == [], (

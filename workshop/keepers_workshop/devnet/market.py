@@ -70,6 +70,12 @@ class MarketDriver:
         self.tokens = {s: bind(w3, "DevnetToken", a) for s, a in dep.tokens.items()}
         self.symbol_of = {a.lower(): s for s, a in dep.tokens.items()}
         self.pools: list[Contract] = [bind(w3, "LiquidityPool", p["address"]) for p in dep.pools]
+        # A pool's tokens never change: read once, not every step (the simulated world shares
+        # the cores with the keepers it tests).
+        self.pair_of = {
+            pool.address: (str(pool.functions.token0().call()), str(pool.functions.token1().call()))
+            for pool in self.pools
+        }
         self.swaps = 0
 
     def _oracle_usd(self, symbol: str) -> float:
@@ -90,8 +96,7 @@ class MarketDriver:
         return targets
 
     def _arbitrage(self, pool: Contract, usd: dict[str, float]) -> None:
-        t0 = str(pool.functions.token0().call())
-        t1 = str(pool.functions.token1().call())
+        t0, t1 = self.pair_of[pool.address]
         s0, s1 = self.symbol_of[t0.lower()], self.symbol_of[t1.lower()]
         if s0 not in VOLATILE and s1 not in VOLATILE:
             return

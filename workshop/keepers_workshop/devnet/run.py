@@ -36,7 +36,7 @@ from web3 import Web3
 from keepers.chain.artifacts import load_artifact
 from keepers.config.schema import KEEPER_KINDS
 from keepers.store.engine import make_engine
-from keepers.store.tables import Cursor, Order, TxRecord
+from keepers.store.tables import ActionLedger, Cursor, Order, TxRecord
 from keepers.tx.records import TxRecords
 from keepers.tx.states import TxState
 from keepers_workshop.devnet.anvil import Anvil, anvil_key
@@ -294,10 +294,11 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
                             f"{prefix}reorg: the last {done[1]} block(s) replaced at block {done[0]}",
                             flush=True,
                         )
-                if time.monotonic() - last_scrape > 2:  # the keepers' own endpoints, not every tick
+                # The keepers' own endpoints, for the live view only and not every tick: a scrape
+                # costs the keepers CPU that their next block needs.
+                if view is not None and time.monotonic() - last_scrape > 2:
                     metrics = {name: cluster.metrics(name) for name in cluster.keepers}
-                    if view is not None:
-                        health = {name: cluster.health(name) for name in cluster.keepers}
+                    health = {name: cluster.health(name) for name in cluster.keepers}
                     last_scrape = time.monotonic()
                 if view is not None:
                     view.update(
@@ -352,6 +353,7 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
         for m in summary.misses:
             console.print(f"  order {m.order_id} ({m.kind}): {m.why}")
         result = summary.as_json()
+        _explain_unfilled(result["unfilled_executable"], opts.store_url(), run)
         result.update(
             store_mismatches=mismatches,
             keeper_restarts={k: cluster.keepers[k].restarts for k in run.keepers},
@@ -457,6 +459,32 @@ def _submitted(database_url: str, run: ChainRun) -> tuple[int, int, int]:
     included = sum(1 for states in groups.values() if states & landed)
     missed = sum(1 for states in groups.values() if states == {TxState.DROPPED.value})
     return len(groups), included, missed
+
+
+def _explain_unfilled(unfilled: list[dict[str, Any]], database_url: str, run: ChainRun) -> None:
+    """Adds to each unfilled order what the keepers did about it, from the store's ledger and
+    transaction records ("decided at 113: missed (bundle missed its blocks)"), so a failure seen
+    once in CI explains itself."""
+    if not unfilled:
+        return
+    engine = make_engine(database_url)
+    with Session(engine) as s:
+        actions = s.exec(select(ActionLedger).where(ActionLedger.chain_id == run.dep.chain_id)).all()
+        reasons = {
+            key.split("#")[0]: reason
+            for key, reason in s.exec(
+                select(TxRecord.idempotency_key, TxRecord.reason).where(TxRecord.chain_id == run.dep.chain_id)
+            ).all()
+            if reason
+        }
+    for miss in unfilled:
+        mine = sorted((a for a in actions if miss["order_id"] in a.order_ids), key=lambda a: a.decided_block)
+        miss["actions"] = [
+            f"{a.keeper} decided at {a.decided_block}: {a.status}"
+            + (f" at {a.included_block}" if a.included_block is not None else "")
+            + (f" ({reasons[a.idempotency_key]})" if a.idempotency_key in reasons else "")
+            for a in mine[-8:]
+        ] or ["no keeper acted on it"]
 
 
 def _nonce_gaps(database_url: str, run: ChainRun) -> dict[str, list[int]]:
