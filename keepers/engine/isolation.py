@@ -7,9 +7,14 @@ worker it can only lose its own blocks: the keeper waits `strategy_timeout`, kil
 counts the failure and starts a fresh one for the next block (as Keep3r jobs and MakerDAO's
 auction-keeper models run apart from the keeper that signs).
 
-The protocol is one frame per block each way over the worker's pipes, a 4-byte length and a
-body. Keeper -> worker: the block's context, pickled (the keeper is trusted). Worker -> keeper:
-JSON, never pickle, so a hostile plugin cannot run code in the keeper by what it returns.
+The protocol is one frame each way per call over the worker's pipes, a 4-byte length and a
+body. Keeper -> worker: the call (`sync_state` once, then `on_block`) and the block's context,
+pickled (the keeper is trusted). Worker -> keeper: JSON, never pickle, so a hostile plugin
+cannot run code in the keeper by what it returns.
+
+A worker still importing is not late: a block's timeout that falls while it starts leaves it
+starting (up to `startup_timeout`), or on a busy machine every block would kill a worker that
+needs a little longer than one block to start and start another one cold.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import pickle
 import signal
 import struct
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import MISSING, asdict, fields, is_dataclass, replace
 from types import UnionType
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -37,6 +43,8 @@ log = structlog.get_logger("isolation")
 
 HEADER = struct.Struct(">I")
 SPEC_ENV = "KEEPERS_WORKER_SPEC"
+#: The calls a keeper makes of its worker (the first item of every frame it sends).
+SYNC, BLOCK = "sync_state", "on_block"
 #: The biggest answer a worker may send (a garbage flood is cut off, not buffered).
 MAX_FRAME = 16 * 2**20
 _T = TypeVar("_T")
@@ -115,7 +123,7 @@ def _value(hint: Any, value: object) -> Any:
 
 
 class IsolatedStrategy(Strategy):
-    """Runs the named plugin in a worker process; on_block is a round trip to it."""
+    """Runs the named plugin in a worker process; sync_state and on_block are round trips to it."""
 
     def __init__(
         self,
@@ -134,15 +142,22 @@ class IsolatedStrategy(Strategy):
         self.rpc_url = rpc_url
         self.memory_limit_mb = memory_limit_mb
         self.startup_timeout = startup_timeout
+        #: Workers replaced because they failed (died, were late, answered out of protocol).
         self.restarts = 0
         self._proc: Process | None = None
         self._out: BufferedByteReceiveStream | None = None
-        self._ready = False
+        #: Frames a starting worker still owes: "ready", then its sync_state's answer.
+        self._answers_to_startup = 0
+        self._sync_error: str | None = None
+        self._spawned_at = 0.0
+        #: The size from a frame header read whose body is not read yet.
+        self._frame_size: int | None = None
         self._closed = False
 
-    async def _spawn(self) -> None:
-        """Starts a worker without waiting for it: it imports (about 2 s cold) while the keeper
-        waits for the next block, instead of inside that block's timeout."""
+    async def _spawn(self, ctx: BlockContext) -> None:
+        """Starts a worker without waiting for it, its sync_state queued with `ctx`: it imports
+        and warms up (about 2 s cold) while the keeper goes on, instead of inside one block's
+        timeout. Every worker is warmed so: a replacement is a fresh instance of the plugin."""
         spec = json.dumps(
             {
                 "name": self.name,
@@ -162,24 +177,56 @@ class IsolatedStrategy(Strategy):
         argv = [sys.executable, "-P", "-m", "keepers.engine.worker"]  # -P: never code from the cwd
         proc = await anyio.open_process(argv, env=env, stderr=None)
         assert proc.stdout is not None
-        self._proc, self._out, self._ready = proc, BufferedByteReceiveStream(proc.stdout), False
+        assert proc.stdin is not None
+        self._proc, self._out = proc, BufferedByteReceiveStream(proc.stdout)
+        self._answers_to_startup, self._frame_size, self._sync_error = 2, None, None
+        self._spawned_at = time.monotonic()
+        await proc.stdin.send(_frame(SYNC, ctx))  # the pipe holds it until the worker reads
+
+    def _starting(self) -> bool:
+        """A live worker that has not finished starting and is still within its startup time."""
+        return (
+            self._proc is not None
+            and self._proc.returncode is None
+            and self._answers_to_startup > 0
+            and time.monotonic() - self._spawned_at < self.startup_timeout
+        )
 
     async def _await_ready(self) -> None:
-        if self._ready:
+        """Waits for the worker's "ready" and its sync_state's answer (at most `startup_timeout`
+        from its start, across however many calls that takes)."""
+        if self._answers_to_startup == 0:
             return
-        with anyio.fail_after(self.startup_timeout):
-            ready = await self._read_frame()
-        if ready != b"ready":
-            raise WorkerFailed(f"strategy worker did not start: {ready[:500]!r}")
-        self._ready = True
+        left = self.startup_timeout - (time.monotonic() - self._spawned_at)
+        with anyio.fail_after(max(left, 0.0)):
+            while self._answers_to_startup > 0:
+                frame = await self._read_frame()
+                if self._answers_to_startup == 2 and frame != b"ready":
+                    raise WorkerFailed(f"strategy worker did not start: {frame[:500]!r}")
+                if self._answers_to_startup == 1:
+                    try:
+                        answer = decode_actions(frame)
+                    except WorkerFailed as exc:
+                        answer = str(exc)
+                    if not isinstance(answer, list):
+                        # As in-process: a failed warm-up is reported, and the strategy starts cold.
+                        self._sync_error = f"sync_state failed in the worker: {str(answer)[:500]}"
+                        log.warning("strategy sync_state failed", strategy=self.name, error=self._sync_error)
+                self._answers_to_startup -= 1
 
     async def _read_frame(self) -> bytes:
+        """The next frame; cancel-safe (a header already read is kept for the next call, and the
+        stream keeps a partly read body), as a starting worker outlives a cancelled wait."""
         assert self._out is not None
         try:
-            (size,) = HEADER.unpack(await self._out.receive_exactly(HEADER.size))
+            if self._frame_size is None:
+                (self._frame_size,) = HEADER.unpack(await self._out.receive_exactly(HEADER.size))
+            size = self._frame_size
             if size > MAX_FRAME:
                 raise WorkerFailed(f"strategy worker sent a {size}-byte answer (limit {MAX_FRAME})")
-            return await self._out.receive_exactly(size)
+            body = await self._out.receive_exactly(size)
+            self._frame_size = None
+            return body
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
             code = await self._exit_code()
             raise WorkerFailed(f"strategy worker exited ({self._describe(code)})") from None
@@ -207,31 +254,68 @@ class IsolatedStrategy(Strategy):
                 proc.kill()
             await proc.aclose()
 
-    async def on_block(self, ctx: BlockContext) -> Sequence[Action]:
-        if self._proc is None or self._proc.returncode is not None:
-            if self._proc is not None:
-                self.restarts += 1
-                await self._kill()
-            await self._spawn()
-        proc = self._proc
-        assert proc is not None
-        assert proc.stdin is not None
-        body = pickle.dumps(replace(ctx, reader=None), protocol=pickle.HIGHEST_PROTOCOL)
-        try:
-            await self._await_ready()
-            await proc.stdin.send(HEADER.pack(len(body)) + body)
-            answer = await self._read_frame()
-        except BaseException:
-            # Late (the guard's timeout cancelled us), dead or out of protocol: the worker's state
-            # is unknown, so it goes, and its replacement starts now to be warm by the next block.
+    async def _started(self, ctx: BlockContext) -> Process:
+        """The worker, started (with `ctx` for its warm-up) if there is none or it died."""
+        if self._proc is not None and self._proc.returncode is not None:
             self.restarts += 1
-            with anyio.CancelScope(shield=True):
+            await self._kill()
+        if self._proc is None:
+            await self._spawn(ctx)
+        assert self._proc is not None
+        return self._proc
+
+    async def _guarded(self, ctx: BlockContext, call: Callable[[], Awaitable[_T]]) -> _T:
+        """Runs `call` against the worker; a worker that fails it is replaced."""
+        deadline = anyio.current_effective_deadline()
+        try:
+            return await call()
+        except anyio.get_cancelled_exc_class():
+            if self._starting():
+                raise  # only slow to start: it stays, and answers a later block
+            if self._closed or anyio.current_time() < deadline:
+                # Cancelled from outside (the keeper stopping), not late: the worker goes
+                # (its state is unknown) and no replacement is started for a keeper that stops.
                 await self._kill()
-                if not self._closed:
-                    await self._spawn()
+                raise
+            await self._replace(ctx)
             raise
-        return decode_actions(answer)  # type: ignore[return-value]
+        except BaseException:
+            # Late, dead or out of protocol: the worker's state is unknown, so it goes, and its
+            # replacement starts now to be warm by the next block.
+            await self._replace(ctx)
+            raise
+
+    async def _replace(self, ctx: BlockContext) -> None:
+        with anyio.CancelScope(shield=True):
+            self.restarts += 1
+            await self._kill()
+            if not self._closed:
+                await self._spawn(ctx)
+
+    async def sync_state(self, ctx: BlockContext) -> None:
+        """Starts the worker, whose plugin runs its sync_state there before its first block."""
+        await self._started(ctx)
+        await self._guarded(ctx, self._await_ready)
+        if self._sync_error is not None:
+            raise WorkerFailed(self._sync_error)
+
+    async def on_block(self, ctx: BlockContext) -> Sequence[Action]:
+        proc = await self._started(ctx)
+        assert proc.stdin is not None
+        stdin = proc.stdin
+
+        async def round_trip() -> bytes:
+            await self._await_ready()
+            await stdin.send(_frame(BLOCK, ctx))
+            return await self._read_frame()
+
+        return decode_actions(await self._guarded(ctx, round_trip))  # type: ignore[return-value]
 
     async def close(self) -> None:
         self._closed = True
         await self._kill()
+
+
+def _frame(op: str, ctx: BlockContext) -> bytes:
+    body = pickle.dumps((op, replace(ctx, reader=None)), protocol=pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(body)) + body

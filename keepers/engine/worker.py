@@ -11,7 +11,7 @@ import resource
 from dataclasses import replace
 from typing import BinaryIO
 
-from keepers.engine.isolation import HEADER, SPEC_ENV, encode_actions
+from keepers.engine.isolation import HEADER, SPEC_ENV, SYNC, encode_actions
 
 OUT_OF_MEMORY = 3
 
@@ -40,8 +40,13 @@ async def _serve(spec: dict[str, object], inp: BinaryIO, out: BinaryIO) -> None:
     reader = AsyncWeb3(SessionHTTPProvider(str(spec["rpc_url"]))) if spec.get("rpc_url") else None
     _write(out, b"ready")
     while (frame := _read(inp)) is not None:
-        ctx = replace(pickle.loads(frame), reader=reader)  # noqa: S301 - from the keeper that started us
+        op, ctx = pickle.loads(frame)  # noqa: S301 - from the keeper that started us
+        ctx = replace(ctx, reader=reader)
         try:
+            if op == SYNC:
+                await strategy.sync_state(ctx)
+                _write(out, encode_actions([]))
+                continue
             actions = await strategy.on_block(ctx)
             if not isinstance(actions, list | tuple) or not all(isinstance(a, Action) for a in actions):
                 body = json.dumps({"invalid": type(actions).__name__}).encode()

@@ -25,6 +25,7 @@ from keepers.chain.source import BlockSource
 from keepers.engine.isolation import IsolatedStrategy
 from keepers.engine.loop import KeeperLoop
 from keepers.engine.plugins import PluginError, build_strategy, list_plugins
+from keepers.engine.strategy import BlockContext
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
 from keepers.tx.fees import FeeEstimator
@@ -211,6 +212,57 @@ def test_isolated_strategy_round_trips_actions_that_land(chain, tmp_path):
     included = [o for o in loop.state.outcomes if o.status is Status.INCLUDED]
     assert len(included) >= 2, "actions came back from the worker and landed"
     assert strategy.restarts == 0, "printing to stdout does not break the worker's protocol"
+
+
+@pytest.mark.usefixtures("plugins")
+def test_every_isolated_worker_gets_its_sync_state_before_its_first_block(chain, tmp_path, capsys):
+    """The plugin raises on a block before its sync_state, and its worker dies at its second
+    block: each replacement, a fresh instance, must be warmed too."""
+    anvil, relay = chain
+    strategy = _isolated(relay, "test-warming")
+    loop = _run_loop(
+        anvil, relay, tmp_path, "test-warming", blocks=3, isolated=strategy, timeout=10,
+        until=lambda lp: sum(o.status is Status.INCLUDED for o in lp.state.outcomes) >= 2,
+    )  # fmt: skip
+    assert sum(o.status is Status.INCLUDED for o in loop.state.outcomes) >= 2
+    assert strategy.restarts >= 1, "a worker died and was replaced"
+    captured = capsys.readouterr()
+    assert "strategy raised" in captured.out + captured.err, "the dead worker was reported"
+    assert "before sync_state" not in captured.out + captured.err
+
+
+@pytest.mark.usefixtures("plugins")
+def test_a_worker_slower_to_start_than_a_block_is_waited_for_not_restarted(chain, tmp_path):
+    """Under load a worker may need longer than one block's timeout to start: killing it then
+    would start the next one just as cold, block after block, and the keeper would never act."""
+    anvil, relay = chain
+    strategy = _isolated(relay, "test-slow-start")
+    loop = _run_loop(
+        anvil, relay, tmp_path, "test-slow-start", blocks=3, isolated=strategy, timeout=0.5,
+        until=lambda lp: sum(o.status is Status.INCLUDED for o in lp.state.outcomes) >= 1,
+    )  # fmt: skip
+    assert any(o.status is Status.INCLUDED for o in loop.state.outcomes), "it acted once started"
+    assert strategy.restarts == 0, "the starting worker was left to start"
+
+
+@pytest.mark.usefixtures("plugins")
+def test_a_keeper_stopping_mid_call_kills_its_worker_and_starts_no_other(chain):
+    _anvil, relay = chain
+    strategy = _isolated(relay, "test-hanging")
+    ctx = BlockContext(chain="test", chain_id=31337, number=1, timestamp=0)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(strategy.on_block, ctx)
+            with anyio.fail_after(60):
+                while strategy._proc is None or strategy._answers_to_startup:
+                    await anyio.sleep(0.05)
+            await anyio.sleep(0.2)  # the worker holds the block now
+            tg.cancel_scope.cancel()  # no deadline passed: the keeper is stopping
+        assert strategy._proc is None, "the worker was killed"
+        assert strategy.restarts == 0, "stopping is not a worker failure"
+
+    anyio.run(main)
 
 
 @pytest.mark.usefixtures("plugins")
