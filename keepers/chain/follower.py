@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import AsyncExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -453,11 +453,22 @@ class ChainFollower:
         while True:
             if ws_url:
                 try:
+                    slow = False
                     async for head in _ws_heads(ws_url, silence):
-                        if head > last:
-                            last = head
-                            self._new_head()
-                            yield head
+                        if head <= last:
+                            continue
+                        if slow:
+                            # The consumer took long on the last head: the heads buffered since
+                            # are old news. Skip to the chain's head (the others are then
+                            # passed over), as polling would, rather than work through the
+                            # backlog a block late at every step.
+                            with suppress(Exception):
+                                head = max(head, await self.head())
+                        last = head
+                        self._new_head()
+                        handed_at = time.monotonic()
+                        yield head
+                        slow = time.monotonic() - handed_at > poll_interval
                 except Exception as exc:  # noqa: BLE001 - any fault of the subscription: poll
                     log.warning("websocket heads failed; polling", error=_fault(exc), chain=self.label)
             started = time.monotonic()

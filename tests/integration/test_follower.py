@@ -116,6 +116,38 @@ def test_events_apply_once_across_restarts(chain, tmp_path):
 
 
 @pytest.mark.usefixtures("fresh")
+def test_a_consumer_slower_than_the_blocks_gets_the_newest_websocket_head(chain, tmp_path):
+    """Heads that arrive while a keeper works on one are old news when it is done: it goes on
+    at the chain's head, not a block behind at every step through the backlog."""
+    anvil, _dep = chain
+    w3 = Web3(Web3.HTTPProvider(anvil.url))
+    f = _follower(anvil.url, _dep, f"sqlite:///{tmp_path / 'slow.sqlite'}")
+    got: list[int] = []
+
+    async def main() -> None:
+        async def mine() -> None:
+            while True:
+                await anyio.to_thread.run_sync(w3.provider.make_request, "evm_mine", [])
+                await anyio.sleep(0.2)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(mine)
+                heads = f.heads(anvil.ws_url, poll_interval=0.1)
+                got.append(await heads.__anext__())
+                await anyio.sleep(1.5)  # the keeper's work on that head: about seven blocks
+                got.append(await heads.__anext__())
+                got.append(w3.eth.block_number)
+                await heads.aclose()
+                tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    first, second, chain_head = got
+    assert second >= first + 4, f"the next head was {second - first} after the first: the backlog's"
+    assert second >= chain_head - 1, "it was the chain's head"
+
+
+@pytest.mark.usefixtures("fresh")
 def test_websocket_heads_drive_the_block_source(chain, tmp_path):
     anvil, dep = chain
     w3 = Web3(Web3.HTTPProvider(anvil.url))

@@ -77,6 +77,8 @@ class ChainEndpoint:
     url: str  # the relay for a flashbots chain, anvil itself for a public one
     deployment: Path
     native_token: str
+    #: The node's WebSocket, for the keepers' new heads (pushed, not polled through the relay).
+    ws_url: str | None = None
 
 
 def write_config(
@@ -101,6 +103,7 @@ def write_config(
             f"[chains.{c.plan.name}]",
             f"chain_id = {c.plan.chain_id}",
             f'rpc = [{{ url = "{c.url}", rate_limit = 2000 }}]',
+            *([f'ws_url = "{c.ws_url}"'] if c.ws_url else []),
             f"block_time = {block_time}",
             f'submission = "{c.plan.submission}"',
             "confirmations = 0",

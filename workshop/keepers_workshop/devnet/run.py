@@ -180,7 +180,7 @@ def _start_chain(plan: ChainPlan, first: bool, opts: Options, workdir: Path, nod
             f" deployed in {time.monotonic() - started:.1f}s"
         )
         console.print(f"rpc          {url} ({plan.name}: public mempool, for wallets, scripts and keepers)")
-    return ChainRun(ChainEndpoint(plan, url, deployment, dep.tokens["WETH"]), dep)
+    return ChainRun(ChainEndpoint(plan, url, deployment, dep.tokens["WETH"], ws_url=anvil.ws_url), dep)
 
 
 def run_devnet(opts: Options) -> int:
