@@ -236,7 +236,9 @@ async def build_keeper(
         chain_id=chain_id,
         strategy=strategy,
         strategy_name=ks.strategy,
-        source=BlockSource(follower, ws_url=chain.ws_url, poll_interval=poll_interval(chain)),
+        source=BlockSource(
+            follower, ws_url=chain.ws_url, poll_interval=poll_interval(chain), block_time=chain.block_time
+        ),
         txm=txm,
         candidates=candidates_for(engine, chain_id, kind),
         snapshots=SnapshotReader(w3, list(addrs.pools), addrs.oracle, addrs.order_book),

@@ -85,7 +85,8 @@ MEANINGS = {
     "chains.<name>.chain_id": "checked against the RPC at start",
     "chains.<name>.rpc": "`[{ url, rate_limit }]`: several endpoints with failover and per-endpoint req/s",
     "chains.<name>.rpc[].url": "an http(s) JSON-RPC endpoint",
-    "chains.<name>.ws_url": "new heads by subscription; polling when absent or failing",
+    "chains.<name>.ws_url": "new heads by subscription; polling when absent or failing. A keeper that "
+    "spent over a block on one head goes on at the chain's head, not through the heads buffered meanwhile",
     "chains.<name>.block_time": "seconds; the next block's expected time, bundle waits",
     "chains.<name>.poll_interval": "seconds between polls for a new head without a WebSocket (each poll"
     " is a request to the node)",

@@ -444,10 +444,15 @@ class ChainFollower:
 
     # ------------------------------------------------------------------ heads
 
-    async def heads(self, ws_url: str | None, poll_interval: float) -> AsyncIterator[int]:
+    async def heads(
+        self, ws_url: str | None, poll_interval: float, block_time: float | None = None
+    ) -> AsyncIterator[int]:
         """New head numbers, rising: WebSocket first, polling when it fails or falls silent.
         A node that refuses, stalls or answers garbage is waited out with backoff: the keeper
-        never exits because its RPC did (the head's age shows it, and readiness drops)."""
+        never exits because its RPC did (the head's age shows it, and readiness drops). A
+        consumer that spent over a block (`block_time`, else a poll interval) on one head gets
+        the chain's head next, not the heads buffered meanwhile."""
+        slow_after = block_time or poll_interval
         last = -1
         silence = max(20 * poll_interval, 10.0)  # a subscription quiet this long is broken
         while True:
@@ -468,7 +473,7 @@ class ChainFollower:
                         self._new_head()
                         handed_at = time.monotonic()
                         yield head
-                        slow = time.monotonic() - handed_at > poll_interval
+                        slow = time.monotonic() - handed_at > slow_after
                 except Exception as exc:  # noqa: BLE001 - any fault of the subscription: poll
                     log.warning("websocket heads failed; polling", error=_fault(exc), chain=self.label)
             started = time.monotonic()

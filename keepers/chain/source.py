@@ -17,15 +17,21 @@ log = structlog.get_logger("follower")
 
 class BlockSource:
     def __init__(
-        self, follower: ChainFollower, *, ws_url: str | None = None, poll_interval: float = 1.0
+        self,
+        follower: ChainFollower,
+        *,
+        ws_url: str | None = None,
+        poll_interval: float = 1.0,
+        block_time: float | None = None,
     ) -> None:
         self.follower = follower
         self.ws_url = ws_url
         self.poll_interval = poll_interval
+        self.block_time = block_time
 
     def heads(self) -> AsyncIterator[int]:
         """New head numbers, rising (WebSocket subscription, HTTP polling as fallback)."""
-        return self.follower.heads(self.ws_url, self.poll_interval)
+        return self.follower.heads(self.ws_url, self.poll_interval, self.block_time)
 
     async def block(self, number: int) -> Block | None:
         """Block `number`, the store brought up to it; None when the chain moved under the

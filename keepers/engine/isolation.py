@@ -20,6 +20,7 @@ needs a little longer than one block to start and start another one cold.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import signal
@@ -32,6 +33,7 @@ from types import UnionType
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import anyio
+import anyio.lowlevel
 import structlog
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
@@ -45,6 +47,8 @@ HEADER = struct.Struct(">I")
 SPEC_ENV = "KEEPERS_WORKER_SPEC"
 #: The calls a keeper makes of its worker (the first item of every frame it sends).
 SYNC, BLOCK = "sync_state", "on_block"
+#: A worker's phases.
+STARTING, WARMING, UP = "starting", "warming", "up"
 #: The biggest answer a worker may send (a garbage flood is cut off, not buffered).
 MAX_FRAME = 16 * 2**20
 _T = TypeVar("_T")
@@ -146,18 +150,25 @@ class IsolatedStrategy(Strategy):
         self.restarts = 0
         self._proc: Process | None = None
         self._out: BufferedByteReceiveStream | None = None
-        #: Frames a starting worker still owes: "ready", then its sync_state's answer.
-        self._answers_to_startup = 0
+        #: Where the worker is: STARTING (until "ready"), WARMING (its sync_state), UP.
+        self._phase = UP
+        #: The context its sync_state gets, sent once it reads (a big one would fill the pipe).
+        self._warm_ctx: BlockContext | None = None
         self._sync_error: str | None = None
         self._spawned_at = 0.0
+        #: Answers asked for and not read yet: a call that ran out of time leaves one.
+        self._unread = 0
+        #: The current call spent time waiting for the worker to start: being late then is
+        #: not the worker's failure.
+        self._waited_for_start = False
         #: The size from a frame header read whose body is not read yet.
         self._frame_size: int | None = None
         self._closed = False
 
     async def _spawn(self, ctx: BlockContext) -> None:
-        """Starts a worker without waiting for it, its sync_state queued with `ctx`: it imports
-        and warms up (about 2 s cold) while the keeper goes on, instead of inside one block's
-        timeout. Every worker is warmed so: a replacement is a fresh instance of the plugin."""
+        """Starts a worker without waiting for it, to run its sync_state with `ctx` once up: it
+        imports and warms up (about 2 s cold) while the keeper goes on, instead of inside one
+        block's timeout. Every worker is warmed so: a replacement is a fresh plugin instance."""
         spec = json.dumps(
             {
                 "name": self.name,
@@ -177,42 +188,67 @@ class IsolatedStrategy(Strategy):
         argv = [sys.executable, "-P", "-m", "keepers.engine.worker"]  # -P: never code from the cwd
         proc = await anyio.open_process(argv, env=env, stderr=None)
         assert proc.stdout is not None
-        assert proc.stdin is not None
         self._proc, self._out = proc, BufferedByteReceiveStream(proc.stdout)
-        self._answers_to_startup, self._frame_size, self._sync_error = 2, None, None
+        self._phase, self._warm_ctx, self._sync_error = STARTING, ctx, None
+        self._frame_size, self._unread = None, 0
         self._spawned_at = time.monotonic()
-        await proc.stdin.send(_frame(SYNC, ctx))  # the pipe holds it until the worker reads
 
     def _starting(self) -> bool:
         """A live worker that has not finished starting and is still within its startup time."""
         return (
             self._proc is not None
             and self._proc.returncode is None
-            and self._answers_to_startup > 0
+            and self._phase != UP
             and time.monotonic() - self._spawned_at < self.startup_timeout
         )
+
+    async def _send(self, op: str, ctx: BlockContext) -> None:
+        """Sends one frame and counts its answer as owed. After the check, the frame is written
+        whole before the first yield (asyncio buffers it), so a cancellation never leaves one
+        half sent or counted and unsent."""
+        proc = self._proc
+        assert proc is not None
+        assert proc.stdin is not None
+        frame = _frame(op, ctx)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        self._unread += 1
+        await proc.stdin.send(frame)
 
     async def _await_ready(self) -> None:
         """Waits for the worker's "ready" and its sync_state's answer (at most `startup_timeout`
         from its start, across however many calls that takes)."""
-        if self._answers_to_startup == 0:
+        if self._phase == UP:
             return
+        self._waited_for_start = True
         left = self.startup_timeout - (time.monotonic() - self._spawned_at)
         with anyio.fail_after(max(left, 0.0)):
-            while self._answers_to_startup > 0:
+            if self._phase == STARTING:
                 frame = await self._read_frame()
-                if self._answers_to_startup == 2 and frame != b"ready":
+                if frame != b"ready":
                     raise WorkerFailed(f"strategy worker did not start: {frame[:500]!r}")
-                if self._answers_to_startup == 1:
-                    try:
-                        answer = decode_actions(frame)
-                    except WorkerFailed as exc:
-                        answer = str(exc)
-                    if not isinstance(answer, list):
-                        # As in-process: a failed warm-up is reported, and the strategy starts cold.
-                        self._sync_error = f"sync_state failed in the worker: {str(answer)[:500]}"
-                        log.warning("strategy sync_state failed", strategy=self.name, error=self._sync_error)
-                self._answers_to_startup -= 1
+                assert self._warm_ctx is not None
+                await self._send(SYNC, self._warm_ctx)
+                self._phase, self._warm_ctx = WARMING, None
+            frame = await self._answer()
+            try:
+                answer = decode_actions(frame)
+            except WorkerFailed as exc:
+                answer = str(exc)
+            if not isinstance(answer, list):
+                # As in-process: a failed warm-up is reported, and the strategy starts cold.
+                self._sync_error = f"sync_state failed in the worker: {str(answer)[:500]}"
+                log.warning("strategy sync_state failed", strategy=self.name, error=self._sync_error)
+            self._phase = UP
+
+    async def _answer(self) -> bytes:
+        """The answer to the last frame sent; answers to earlier calls that ran out of time
+        first come off the pipe and are dropped."""
+        while self._unread > 1:
+            await self._read_frame()
+            self._unread -= 1
+        frame = await self._read_frame()
+        self._unread -= 1
+        return frame
 
     async def _read_frame(self) -> bytes:
         """The next frame; cancel-safe (a header already read is kept for the next call, and the
@@ -267,15 +303,22 @@ class IsolatedStrategy(Strategy):
     async def _guarded(self, ctx: BlockContext, call: Callable[[], Awaitable[_T]]) -> _T:
         """Runs `call` against the worker; a worker that fails it is replaced."""
         deadline = anyio.current_effective_deadline()
+        self._waited_for_start = False
         try:
             return await call()
         except anyio.get_cancelled_exc_class():
             if self._starting():
                 raise  # only slow to start: it stays, and answers a later block
-            if self._closed or anyio.current_time() < deadline:
+            # -inf: the call began with its scope cancelled already, so no deadline of its own.
+            late = math.isfinite(deadline) and anyio.current_time() >= deadline
+            if self._closed or not late:
                 # Cancelled from outside (the keeper stopping), not late: the worker goes
                 # (its state is unknown) and no replacement is started for a keeper that stops.
                 await self._kill()
+                raise
+            if self._waited_for_start:
+                # It came up within this call, but too late to answer in it: it is not at
+                # fault, and its answer is dropped by the next call.
                 raise
             await self._replace(ctx)
             raise
@@ -293,21 +336,26 @@ class IsolatedStrategy(Strategy):
                 await self._spawn(ctx)
 
     async def sync_state(self, ctx: BlockContext) -> None:
-        """Starts the worker, whose plugin runs its sync_state there before its first block."""
+        """Starts the worker, whose plugin runs its sync_state there before its first block.
+        Waits for it while the caller's time lasts; a worker still starting then is not a
+        failure (the first block waits for it)."""
         await self._started(ctx)
-        await self._guarded(ctx, self._await_ready)
+        deadline = anyio.current_effective_deadline()
+        budget = self.startup_timeout
+        if math.isfinite(deadline):
+            budget = min(budget, deadline - anyio.current_time() - 0.1)
+        with anyio.move_on_after(max(budget, 0.0)):
+            await self._guarded(ctx, self._await_ready)
         if self._sync_error is not None:
             raise WorkerFailed(self._sync_error)
 
     async def on_block(self, ctx: BlockContext) -> Sequence[Action]:
-        proc = await self._started(ctx)
-        assert proc.stdin is not None
-        stdin = proc.stdin
+        await self._started(ctx)
 
         async def round_trip() -> bytes:
             await self._await_ready()
-            await stdin.send(_frame(BLOCK, ctx))
-            return await self._read_frame()
+            await self._send(BLOCK, ctx)
+            return await self._answer()
 
         return decode_actions(await self._guarded(ctx, round_trip))  # type: ignore[return-value]
 
