@@ -156,8 +156,9 @@ async def build_keeper(
     strategy: Strategy = build_strategy(ks.strategy, kind, ks.params)  # params are checked here, once
     if ks.isolation == "process":
         isolated = IsolatedStrategy(
-            ks.strategy, kind, ks.params, rpc_url=chain.rpc[0].url, memory_limit_mb=ks.memory_limit_mb
-        )
+            ks.strategy, kind, ks.params, rpc_url=chain.rpc[0].url, memory_limit_mb=ks.memory_limit_mb,
+            sync_timeout=ks.strategy_timeout * 5,  # as the keeper loop gives an in-process one
+        )  # fmt: skip
         stack.push_async_callback(isolated.close)
         strategy = isolated
 

@@ -47,8 +47,9 @@ HEADER = struct.Struct(">I")
 SPEC_ENV = "KEEPERS_WORKER_SPEC"
 #: The calls a keeper makes of its worker (the first item of every frame it sends).
 SYNC, BLOCK = "sync_state", "on_block"
-#: A worker's phases.
-STARTING, WARMING, UP = "starting", "warming", "up"
+#: A worker's phases: importing; said "ready" (its sync_state not sent yet); in its
+#: sync_state; answering blocks.
+STARTING, READY, WARMING, UP = "starting", "ready", "warming", "up"
 #: The biggest answer a worker may send (a garbage flood is cut off, not buffered).
 MAX_FRAME = 16 * 2**20
 _T = TypeVar("_T")
@@ -137,6 +138,7 @@ class IsolatedStrategy(Strategy):
         *,
         rpc_url: str | None,
         memory_limit_mb: int,
+        sync_timeout: float = 10.0,
         startup_timeout: float = 30.0,
     ) -> None:
         super().__init__(params=None)  # type: ignore[arg-type]
@@ -145,7 +147,10 @@ class IsolatedStrategy(Strategy):
         self.plugin_params = params
         self.rpc_url = rpc_url
         self.memory_limit_mb = memory_limit_mb
-        self.startup_timeout = startup_timeout
+        #: The plugin's sync_state is cut off after this in its worker (it then starts cold, as
+        #: in-process); a worker not up after `startup_timeout` is replaced.
+        self.sync_timeout = sync_timeout
+        self.startup_timeout = max(startup_timeout, sync_timeout + 10.0)
         #: Workers replaced because they failed (died, were late, answered out of protocol).
         self.restarts = 0
         self._proc: Process | None = None
@@ -176,6 +181,7 @@ class IsolatedStrategy(Strategy):
                 "params": self.plugin_params,
                 "rpc_url": self.rpc_url,
                 "memory_limit_mb": self.memory_limit_mb,
+                "sync_timeout": self.sync_timeout,
             }
         )
         # The worker sees the plugins the keeper sees. The spec goes by environment, not argv:
@@ -202,21 +208,24 @@ class IsolatedStrategy(Strategy):
             and time.monotonic() - self._spawned_at < self.startup_timeout
         )
 
-    async def _send(self, op: str, ctx: BlockContext) -> None:
-        """Sends one frame and counts its answer as owed. After the check, the frame is written
-        whole before the first yield (asyncio buffers it), so a cancellation never leaves one
-        half sent or counted and unsent."""
+    async def _send(self, op: str, ctx: BlockContext, phase_after: str | None = None) -> None:
+        """Sends one frame, counting its answer as owed (and moving to `phase_after`) before the
+        write: past the check, the frame is written whole before the first yield (asyncio
+        buffers it), so a cancellation never leaves one half sent, or sent and not counted."""
         proc = self._proc
         assert proc is not None
         assert proc.stdin is not None
         frame = _frame(op, ctx)
         await anyio.lowlevel.checkpoint_if_cancelled()
         self._unread += 1
+        if phase_after is not None:
+            self._phase = phase_after
         await proc.stdin.send(frame)
 
     async def _await_ready(self) -> None:
         """Waits for the worker's "ready" and its sync_state's answer (at most `startup_timeout`
-        from its start, across however many calls that takes)."""
+        from its start, across however many calls that takes). Each step is recorded as soon as
+        it is done, so a call cancelled between two leaves the next call where it stopped."""
         if self._phase == UP:
             return
         self._waited_for_start = True
@@ -226,9 +235,11 @@ class IsolatedStrategy(Strategy):
                 frame = await self._read_frame()
                 if frame != b"ready":
                     raise WorkerFailed(f"strategy worker did not start: {frame[:500]!r}")
+                self._phase = READY
+            if self._phase == READY:
                 assert self._warm_ctx is not None
-                await self._send(SYNC, self._warm_ctx)
-                self._phase, self._warm_ctx = WARMING, None
+                await self._send(SYNC, self._warm_ctx, phase_after=WARMING)
+                self._warm_ctx = None
             frame = await self._answer()
             try:
                 answer = decode_actions(frame)
@@ -276,7 +287,10 @@ class IsolatedStrategy(Strategy):
 
     def _describe(self, code: int | None) -> str:
         if code is not None and code < 0:
-            return f"killed by {signal.Signals(-code).name}"
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:  # a real-time signal has no name
+                return f"killed by signal {-code}"
         if code == 3:
             return f"out of memory: limit {self.memory_limit_mb} MB"
         return f"exit code {code}"

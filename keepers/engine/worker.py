@@ -44,7 +44,10 @@ async def _serve(spec: dict[str, object], inp: BinaryIO, out: BinaryIO) -> None:
         ctx = replace(ctx, reader=reader)
         try:
             if op == SYNC:
-                await strategy.sync_state(ctx)
+                try:
+                    await asyncio.wait_for(strategy.sync_state(ctx), float(spec["sync_timeout"]))  # type: ignore[arg-type]
+                except TimeoutError:
+                    raise TimeoutError(f"sync_state took over {spec['sync_timeout']} s") from None
                 _write(out, encode_actions([]))
                 continue
             actions = await strategy.on_block(ctx)

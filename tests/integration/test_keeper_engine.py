@@ -7,6 +7,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +244,46 @@ def test_a_worker_slower_to_start_than_a_block_is_waited_for_not_restarted(chain
     )  # fmt: skip
     assert any(o.status is Status.INCLUDED for o in loop.state.outcomes), "it acted once started"
     assert strategy.restarts == 0, "the starting worker was left to start"
+
+
+@pytest.mark.usefixtures("plugins")
+def test_a_warm_up_that_never_ends_is_cut_off_and_the_strategy_runs_cold(chain, tmp_path):
+    anvil, relay = chain
+    strategy = IsolatedStrategy(
+        "test-hanging-sync", "limit-stop", {}, rpc_url=relay.url, memory_limit_mb=256, sync_timeout=1
+    )
+    loop = _run_loop(
+        anvil, relay, tmp_path, "test-hanging-sync", blocks=3, isolated=strategy, timeout=10,
+        until=lambda lp: sum(o.status is Status.INCLUDED for o in lp.state.outcomes) >= 1,
+    )  # fmt: skip
+    assert any(o.status is Status.INCLUDED for o in loop.state.outcomes), "it ran cold"
+    assert strategy.restarts == 0, "a stuck warm-up is the plugin's, not a dead worker"
+
+
+@pytest.mark.usefixtures("plugins")
+def test_a_call_cancelled_between_ready_and_warm_up_leaves_the_worker_usable(chain):
+    """The worker's "ready" is in the pipe; a block whose scope is cancelled already reads it
+    without yielding and is stopped before the warm-up frame goes out: the next call must send
+    it, not wait for a second "ready" that never comes."""
+    _anvil, relay = chain
+    strategy = _isolated(relay, "test-transfer")
+    ctx = BlockContext(chain="test", chain_id=31337, number=1, timestamp=0)
+
+    async def main() -> None:
+        try:
+            await strategy._started(ctx)
+            await anyio.sleep(5)  # long enough for "ready" on all but a crawling machine
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await strategy.on_block(ctx)
+            with anyio.fail_after(60):
+                actions = await strategy.on_block(replace(ctx, number=2))
+            assert [a.idempotency_key for a in actions] == ["transfer:31337:2"]
+            assert strategy.restarts == 0
+        finally:
+            await strategy.close()
+
+    anyio.run(main)
 
 
 @pytest.mark.usefixtures("plugins")
