@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import statistics
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -458,9 +458,12 @@ class FillMonitor:
             self.summary.lapsed += 1  # out of reach again before anyone could fill it
             order.executable_since, order.checks_executable = None, 0
 
-    def judge_from(self, block: int) -> None:
-        """Restarts the clock of every executable open order at `block` (keepers restarted)."""
+    def judge_from(self, block: int, kinds: Collection[str] | None = None) -> None:
+        """Restarts the clock of every executable open order (of `kinds`, else all) at `block`:
+        the keepers that fill them were restarted."""
         for o in self.orders.values():
+            if kinds is not None and o.kind not in kinds:
+                continue
             if o.executable_since is not None and o.executable_since < block:
                 o.executable_since = block
 

@@ -280,6 +280,7 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
         try:
             while not stop.is_set():
                 for name in cluster.supervise():
+                    _restart_clocks(name, monitors)
                     if plain:
                         print(f"supervisor: {name} restarted ({cluster.keepers[name].restarts}x)", flush=True)
                 for run, mon in monitors:
@@ -325,7 +326,7 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
         for _run, mon in monitors:
             mon.poll()
             mon.judge_from(mon.last_block)
-    _settle([mon for _run, mon in monitors], opts.block_time, cluster)
+    _settle(monitors, opts.block_time, cluster)
     metrics = {name: cluster.metrics(name) for name in cluster.keepers}
     if opts.metrics_snapshot:
         opts.metrics_snapshot.write_text(json.dumps(metrics, indent=2, sort_keys=True))
@@ -387,11 +388,32 @@ def _print_reorg(prefix: str) -> Callable[[Reorg], None]:
     return line
 
 
-def _settle(monitors: list[FillMonitor], block_time: float, cluster: Cluster) -> None:
+#: The order kinds each keeper kind fills (the oracle's prices trigger all of them).
+_SERVES: dict[str, tuple[str, ...] | None] = {
+    "limit-stop": ("limit", "stop-loss", "take-profit"),
+    "twap": ("twap",),
+    "iceberg": ("iceberg",),
+    "oracle": None,
+}
+
+
+def _restart_clocks(name: str, monitors: list[tuple[ChainRun, FillMonitor]]) -> None:
+    """A keeper just restarted: the orders it fills are judged from now (the property is no
+    executable order left unfilled UNFILLED_AFTER blocks after the restart), not from blocks
+    when nothing could fill them."""
+    for run, mon in monitors:
+        for kind in KEEPER_KINDS:
+            if run.plan.keeper_name(kind) == name and kind in _SERVES:
+                mon.poll()
+                mon.judge_from(mon.last_block, _SERVES[kind])
+
+
+def _settle(pairs: list[tuple[ChainRun, FillMonitor]], block_time: float, cluster: Cluster) -> None:
     """Traders and the market have stopped: the referee follows SETTLE_BLOCKS to
     SETTLE_MAX_BLOCKS more blocks, until no executable order awaits its verdict, so a fill
     still in flight lands and is judged late (with its reason), not unfilled. Bounded by
     blocks, not by the clock: on a busy machine blocks come late too."""
+    monitors = [mon for _run, mon in pairs]
     starts = [mon.last_block for mon in monitors]
     deadline = time.monotonic() + 3 * (SETTLE_MAX_BLOCKS + 3) * block_time  # a node that stopped
 
@@ -400,7 +422,8 @@ def _settle(monitors: list[FillMonitor], block_time: float, cluster: Cluster) ->
         return followed >= SETTLE_MAX_BLOCKS or (followed >= SETTLE_BLOCKS and not mon.awaiting_verdict())
 
     while time.monotonic() < deadline:
-        cluster.supervise()
+        for name in cluster.supervise():
+            _restart_clocks(name, pairs)
         for mon in monitors:
             mon.poll()
         if all(settled(mon, start) for mon, start in zip(monitors, starts, strict=True)):
