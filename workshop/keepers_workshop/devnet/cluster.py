@@ -35,6 +35,8 @@ ACCOUNTS = 20
 #: Seconds before a keeper that died is started again; doubled for each death in a row (one
 #: that ran STABLE_SECONDS starts over), up to RESTART_BACKOFF_MAX: a supervisor's backoff.
 RESTART_BACKOFF, RESTART_BACKOFF_MAX, STABLE_SECONDS = 0.5, 8.0, 30.0
+#: How often a restarted keeper's /readyz is asked until it is ready.
+READY_POLL = 0.25
 
 
 def keeper_address(kind: str) -> str:
@@ -150,6 +152,11 @@ class Proc:
     started_at: float = field(default_factory=time.monotonic)
     restart_at: float | None = None
     backoff: float = RESTART_BACKOFF
+    #: A restarted keeper not ready yet (its /readyz polled until it is), and the seconds each
+    #: restart took from the new process's start to ready.
+    coming_up: bool = False
+    ready_after: list[float] = field(default_factory=list)
+    polled_at: float = 0.0
 
     @property
     def url(self) -> str:
@@ -239,15 +246,33 @@ class Cluster:
                 fresh = self._spawn(name, proc.argv, proc.env, proc.port)
                 proc.popen, proc.started_at, proc.restart_at = fresh.popen, now, None
                 proc.restarts += 1
+                proc.coming_up = True
                 restarted.append(name)
         return restarted
+
+    def back_up(self) -> list[str]:
+        """The restarted keepers that answer /readyz 200 for the first time since their
+        restart (each polled at most every READY_POLL seconds); their restart-to-ready time is
+        recorded."""
+        now, up = time.monotonic(), []
+        for name, proc in self.keepers.items():
+            if not proc.coming_up or not proc.alive() or now - proc.polled_at < READY_POLL:
+                continue
+            proc.polled_at = now
+            if self.health(name).ready:
+                proc.coming_up = False
+                proc.ready_after.append(time.monotonic() - proc.started_at)
+                up.append(name)
+        return up
 
     def revive_all(self, timeout: float = 60.0) -> bool:
         """Supervises until every keeper is up and ready again; whether any was not."""
         deadline, revived = time.monotonic() + timeout, False
         while time.monotonic() < deadline:
             revived |= bool(self.supervise())
+            self.back_up()  # records their restart-to-ready times
             down = [p for p in self.keepers.values() if not p.alive() or p.restart_at is not None]
+            down += [p for p in self.keepers.values() if p.coming_up]
             if not down and not self.wait_ready(5):
                 return revived
             revived = True  # down, or up but not ready yet (restarted, catching up)

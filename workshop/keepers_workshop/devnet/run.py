@@ -280,9 +280,13 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
         try:
             while not stop.is_set():
                 for name in cluster.supervise():
-                    _restart_clocks(name, monitors)
                     if plain:
                         print(f"supervisor: {name} restarted ({cluster.keepers[name].restarts}x)", flush=True)
+                for name in cluster.back_up():
+                    _restart_clocks(name, monitors)
+                    if plain:
+                        took = cluster.keepers[name].ready_after[-1]
+                        print(f"supervisor: {name} ready {took:.1f}s after its restart", flush=True)
                 for run, mon in monitors:
                     prefix = f"{run.plan.name}: " if len(runs) > 1 else ""
                     for b in mon.poll():
@@ -348,6 +352,7 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
         console.print(
             summary_table(
                 summary, ours, gaps, sent, submission=run.plan.submission, title=title, supervised=supervised,
+                ready_after=[t for k in run.keepers for t in cluster.keepers[k].ready_after],
                 reorgs_done=len(reorgs_done),
             )
         )  # fmt: skip
@@ -360,6 +365,11 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
             keeper_restarts={k: cluster.keepers[k].restarts for k in run.keepers},
             keeper_kills={k: cluster.keepers[k].kills for k in run.keepers},
             keeper_deaths={k: cluster.keepers[k].deaths for k in run.keepers},
+            keeper_ready_after={
+                k: [round(t, 2) for t in p.ready_after]
+                for k, p in cluster.keepers.items()
+                if k in run.keepers
+            },
             chain_id=run.dep.chain_id,
             submission=run.plan.submission,
             keeper_exit_codes=ours,
@@ -398,9 +408,10 @@ _SERVES: dict[str, tuple[str, ...] | None] = {
 
 
 def _restart_clocks(name: str, monitors: list[tuple[ChainRun, FillMonitor]]) -> None:
-    """A keeper just restarted: the orders it fills are judged from now (the property is no
-    executable order left unfilled UNFILLED_AFTER blocks after the restart), not from blocks
-    when nothing could fill them."""
+    """A restarted keeper is ready again: the orders it fills are judged from now (the property
+    is no executable order left unfilled UNFILLED_AFTER blocks after the restart), not from
+    blocks when nothing could fill them. How long its restarts took to be ready is measured
+    and shown apart (`keeper_ready_after`), so a slow start is seen, not hidden."""
     for run, mon in monitors:
         for kind in KEEPER_KINDS:
             if run.plan.keeper_name(kind) == name and kind in _SERVES:
@@ -422,7 +433,8 @@ def _settle(pairs: list[tuple[ChainRun, FillMonitor]], block_time: float, cluste
         return followed >= SETTLE_MAX_BLOCKS or (followed >= SETTLE_BLOCKS and not mon.awaiting_verdict())
 
     while time.monotonic() < deadline:
-        for name in cluster.supervise():
+        cluster.supervise()
+        for name in cluster.back_up():
             _restart_clocks(name, pairs)
         for mon in monitors:
             mon.poll()

@@ -3,8 +3,9 @@ otherwise, and the summary table at the end."""
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rich.console import Console, Group
@@ -155,7 +156,7 @@ def plain_line(b: BlockStats, mon: FillMonitor) -> str:
 def summary_table(s: Summary, exit_codes: Mapping[str, int | None], nonce_gaps: Mapping[str, list[int]],
                   submitted: tuple[int, int, int], *, submission: str = "flashbots",
                   title: str = "devnet summary", supervised: tuple[int, int] = (0, 0),
-                  reorgs_done: int = 0) -> Table:  # fmt: skip
+                  ready_after: Sequence[float] = (), reorgs_done: int = 0) -> Table:  # fmt: skip
     t = Table(title=title, show_header=False)
     t.add_column("what")
     t.add_column("value", justify="right")
@@ -180,6 +181,9 @@ def summary_table(s: Summary, exit_codes: Mapping[str, int | None], nonce_gaps: 
     t.add_row(f"{_unit(submission)} sent / included / missed", " / ".join(map(str, submitted)))
     t.add_row("nonce gaps", str(sum(len(g) for g in nonce_gaps.values())))
     t.add_row("keepers killed / restarted by the supervisor", " / ".join(map(str, supervised)))
+    if ready_after:
+        t.add_row("restart to ready, s: median / worst",
+                  f"{statistics.median(ready_after):.1f} / {max(ready_after):.1f}")  # fmt: skip
     undone = sum(r.fills_undone for r in s.reorgs)
     t.add_row("reorgs made / followed by the referee (fills reorged out)",
               f"{reorgs_done} / {len(s.reorgs)} ({undone})")  # fmt: skip
