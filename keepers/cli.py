@@ -136,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
     # that read the whole environment on import would otherwise copy a key variable first.
     child = SignerProcess.of_keeper(settings, args.name)
     if child is not None:
-        child.spawn()
+        child.spawn(fork=True)
     if problems := check_strategies(settings, where, names):
         if child is not None:
             child.close()

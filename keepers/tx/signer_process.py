@@ -4,11 +4,15 @@ the key), restarted if it dies, stopped with the keeper."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,6 +30,9 @@ log = structlog.get_logger("signer")
 
 #: Seconds the child has to start serving (it imports eth-account: about a second).
 START_TIMEOUT = 30.0
+#: The forked signer's name in ps/top (/proc/PID/comm; its command line is the keeper's).
+SIGNER_COMM = b"keepers-signer"
+PR_SET_NAME = 15
 
 
 def signer_args(
@@ -72,14 +79,13 @@ class SignerProcess:
     ) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="keepers-signer-"))  # 0700: ours alone
         self.socket = self._dir / "signer.sock"
-        self._argv = [
-            sys.executable, "-P", "-m", "keepers.tx.signer_service",  # -P: never code from the cwd
-            *signer_args(
-                key, self.socket, chain_id, max_fees_per_hour_eth, allow_to, value_to, kind, contracts
-            ),
-        ]  # fmt: skip
+        self._args = signer_args(
+            key, self.socket, chain_id, max_fees_per_hour_eth, allow_to, value_to, kind, contracts
+        )
+        # -P: never code from the cwd
+        self._argv = [sys.executable, "-P", "-m", "keepers.tx.signer_service", *self._args]
         self._scrub = [v for v in (key.env, key.password_env) if v is not None]
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: subprocess.Popen[bytes] | Forked | None = None
         self.url = f"unix:{self.socket}"
 
     @classmethod
@@ -100,10 +106,13 @@ class SignerProcess:
             settings.kind_of(name), contracts.as_dict(),
         )  # fmt: skip
 
-    def spawn(self) -> None:
+    def spawn(self, fork: bool = False) -> None:
         """Starts the child, then takes the key's variables out of this process's environment:
-        the child has them, and nothing here may read them again."""
-        self._proc = _popen(self._argv)
+        the child has them, and nothing here may read them again. With `fork` (`keepers run`,
+        before any thread or event loop exists) the child is a fork of this process: it skips
+        the second of imports a new interpreter pays, so a restarted keeper is ready sooner on
+        a busy machine; the key is still read in the child only, after the fork."""
+        self._proc = _fork(self._args) if fork else _popen(self._argv)
         for variable in self._scrub:
             scrub_environment(variable)
 
@@ -150,3 +159,63 @@ def _popen(argv: list[str]) -> subprocess.Popen[bytes]:
     # Its own session: a Ctrl-C meant for the keeper must not stop the signer while the keeper
     # drains; the keeper stops it after, and it stops by itself if the keeper is killed.
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+class Forked:
+    """The part of Popen's interface the keeper uses, for a child made by os.fork()."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"signer {self.pid}", timeout)
+            time.sleep(0.02)
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _fork(args: list[str]) -> Forked:
+    """signer_service.main(args) in a forked child, in its own session as _popen's."""
+    from keepers.tx import signer_service  # imported once, here, for both processes
+
+    if threading.active_count() > 1:
+        raise RuntimeError("the signer is forked before any thread starts")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return Forked(pid)
+    code = 1
+    try:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None).prctl(PR_SET_NAME, SIGNER_COMM, 0, 0, 0)
+        code = signer_service.main(args)
+    except SystemExit as exc:  # argparse
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    except BaseException:  # noqa: BLE001 - the child must end here, never return into the keeper
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

@@ -130,10 +130,11 @@ def test_a_hostile_plugin_finds_no_key_in_the_keeper(tmp_path: Path, reference: 
             assert snooped["found"] == [], "the plugin reached the key"
             assert _memory_holds(keeper.pid, _key_needles(key)) == []
             assert b"TEST_SIGNER=0x" not in Path(f"/proc/{keeper.pid}/environ").read_bytes()
+            # `keepers run` forks its signer: named keepers-signer, with the keeper's command line.
             signers = [
                 p
                 for p in _children(keeper.pid)
-                if b"signer_service" in Path(f"/proc/{p}/cmdline").read_bytes()
+                if Path(f"/proc/{p}/comm").read_bytes() == b"keepers-signer\n"
             ]
             assert len(signers) == 1
             assert _memory_holds(signers[0], _key_needles(key)[:1]), "control: the signer holds it"
