@@ -3,7 +3,9 @@ the engine, crash and fault tests start the same way."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -93,3 +95,25 @@ def start_keeper(cfg: Path, log: Path | None = None, **env: str) -> subprocess.P
         stderr=subprocess.STDOUT if log is not None else subprocess.PIPE,
         text=True,
     )
+
+
+def kill_tree(pid: int) -> list[int]:
+    """kill -9 to `pid` and every process descended from it: a devnet's relay and keepers run
+    in sessions of their own (a killpg misses them), and a devnet killed at a test's timeout
+    would leave them loading the machine for the rest of the suite. The pids killed."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):  # gone meanwhile
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    for p in tree:  # the parent first: it can no longer restart what is killed after it
+        with contextlib.suppress(OSError):
+            os.kill(p, signal.SIGKILL)
+    return tree

@@ -16,6 +16,7 @@ from keepers.config.schema import KEEPER_KINDS
 from keepers_workshop.devnet.anvil import anvil_key
 from keepers_workshop.devnet.cluster import ACCOUNTS
 from tests.helpers.cores import cpu_hogs, sharing_cores
+from tests.helpers.keeper_process import kill_tree
 
 pytestmark = pytest.mark.integration
 
@@ -25,12 +26,18 @@ def _devnet(tmp_path: Path, *args: str, hogs: bool = False) -> tuple[dict[str, A
     run of the suite (tests.helpers.cores)."""
     summary_file = tmp_path / "summary.json"
     with cpu_hogs() if hogs else sharing_cores():
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "keepers.cli", "devnet", "--plain", "--workdir", str(tmp_path / "devnet"),
              "--summary-json", str(summary_file), *args],
-            capture_output=True, text=True, timeout=600, check=False,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-    tail = (proc.stdout + proc.stderr)[-4000:]
+        try:
+            stdout, stderr = proc.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            kill_tree(proc.pid)  # its relay and keepers too, or they load the rest of the suite
+            proc.communicate()
+            raise
+    tail = (stdout + stderr)[-4000:]
     assert summary_file.exists(), tail
     return json.loads(summary_file.read_text()), tail, proc.returncode
 
