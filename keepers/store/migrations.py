@@ -88,6 +88,20 @@ def _store_rollbacks(conn: Connection) -> None:
     tables.StoreRollback.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
+def _chain_scoped_indexes(conn: Connection) -> None:
+    """Indexes that lead with chain_id for the per-block reads: with an index on block_number
+    alone, SQLite answered "events of this chain in block N" from the primary key's chain_id
+    prefix, a scan of every event of the chain (40 ms at 150,000 events, on every block)."""
+    for table, name in (
+        (tables.ChainEvent, "ix_chainevent_chain_block"),
+        (tables.Order, "ix_order_chain_kind_status"),
+    ):
+        for index in table.__table__.indexes:  # type: ignore[attr-defined]
+            if index.name == name:
+                index.create(conn, checkfirst=True)
+    conn.execute(text("DROP INDEX IF EXISTS ix_chainevent_block_number"))  # the new one covers it
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "action ledger, order reorg marker", _ledger_and_reorg_marker),
@@ -97,6 +111,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "transaction fees on the record; no in_flight state", _tx_fees),
     Migration(7, "nonce allocation in one statement on PostgreSQL", _pg_allocate),
     Migration(8, "log of store rollbacks", _store_rollbacks),
+    Migration(9, "events by chain and block, orders by chain, kind and status", _chain_scoped_indexes),
 )
 
 

@@ -50,10 +50,14 @@ class StoreRollback(SQLModel, table=True):
 class ChainEvent(SQLModel, table=True):
     """Every applied log, once: the key makes re-delivery a no-op."""
 
+    #: A chain's events by block (each block's "already stored?" read, rollbacks, replay); on
+    #: block_number alone, SQLite took the key's chain_id prefix and scanned the whole chain.
+    __table_args__ = (Index("ix_chainevent_chain_block", "chain_id", "block_number"),)
+
     chain_id: int = Field(primary_key=True)
     tx_hash: str = Field(primary_key=True)
     log_index: int = Field(primary_key=True)
-    block_number: int = Field(index=True)
+    block_number: int
     block_hash: str
     address: str
     name: str
@@ -63,7 +67,11 @@ class ChainEvent(SQLModel, table=True):
 class Order(SQLModel, table=True):
     """An OrderBook order as the events describe it."""
 
-    __table_args__ = (Index("ix_order_chain_updated", "chain_id", "updated_block"),)
+    __table_args__ = (
+        Index("ix_order_chain_updated", "chain_id", "updated_block"),
+        # The open orders of some kinds (the TWAP and iceberg keepers' read at every block).
+        Index("ix_order_chain_kind_status", "chain_id", "kind", "status"),
+    )
 
     chain_id: int = Field(primary_key=True)
     order_id: int = Field(primary_key=True)
