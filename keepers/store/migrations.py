@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, inspect, select, text
+from sqlalchemy import Connection, Engine, Table, inspect, select, text
 from sqlmodel import SQLModel
 
 from keepers import __version__
@@ -92,11 +92,10 @@ def _chain_scoped_indexes(conn: Connection) -> None:
     """Indexes that lead with chain_id for the per-block reads: with an index on block_number
     alone, SQLite answered "events of this chain in block N" from the primary key's chain_id
     prefix, a scan of every event of the chain (40 ms at 150,000 events, on every block)."""
-    for table, name in (
-        (tables.ChainEvent, "ix_chainevent_chain_block"),
-        (tables.Order, "ix_order_chain_kind_status"),
-    ):
-        for index in table.__table__.indexes:  # type: ignore[attr-defined]
+    events: Table = tables.ChainEvent.__table__  # type: ignore[attr-defined]
+    orders: Table = tables.Order.__table__  # type: ignore[attr-defined]
+    for table, name in ((events, "ix_chainevent_chain_block"), (orders, "ix_order_chain_kind_status")):
+        for index in table.indexes:
             if index.name == name:
                 index.create(conn, checkfirst=True)
     conn.execute(text("DROP INDEX IF EXISTS ix_chainevent_block_number"))  # the new one covers it
