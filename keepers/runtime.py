@@ -158,6 +158,7 @@ async def build_keeper(
         isolated = IsolatedStrategy(
             ks.strategy, kind, ks.params, rpc_url=chain.rpc[0].url, memory_limit_mb=ks.memory_limit_mb,
             sync_timeout=ks.strategy_timeout * 5,  # as the keeper loop gives an in-process one
+            keeper=name,
         )  # fmt: skip
         stack.push_async_callback(isolated.close)
         strategy = isolated

@@ -39,6 +39,7 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from keepers.engine.strategy import BlockContext, Strategy
+from keepers.obs import metrics
 from keepers.tx.actions import Action
 
 log = structlog.get_logger("isolation")
@@ -138,6 +139,7 @@ class IsolatedStrategy(Strategy):
         *,
         rpc_url: str | None,
         memory_limit_mb: int,
+        keeper: str,
         sync_timeout: float = 10.0,
         startup_timeout: float = 30.0,
     ) -> None:
@@ -145,6 +147,10 @@ class IsolatedStrategy(Strategy):
         self.kind = kind  # type: ignore[misc]
         self.name = name
         self.plugin_params = params
+        #: The keeper's name, for the strategy-error metric of a replacement's failed warm-up.
+        self.keeper = keeper
+        #: Inside sync_state(), whose caller counts a failed warm-up itself.
+        self._in_sync_state = False
         self.rpc_url = rpc_url
         self.memory_limit_mb = memory_limit_mb
         #: The plugin's sync_state is cut off after this in its worker (it then starts cold, as
@@ -249,6 +255,8 @@ class IsolatedStrategy(Strategy):
                 # As in-process: a failed warm-up is reported, and the strategy starts cold.
                 self._sync_error = f"sync_state failed in the worker: {str(answer)[:500]}"
                 log.warning("strategy sync_state failed", strategy=self.name, error=self._sync_error)
+                if not self._in_sync_state:  # a replacement's, or one that outlasted sync_state()
+                    metrics.STRATEGY_ERRORS.labels(self.keeper, self.name, "sync_state").inc()
             self._phase = UP
 
     async def _answer(self) -> bytes:
@@ -358,8 +366,12 @@ class IsolatedStrategy(Strategy):
         budget = self.startup_timeout
         if math.isfinite(deadline):
             budget = min(budget, deadline - anyio.current_time() - 0.1)
-        with anyio.move_on_after(max(budget, 0.0)):
-            await self._guarded(ctx, self._await_ready)
+        self._in_sync_state = True
+        try:
+            with anyio.move_on_after(max(budget, 0.0)):
+                await self._guarded(ctx, self._await_ready)
+        finally:
+            self._in_sync_state = False
         if self._sync_error is not None:
             raise WorkerFailed(self._sync_error)
 

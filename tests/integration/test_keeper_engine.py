@@ -27,6 +27,7 @@ from keepers.engine.isolation import IsolatedStrategy
 from keepers.engine.loop import KeeperLoop
 from keepers.engine.plugins import PluginError, build_strategy, list_plugins
 from keepers.engine.strategy import BlockContext
+from keepers.obs import metrics
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
 from keepers.tx.fees import FeeEstimator
@@ -199,7 +200,9 @@ def test_keepers_run_is_ready_serves_metrics_and_stops_cleanly_on_sigterm(chain,
 
 
 def _isolated(relay: RelayThread, name: str, memory_limit_mb: int = 256) -> IsolatedStrategy:
-    return IsolatedStrategy(name, "limit-stop", {}, rpc_url=relay.url, memory_limit_mb=memory_limit_mb)
+    return IsolatedStrategy(
+        name, "limit-stop", {}, rpc_url=relay.url, memory_limit_mb=memory_limit_mb, keeper="limit-stop"
+    )
 
 
 @pytest.mark.usefixtures("plugins")
@@ -246,18 +249,45 @@ def test_a_worker_slower_to_start_than_a_block_is_waited_for_not_restarted(chain
     assert strategy.restarts == 0, "the starting worker was left to start"
 
 
+def _sync_errors() -> float:
+    return metrics.STRATEGY_ERRORS.labels("limit-stop", "test-hanging-sync", "sync_state")._value.get()
+
+
 @pytest.mark.usefixtures("plugins")
 def test_a_warm_up_that_never_ends_is_cut_off_and_the_strategy_runs_cold(chain, tmp_path):
     anvil, relay = chain
     strategy = IsolatedStrategy(
-        "test-hanging-sync", "limit-stop", {}, rpc_url=relay.url, memory_limit_mb=256, sync_timeout=1
-    )
+        "test-hanging-sync", "limit-stop", {}, rpc_url=relay.url, memory_limit_mb=256, sync_timeout=1,
+        keeper="limit-stop",
+    )  # fmt: skip
+    before = _sync_errors()
     loop = _run_loop(
         anvil, relay, tmp_path, "test-hanging-sync", blocks=3, isolated=strategy, timeout=10,
         until=lambda lp: sum(o.status is Status.INCLUDED for o in lp.state.outcomes) >= 1,
     )  # fmt: skip
     assert any(o.status is Status.INCLUDED for o in loop.state.outcomes), "it ran cold"
     assert strategy.restarts == 0, "a stuck warm-up is the plugin's, not a dead worker"
+    assert _sync_errors() == before + 1, "counted once, by the keeper loop that awaited it"
+
+
+@pytest.mark.usefixtures("plugins")
+def test_a_warm_up_that_fails_after_sync_state_returned_is_counted(chain, tmp_path):
+    """sync_state() waits only within the keeper's budget (5x a 0.2 s strategy timeout here);
+    the warm-up, cut off in the worker at 3 s, fails while a block waits for it: still counted."""
+    anvil, relay = chain
+    strategy = IsolatedStrategy(
+        "test-hanging-sync", "limit-stop", {}, rpc_url=relay.url, memory_limit_mb=256, sync_timeout=3,
+        keeper="limit-stop",
+    )  # fmt: skip
+    before = _sync_errors()
+    loop = _run_loop(
+        anvil, relay, tmp_path, "test-hanging-sync", blocks=3, isolated=strategy, timeout=0.2,
+        until=lambda lp: sum(o.status is Status.INCLUDED for o in lp.state.outcomes) >= 1,
+    )  # fmt: skip
+    assert any(o.status is Status.INCLUDED for o in loop.state.outcomes), "it ran cold"
+    # One per warm-up: a worker replaced for a late answer under load is warmed (and fails) again.
+    assert _sync_errors() >= before + 1
+    assert _sync_errors() <= before + 1 + strategy.restarts
 
 
 @pytest.mark.usefixtures("plugins")
