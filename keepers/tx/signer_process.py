@@ -112,7 +112,8 @@ class SignerProcess:
         before any thread or event loop exists) the child is a fork of this process: it skips
         the second of imports a new interpreter pays, so a restarted keeper is ready sooner on
         a busy machine; the key is still read in the child only, after the fork."""
-        self._proc = _fork(self._args) if fork else _popen(self._argv)
+        # A thread would hold locks a forked child inherits held: then a new interpreter.
+        self._proc = _fork(self._args) if fork and threading.active_count() == 1 else _popen(self._argv)
         for variable in self._scrub:
             scrub_environment(variable)
 
@@ -170,7 +171,11 @@ class Forked:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere (as Popen.poll takes it)
+                self.returncode = 0
+                return 0
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
@@ -192,18 +197,28 @@ class Forked:
 
 
 def _fork(args: list[str]) -> Forked:
-    """signer_service.main(args) in a forked child, in its own session as _popen's."""
+    """signer_service.main(args) in a forked child, in its own session as _popen's. The child
+    makes itself non-dumpable before anything else and the parent waits for that: a plugin
+    the keeper loads next cannot attach to it before it holds the key."""
     from keepers.tx import signer_service  # imported once, here, for both processes
 
-    if threading.active_count() > 1:
-        raise RuntimeError("the signer is forked before any thread starts")
     sys.stdout.flush()
     sys.stderr.flush()
+    ready, said = os.pipe()
     pid = os.fork()
     if pid:
+        os.close(said)
+        try:
+            os.read(ready, 1)  # b"" if the child died first: poll() reports it
+        finally:
+            os.close(ready)
         return Forked(pid)
     code = 1
     try:
+        signer_service.not_dumpable()
+        os.close(ready)
+        os.write(said, b"1")
+        os.close(said)
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
@@ -216,6 +231,8 @@ def _fork(args: list[str]) -> Forked:
     except BaseException:  # noqa: BLE001 - the child must end here, never return into the keeper
         traceback.print_exc()
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:  # even if a flush fails (a closed pipe): never back into the keeper's code
+            os._exit(code)

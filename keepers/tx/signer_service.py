@@ -256,7 +256,7 @@ async def serve(
             socket_path.parent.rmdir()
 
 
-def _not_dumpable() -> None:
+def not_dumpable() -> None:
     """Linux: other processes of the same user (the keeper, a plugin in it) can then neither
     read this process's memory or environment in /proc nor attach a debugger to it."""
     if sys.platform.startswith("linux"):
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         help="started by this keeper: stop when it is gone (or on SIGUSR1), not on SIGTERM",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    _not_dumpable()
+    not_dumpable()
     try:
         key = SecretRef(
             env=args.key_env, file=args.key_file, keystore=args.keystore,
