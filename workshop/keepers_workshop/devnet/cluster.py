@@ -259,7 +259,7 @@ class Cluster:
             if not proc.coming_up or not proc.alive() or now - proc.polled_at < READY_POLL:
                 continue
             proc.polled_at = now
-            if self.health(name).ready:
+            if self.health(name, timeout=0.3).ready:  # the referee's loop waits meanwhile
                 proc.coming_up = False
                 proc.ready_after.append(time.monotonic() - proc.started_at)
                 up.append(name)
@@ -301,7 +301,7 @@ class Cluster:
             time.sleep(0.2)
         return sorted(pending)
 
-    def health(self, name: str) -> KeeperHealth:
+    def health(self, name: str, timeout: float = 1.0) -> KeeperHealth:
         proc = self.keepers[name]
         restarts = f" (restarted {proc.restarts}x)" if proc.restarts else ""
         if not proc.alive():
@@ -309,7 +309,7 @@ class Cluster:
                 name, False, False, f"exited with {proc.popen.returncode}; restarting{restarts}"
             )
         try:
-            r = requests.get(f"{proc.url}/readyz", timeout=1)
+            r = requests.get(f"{proc.url}/readyz", timeout=timeout)
             body = r.json()
             return KeeperHealth(name, True, r.status_code == 200, str(body.get("reason", "")) + restarts)
         except (requests.RequestException, ValueError):

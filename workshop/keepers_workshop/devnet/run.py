@@ -280,6 +280,7 @@ def _simulate(opts: Options, console: Console, plain: bool, stop: threading.Even
         try:
             while not stop.is_set():
                 for name in cluster.supervise():
+                    _restart_clocks(name, monitors)
                     if plain:
                         print(f"supervisor: {name} restarted ({cluster.keepers[name].restarts}x)", flush=True)
                 for name in cluster.back_up():
@@ -408,10 +409,11 @@ _SERVES: dict[str, tuple[str, ...] | None] = {
 
 
 def _restart_clocks(name: str, monitors: list[tuple[ChainRun, FillMonitor]]) -> None:
-    """A restarted keeper is ready again: the orders it fills are judged from now (the property
-    is no executable order left unfilled UNFILLED_AFTER blocks after the restart), not from
-    blocks when nothing could fill them. How long its restarts took to be ready is measured
-    and shown apart (`keeper_ready_after`), so a slow start is seen, not hidden."""
+    """A keeper restarted, and again once it is ready (its /readyz, which needs a first block
+    handled, may come after its first fills): the orders it fills are judged from now (the
+    property is no executable order left unfilled UNFILLED_AFTER blocks after the restart),
+    not from blocks when nothing could fill them. How long its restarts took to be ready is
+    measured and shown apart (`keeper_ready_after`), so a slow start is seen, not hidden."""
     for run, mon in monitors:
         for kind in KEEPER_KINDS:
             if run.plan.keeper_name(kind) == name and kind in _SERVES:
@@ -433,8 +435,7 @@ def _settle(pairs: list[tuple[ChainRun, FillMonitor]], block_time: float, cluste
         return followed >= SETTLE_MAX_BLOCKS or (followed >= SETTLE_BLOCKS and not mon.awaiting_verdict())
 
     while time.monotonic() < deadline:
-        cluster.supervise()
-        for name in cluster.back_up():
+        for name in [*cluster.supervise(), *cluster.back_up()]:
             _restart_clocks(name, pairs)
         for mon in monitors:
             mon.poll()
