@@ -100,7 +100,30 @@ def start_keeper(cfg: Path, log: Path | None = None, **env: str) -> subprocess.P
 def kill_tree(pid: int) -> list[int]:
     """kill -9 to `pid` and every process descended from it: a devnet's relay and keepers run
     in sessions of their own (a killpg misses them), and a devnet killed at a test's timeout
-    would leave them loading the machine for the rest of the suite. The pids killed."""
+    would leave them loading the machine for the rest of the suite. Each is stopped first
+    (SIGSTOP: a stopped process cannot start another) until a scan finds no new one, then
+    all are killed. The pids killed."""
+    stopped: list[int] = []
+    while True:
+        tree, todo = [], [pid]
+        children = _children_by_parent()
+        while todo:
+            tree.append(todo.pop())
+            todo += children.get(tree[-1], [])
+        new = [p for p in tree if p not in stopped]
+        if not new:
+            break
+        for p in new:
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGSTOP)
+        stopped += new
+    for p in stopped:
+        with contextlib.suppress(OSError):
+            os.kill(p, signal.SIGKILL)
+    return stopped
+
+
+def _children_by_parent() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -109,11 +132,4 @@ def kill_tree(pid: int) -> list[int]:
             except (OSError, IndexError, ValueError):  # gone meanwhile
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        tree.append(todo.pop())
-        todo += children.get(tree[-1], [])
-    for p in tree:  # the parent first: it can no longer restart what is killed after it
-        with contextlib.suppress(OSError):
-            os.kill(p, signal.SIGKILL)
-    return tree
+    return children

@@ -33,10 +33,10 @@ def _devnet(tmp_path: Path, *args: str, hogs: bool = False) -> tuple[dict[str, A
         )  # fmt: skip
         try:
             stdout, stderr = proc.communicate(timeout=600)
-        except subprocess.TimeoutExpired:
-            kill_tree(proc.pid)  # its relay and keepers too, or they load the rest of the suite
-            proc.communicate()
-            raise
+        finally:
+            if proc.poll() is None:  # timed out, or the test was interrupted
+                kill_tree(proc.pid)  # its relay and keepers too, or they load the rest of the suite
+                proc.communicate(timeout=30)
     tail = (stdout + stderr)[-4000:]
     assert summary_file.exists(), tail
     return json.loads(summary_file.read_text()), tail, proc.returncode
