@@ -249,6 +249,22 @@ def test_a_worker_slower_to_start_than_a_block_is_waited_for_not_restarted(chain
     assert strategy.restarts == 0, "the starting worker was left to start"
 
 
+def _hanging_sync(
+    anvil: Anvil, relay: RelayThread, tmp_path: Path, *, sync_timeout: float, strategy_timeout: float
+) -> tuple[KeeperLoop, IsolatedStrategy]:
+    """The test-hanging-sync plugin isolated, its warm-up cut off after `sync_timeout`, run
+    until one of its actions landed."""
+    strategy = IsolatedStrategy(
+        "test-hanging-sync", "limit-stop", {}, rpc_url=relay.url, memory_limit_mb=256,
+        sync_timeout=sync_timeout, keeper="limit-stop",
+    )  # fmt: skip
+    loop = _run_loop(
+        anvil, relay, tmp_path, "test-hanging-sync", blocks=3, isolated=strategy, timeout=strategy_timeout,
+        until=lambda lp: sum(o.status is Status.INCLUDED for o in lp.state.outcomes) >= 1,
+    )  # fmt: skip
+    return loop, strategy
+
+
 def _sync_errors() -> float:
     return metrics.STRATEGY_ERRORS.labels("limit-stop", "test-hanging-sync", "sync_state")._value.get()
 
@@ -256,15 +272,8 @@ def _sync_errors() -> float:
 @pytest.mark.usefixtures("plugins")
 def test_a_warm_up_that_never_ends_is_cut_off_and_the_strategy_runs_cold(chain, tmp_path):
     anvil, relay = chain
-    strategy = IsolatedStrategy(
-        "test-hanging-sync", "limit-stop", {}, rpc_url=relay.url, memory_limit_mb=256, sync_timeout=1,
-        keeper="limit-stop",
-    )  # fmt: skip
     before = _sync_errors()
-    loop = _run_loop(
-        anvil, relay, tmp_path, "test-hanging-sync", blocks=3, isolated=strategy, timeout=10,
-        until=lambda lp: sum(o.status is Status.INCLUDED for o in lp.state.outcomes) >= 1,
-    )  # fmt: skip
+    loop, strategy = _hanging_sync(anvil, relay, tmp_path, sync_timeout=1, strategy_timeout=10)
     assert any(o.status is Status.INCLUDED for o in loop.state.outcomes), "it ran cold"
     assert strategy.restarts == 0, "a stuck warm-up is the plugin's, not a dead worker"
     assert _sync_errors() == before + 1, "counted once, by the keeper loop that awaited it"
@@ -275,15 +284,8 @@ def test_a_warm_up_that_fails_after_sync_state_returned_is_counted(chain, tmp_pa
     """sync_state() waits only within the keeper's budget (5x a 0.2 s strategy timeout here);
     the warm-up, cut off in the worker at 3 s, fails while a block waits for it: still counted."""
     anvil, relay = chain
-    strategy = IsolatedStrategy(
-        "test-hanging-sync", "limit-stop", {}, rpc_url=relay.url, memory_limit_mb=256, sync_timeout=3,
-        keeper="limit-stop",
-    )  # fmt: skip
     before = _sync_errors()
-    loop = _run_loop(
-        anvil, relay, tmp_path, "test-hanging-sync", blocks=3, isolated=strategy, timeout=0.2,
-        until=lambda lp: sum(o.status is Status.INCLUDED for o in lp.state.outcomes) >= 1,
-    )  # fmt: skip
+    loop, strategy = _hanging_sync(anvil, relay, tmp_path, sync_timeout=3, strategy_timeout=0.2)
     assert any(o.status is Status.INCLUDED for o in loop.state.outcomes), "it ran cold"
     # One per warm-up: a worker replaced for a late answer under load is warmed (and fails) again.
     assert _sync_errors() >= before + 1
