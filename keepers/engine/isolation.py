@@ -149,8 +149,10 @@ class IsolatedStrategy(Strategy):
         self.plugin_params = params
         #: The keeper's name, for the strategy-error metric of a replacement's failed warm-up.
         self.keeper = keeper
-        #: Inside sync_state(), whose caller counts a failed warm-up itself.
+        #: Inside sync_state(), whose caller counts a failed warm-up itself; and this worker's
+        #: warm-up counted so already (sync_state() raised to its caller).
         self._in_sync_state = False
+        self._warm_counted = False
         self.rpc_url = rpc_url
         self.memory_limit_mb = memory_limit_mb
         #: The plugin's sync_state is cut off after this in its worker (it then starts cold, as
@@ -202,6 +204,7 @@ class IsolatedStrategy(Strategy):
         assert proc.stdout is not None
         self._proc, self._out = proc, BufferedByteReceiveStream(proc.stdout)
         self._phase, self._warm_ctx, self._sync_error = STARTING, ctx, None
+        self._warm_counted = False
         self._frame_size, self._unread = None, 0
         self._spawned_at = time.monotonic()
 
@@ -255,7 +258,8 @@ class IsolatedStrategy(Strategy):
                 # As in-process: a failed warm-up is reported, and the strategy starts cold.
                 self._sync_error = f"sync_state failed in the worker: {str(answer)[:500]}"
                 log.warning("strategy sync_state failed", strategy=self.name, error=self._sync_error)
-                if not self._in_sync_state:  # a replacement's, or one that outlasted sync_state()
+                if not self._in_sync_state and not self._warm_counted:
+                    # A replacement's warm-up, or one that outlasted sync_state(): no caller saw it.
                     metrics.STRATEGY_ERRORS.labels(self.keeper, self.name, "sync_state").inc()
             self._phase = UP
 
@@ -361,15 +365,20 @@ class IsolatedStrategy(Strategy):
         """Starts the worker, whose plugin runs its sync_state there before its first block.
         Waits for it while the caller's time lasts; a worker still starting then is not a
         failure (the first block waits for it)."""
-        await self._started(ctx)
-        deadline = anyio.current_effective_deadline()
-        budget = self.startup_timeout
-        if math.isfinite(deadline):
-            budget = min(budget, deadline - anyio.current_time() - 0.1)
         self._in_sync_state = True
         try:
+            await self._started(ctx)
+            deadline = anyio.current_effective_deadline()
+            budget = self.startup_timeout
+            if math.isfinite(deadline):
+                budget = min(budget, deadline - anyio.current_time() - 0.1)
             with anyio.move_on_after(max(budget, 0.0)):
                 await self._guarded(ctx, self._await_ready)
+        except BaseException:
+            # The caller counts this warm-up as failed (its own timeout included, on a machine
+            # too busy for the margin above): the worker's later answer is not counted again.
+            self._warm_counted = True
+            raise
         finally:
             self._in_sync_state = False
         if self._sync_error is not None:
