@@ -46,8 +46,13 @@ class FeeEstimator:
         # Two base fees of headroom: the base fee can rise 12.5% a block for ~6 blocks.
         return Fees(2 * next_base + tip, tip)
 
-    def capped(self, fees: Fees, gas: int, value_wei: int | None) -> Fees:
-        """Applies the configured cap and, unless `value_wei` is None, the action's worth."""
+    def capped(self, fees: Fees, gas: int, value_wei: int | None, *, lower_tip: bool = False) -> Fees:
+        """Applies the configured cap and, unless `value_wei` is None, the action's worth.
+
+        With `lower_tip`, an action worth less than the market's tip bids the tip it can afford,
+        down to the floor (`min_priority`), instead of not being sent: the market's tip is the
+        median of recent blocks (our own bids among them), not a price of inclusion, and a
+        builder with room includes any bundle that pays above the base fee."""
         cap = self.max_fee
         if value_wei is not None:
             cap = min(cap, value_wei // max(gas, 1))
@@ -55,6 +60,8 @@ class FeeEstimator:
             return fees
         tip = fees.max_priority_fee_per_gas
         base = (fees.max_fee_per_gas - tip) // 2  # estimate() leaves two base fees of headroom
+        if lower_tip and cap - base >= min(tip, self.min_priority):
+            tip = min(tip, cap - base)
         if cap < base + tip:
             raise FeeTooHigh(f"the market needs {base + tip} wei/gas; the cap is {cap} wei/gas")
         return Fees(cap, tip)

@@ -303,13 +303,16 @@ class TxManager:
         headroom; capped by config and by what the action is worth after its builder payment."""
         gas = sum(c.gas_limit for c in action.calls)
         market = await self.fees.estimate()
-        if action.priority_fee_per_gas is not None:
+        bid = action.priority_fee_per_gas
+        if bid is not None:
             base_headroom = market.max_fee_per_gas - market.max_priority_fee_per_gas
-            market = Fees(base_headroom + action.priority_fee_per_gas, action.priority_fee_per_gas)
+            market = Fees(base_headroom + bid, bid)
         budget = None if action.public_good else action.expected_value_wei - coinbase_payment
         if budget is not None and budget <= 0:
             raise FeeTooHigh(f"the builder payment ({coinbase_payment} wei) leaves nothing for gas")
-        return self.fees.capped(market, gas, budget)
+        # A strategy's own bid is kept as it is (sent or refused); the market's is lowered to
+        # what the action is worth.
+        return self.fees.capped(market, gas, budget, lower_tip=bid is None)
 
     def _ledger_row(self, action: Action, head: int, status: str) -> ActionLedger:
         return ActionLedger(

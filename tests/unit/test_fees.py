@@ -1,0 +1,66 @@
+"""What an action may pay for gas: never more than it is worth or the configured cap, always the
+next base fee; the market's tip is lowered to what the action can afford, a strategy's bid never."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from keepers.tx.fees import GWEI, FeeEstimator, Fees, FeeTooHigh
+
+MIN_TIP = GWEI // 100
+
+
+def _estimator(max_fee_gwei: float = 500) -> FeeEstimator:
+    return FeeEstimator(cast(Any, None), max_fee_gwei)
+
+
+def _market(base: int, tip: int) -> Fees:
+    return Fees(2 * base + tip, tip)  # estimate()'s shape: two base fees of headroom
+
+
+@given(
+    base=st.integers(0, 10**12),
+    tip=st.integers(MIN_TIP, 10**11),
+    gas=st.integers(21_000, 3_000_000),
+    value=st.integers(0, 10**18),
+    lower_tip=st.booleans(),
+)
+def test_a_price_pays_the_base_fee_and_never_more_than_the_action_is_worth(
+    base: int, tip: int, gas: int, value: int, lower_tip: bool
+) -> None:
+    fees = _estimator()
+    try:
+        got = fees.capped(_market(base, tip), gas, value, lower_tip=lower_tip)
+    except FeeTooHigh:
+        cap = min(fees.max_fee, value // gas)
+        assert cap < base + (min(tip, MIN_TIP) if lower_tip else tip), "refused what it could afford"
+        return
+    assert got.max_fee_per_gas * gas <= value
+    assert got.max_fee_per_gas <= fees.max_fee
+    assert got.max_fee_per_gas >= base + got.max_priority_fee_per_gas, "the base fee is always paid"
+    if lower_tip:
+        assert min(tip, MIN_TIP) <= got.max_priority_fee_per_gas <= tip
+    else:
+        assert got.max_priority_fee_per_gas == tip
+
+
+def test_an_action_worth_less_than_the_market_tip_bids_what_it_can_afford() -> None:
+    """The devnet's case: recent blocks' median tip 0.1 gwei (the keepers' own bids), an iceberg's
+    last clip worth 0.02 gwei a gas; refused block after block, it was never filled."""
+    base, tip, gas = 441, GWEI // 10, 200_000
+    value = 19_741_242 * gas
+    with pytest.raises(FeeTooHigh, match="the market needs"):
+        _estimator().capped(_market(base, tip), gas, value)
+    got = _estimator().capped(_market(base, tip), gas, value, lower_tip=True)
+    assert got == Fees(19_741_242, 19_741_242 - base)
+
+
+def test_below_the_floor_tip_it_is_still_refused() -> None:
+    with pytest.raises(FeeTooHigh):
+        _estimator().capped(
+            _market(10 * GWEI, GWEI), 100_000, (10 * GWEI + MIN_TIP - 1) * 100_000, lower_tip=True
+        )
