@@ -10,9 +10,9 @@ errors (reverts) are answers, not faults: they are returned as they are.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import aiohttp
 import anyio
@@ -33,6 +33,13 @@ class AllEndpointsFailed(ConnectionError):
     """Every endpoint failed for one request; the message lists why (URLs without credentials)."""
 
 
+class BatchRefused(RuntimeError):
+    """An endpoint answered a JSON-RPC batch with one error: it does not take batches."""
+
+
+_T = TypeVar("_T")
+
+
 @dataclass
 class _Bucket:
     rate: float
@@ -47,16 +54,20 @@ class _Bucket:
         self.tokens = min(max(1.0, self.rate), self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
 
-    def take(self) -> bool:
+    def take(self, n: int = 1) -> bool:
+        """`n` requests' tokens (a batch counts each request it carries, as providers do; one
+        larger than the bucket takes all of it)."""
         self._refill()
-        if self.tokens >= 1:
-            self.tokens -= 1
+        need = min(float(n), max(1.0, self.rate))
+        if self.tokens >= need:
+            self.tokens -= need
             return True
         return False
 
-    def wait_time(self) -> float:
+    def wait_time(self, n: int = 1) -> float:
         self._refill()
-        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+        need = min(float(n), max(1.0, self.rate))
+        return 0.0 if self.tokens >= need else (need - self.tokens) / self.rate
 
 
 @dataclass
@@ -146,23 +157,44 @@ class RpcPool(AsyncJSONBaseProvider):
     async def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
         if method == "eth_chainId" and self._chain_id is not None:
             return self._chain_id
+
+        async def attempt(ep: Endpoint, reasons: list[str]) -> RPCResponse | None:
+            return await self._try(ep, method, params, reasons)
+
+        return await self._route(method, 1, attempt)
+
+    async def make_batch_request(self, requests: list[tuple[RPCEndpoint, Any]]) -> list[RPCResponse]:
+        """`requests` in one round trip to one endpoint, answers in their order; failed over
+        whole, as one request is. An endpoint that does not take batches answers with one
+        error object: that is returned as BatchRefused, not counted as the endpoint's fault."""
+
+        async def attempt(ep: Endpoint, reasons: list[str]) -> list[RPCResponse] | None:
+            return await self._try_batch(ep, requests, reasons)
+
+        return await self._route("batch", len(requests), attempt)
+
+    async def _route(
+        self, what: str, cost: int, attempt: Callable[[Endpoint, list[str]], Awaitable[_T | None]]
+    ) -> _T:
+        """The first answer of the endpoints in order of health, each waited for its tokens."""
         reasons: list[str] = []
         for _round in range(2):
             for ep in self._order():
                 if ep.cooling and _round == 0:
                     continue
-                while not ep.bucket.take():
-                    # Prefer another endpoint with a token over waiting for this one.
+                while not ep.bucket.take(cost):
+                    # Prefer another endpoint with tokens over waiting for this one.
                     if any(
-                        o is not ep and not o.cooling and o.bucket.wait_time() == 0 for o in self.endpoints
+                        o is not ep and not o.cooling and o.bucket.wait_time(cost) == 0
+                        for o in self.endpoints
                     ):
                         break
-                    await anyio.sleep(ep.bucket.wait_time())
+                    await anyio.sleep(ep.bucket.wait_time(cost))
                 else:
-                    response = await self._try(ep, method, params, reasons)
+                    response = await attempt(ep, reasons)
                     if response is not None:
                         return response
-        raise AllEndpointsFailed(f"{method} failed on every endpoint: {'; '.join(reasons)}")
+        raise AllEndpointsFailed(f"{what} failed on every endpoint: {'; '.join(reasons)}")
 
     async def _try(
         self, ep: Endpoint, method: RPCEndpoint, params: Any, reasons: list[str]
@@ -192,6 +224,42 @@ class RpcPool(AsyncJSONBaseProvider):
         elif method == "eth_chainId" and "result" in response:
             self._chain_id = response
         return response
+
+    async def _try_batch(
+        self, ep: Endpoint, requests: list[tuple[RPCEndpoint, Any]], reasons: list[str]
+    ) -> list[RPCResponse] | None:
+        ep.requests += 1
+        started = time.perf_counter()
+        methods = {m for m, _ in requests}
+        label = method_label(next(iter(methods))) if len(methods) == 1 else "other"
+        try:
+            responses = await ep.provider.make_batch_request(requests)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:  # ValueError: not JSON
+            self._fault(ep, label, f"{ep.label}: {exc.__class__.__name__}")
+            reasons.append(f"{ep.label}: {exc.__class__.__name__}")
+            return None
+        if isinstance(responses, dict) and isinstance(responses.get("error"), dict):
+            code = int(responses["error"].get("code", 0))
+            if code not in ENDPOINT_FAULT_CODES:
+                raise BatchRefused(f"{ep.label} refused a batch: {responses['error'].get('message')}")
+        if (
+            not isinstance(responses, list)
+            or len(responses) != len(requests)
+            or not all(isinstance(r, dict) and ("result" in r or "error" in r) for r in responses)
+        ):
+            self._fault(ep, label, f"{ep.label}: not a JSON-RPC batch answer")
+            reasons.append(f"{ep.label}: not a JSON-RPC batch answer")
+            return None
+        for r in responses:
+            error = r.get("error")
+            if isinstance(error, dict) and int(error.get("code", 0)) in ENDPOINT_FAULT_CODES:
+                self._fault(ep, label, f"{ep.label}: {error.get('message')}")
+                reasons.append(f"{ep.label}: {error.get('code')}")
+                return None
+        metrics.RPC_SECONDS.labels(self.chain, label).observe(time.perf_counter() - started)
+        ep.failures = 0
+        metrics.RPC_ENDPOINT_HEALTHY.labels(self.chain, str(ep.index)).set(1)
+        return cast(list[RPCResponse], responses)
 
     def _fault(self, ep: Endpoint, method: str, reason: str) -> None:
         ep.errors += 1

@@ -17,7 +17,18 @@ from keepers_workshop.devnet.anvil import free_port
 FORWARDED_HEADERS = {"content-type", "x-flashbots-signature"}
 
 Mode = Literal[
-    "pass", "latency", "429", "503", "garbage", "truncated", "drop", "stall", "behind", "refuse", "rpc-error"
+    "pass",
+    "latency",
+    "429",
+    "503",
+    "garbage",
+    "truncated",
+    "drop",
+    "stall",
+    "behind",
+    "refuse",
+    "rpc-error",
+    "no-batch",
 ]
 
 
@@ -100,6 +111,14 @@ class FaultProxy:
             request.transport.abort()  # the connection dies without an answer
             return web.Response()
         body = await request.read()
+        if mode == "no-batch" and body.lstrip().startswith(b"["):  # as some providers answer a batch
+            return web.json_response(
+                {
+                    "jsonrpc": "2.0",
+                    "id": None,
+                    "error": {"code": -32600, "message": "batch requests are not supported"},
+                }
+            )
         assert self._session is not None
         # A relay's signature header goes along: it signs exactly these body bytes.
         headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS}

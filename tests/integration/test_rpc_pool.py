@@ -6,8 +6,10 @@ import anyio
 import pytest
 from web3 import AsyncWeb3
 
+from keepers.chain.calls import RawCall, call_all
 from keepers.chain.rpc_pool import AllEndpointsFailed, RpcPool, redact
 from keepers_workshop.devnet.anvil import Anvil, free_port
+from tests.helpers.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +85,34 @@ def test_asks_for_the_chain_id_once_not_before_every_call():
 
         anyio.run(go)
         assert pool.endpoints[0].requests == 6, "one eth_chainId and five eth_calls"
+
+
+#: The identity precompile answers a call with its input: a view every fresh anvil has.
+IDENTITY = "0x0000000000000000000000000000000000000004"
+
+
+def _echo(n: int) -> RawCall:
+    return RawCall(IDENTITY, "0x" + n.to_bytes(32, "big").hex(), ("uint256",))
+
+
+def test_reads_go_out_as_one_batch_failed_over_whole():
+    with Anvil() as a, FaultProxy(a.url) as busy:
+        busy.set("503")
+        pool = RpcPool([busy.url, a.url], chain="t")
+        got = anyio.run(call_all, AsyncWeb3(pool), [_echo(n) for n in range(12)], "latest")
+        assert got == [(n,) for n in range(12)]
+        assert busy.requests == 1, "the faulty endpoint was asked once, for the whole batch"
+        assert [ep.requests for ep in pool.endpoints] == [1, 1], "twelve reads, one request each"
+
+
+def test_an_endpoint_that_refuses_batches_gets_one_request_per_call_from_then_on():
+    with Anvil() as a, FaultProxy(a.url) as proxy:
+        proxy.set("no-batch")
+        pool = RpcPool([proxy.url], chain="t")
+        w3 = AsyncWeb3(pool)
+        calls = [_echo(n) for n in range(5)]
+        assert anyio.run(call_all, w3, calls, "latest") == [(n,) for n in range(5)]
+        assert proxy.requests == 1 + 5, "the refused batch, then a request per call"
+        assert anyio.run(call_all, w3, calls, "latest") == [(n,) for n in range(5)]
+        assert proxy.requests == 6 + 5, "no second batch"
+        assert pool.endpoints[0].failures == 0, "a refused batch is no fault of the endpoint"
