@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from web3 import AsyncWeb3
+from web3.types import RPCEndpoint
 
 GWEI = 10**9
 #: Nodes accept a replacement only if both fee fields rise by at least 10%; we bump 12.5%.
@@ -28,6 +29,10 @@ class Fees:
         return Fees(max(cap, tip), tip)
 
 
+class FeeHistoryUnavailable(OSError):
+    """The node gave no usable fee history (a node fault: retried at the next head)."""
+
+
 class FeeTooHigh(RuntimeError):
     """The fee the market asks is above a cap: sending would be a loss or break policy."""
 
@@ -39,9 +44,22 @@ class FeeEstimator:
         self.min_priority = int(min_priority_gwei * GWEI)
 
     async def estimate(self, blocks: int = 10, percentile: float = 50.0) -> Fees:
-        history = await self.w3.eth.fee_history(blocks, "latest", [percentile])
-        next_base = int(history["baseFeePerGas"][-1])
-        rewards = [int(r[0]) for r in history.get("reward", []) if r and int(r[0]) > 0]
+        # The raw request: web3's method machinery and result formatters cost more than the read.
+        response = await self.w3.provider.make_request(
+            RPCEndpoint("eth_feeHistory"), [hex(blocks), "latest", [percentile]]
+        )
+        history: Any = response.get("result") if isinstance(response, dict) else None
+        try:
+            if not isinstance(history, dict):
+                raise TypeError("not a fee history")
+            bases, reward = history["baseFeePerGas"], history.get("reward") or []
+            if not isinstance(bases, list) or not isinstance(reward, list):
+                raise TypeError("not lists")
+            next_base = _quantity(bases[-1])
+            rewards = [q for q in (_quantity(r[0]) for r in reward if isinstance(r, list) and r) if q > 0]
+        except (TypeError, KeyError, IndexError, ValueError):
+            answer = str(response.get("error", history) if isinstance(response, dict) else response)[:200]
+            raise FeeHistoryUnavailable(f"eth_feeHistory: {answer}") from None
         tip = max(self.min_priority, int(statistics.median(rewards)) if rewards else self.min_priority)
         # Two base fees of headroom: the base fee can rise 12.5% a block for ~6 blocks.
         return Fees(2 * next_base + tip, tip)
@@ -65,3 +83,10 @@ class FeeEstimator:
         if cap < base + tip:
             raise FeeTooHigh(f"the market needs {base + tip} wei/gas; the cap is {cap} wei/gas")
         return Fees(cap, tip)
+
+
+def _quantity(value: object) -> int:
+    """A JSON-RPC quantity ("0x..."), or ValueError."""
+    if not isinstance(value, str) or not value.startswith("0x"):
+        raise ValueError(f"not a quantity: {value!r}")
+    return int(value, 16)

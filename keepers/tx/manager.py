@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cache, partial
@@ -233,8 +233,16 @@ class TxManager:
             prepared: list[tuple[Action, Fees]] = []
             outcomes: list[Outcome] = []
             rejected: list[ActionLedger] = []
+            market: list[Fees] = []
+
+            async def quote() -> Fees:
+                """The market's fees, read once for all of this block's actions."""
+                if not market:
+                    market.append(await self.fees.estimate())
+                return market[0]
+
             for action in actions:
-                ready, reason = await self._prepare(action, route)
+                ready, reason = await self._prepare(action, route, quote)
                 if ready is None:
                     outcomes.append(
                         Outcome(
@@ -261,7 +269,9 @@ class TxManager:
             return head, timestamp
         return max(head, latest[0]), max(timestamp, latest[1])
 
-    async def _prepare(self, action: Action, route: Route) -> tuple[tuple[Action, Fees] | None, str]:
+    async def _prepare(
+        self, action: Action, route: Route, quote: Callable[[], Awaitable[Fees]]
+    ) -> tuple[tuple[Action, Fees] | None, str]:
         if isinstance(route, MempoolRoute):
             if len(action.calls) != 1:
                 return None, "the mempool route sends one call per action"
@@ -278,7 +288,7 @@ class TxManager:
             tip = Call(to=self.builder_tip, data=TIP_SELECTOR, value=payment, gas_limit=TIP_GAS)
             action = replace(action, calls=(*action.calls, tip))
         try:
-            fees = await self._priced(action, payment)
+            fees = self._priced(action, payment, await quote())
         except FeeTooHigh as exc:
             return None, str(exc)
         return (action, fees), ""
@@ -298,11 +308,10 @@ class TxManager:
             calls.append(replace(call, gas_limit=max(call.gas_limit, est * 5 // 4)))
         return replace(action, calls=tuple(calls)), None
 
-    async def _priced(self, action: Action, coinbase_payment: int) -> Fees:
+    def _priced(self, action: Action, coinbase_payment: int, market: Fees) -> Fees:
         """The market's fees, or the strategy's priority-fee bid on top of the same base fee
         headroom; capped by config and by what the action is worth after its builder payment."""
         gas = sum(c.gas_limit for c in action.calls)
-        market = await self.fees.estimate()
         bid = action.priority_fee_per_gas
         if bid is not None:
             base_headroom = market.max_fee_per_gas - market.max_priority_fee_per_gas

@@ -3,13 +3,15 @@ next base fee; the market's tip is lowered to what the action can afford, a stra
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, cast
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keepers.tx.fees import GWEI, FeeEstimator, Fees, FeeTooHigh
+from keepers.tx.fees import GWEI, FeeEstimator, FeeHistoryUnavailable, Fees, FeeTooHigh
 
 MIN_TIP = GWEI // 100
 
@@ -64,3 +66,50 @@ def test_below_the_floor_tip_it_is_still_refused() -> None:
         _estimator().capped(
             _market(10 * GWEI, GWEI), 100_000, (10 * GWEI + MIN_TIP - 1) * 100_000, lower_tip=True
         )
+
+
+class _Answers:
+    """A provider that answers eth_feeHistory with whatever the test gives it."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    async def make_request(self, method: str, params: Any) -> Any:
+        assert method == "eth_feeHistory"
+        return self.answer
+
+
+def _from_node(answer: Any) -> FeeEstimator:
+    return FeeEstimator(cast(Any, SimpleNamespace(provider=_Answers(answer))), 500)
+
+
+def test_fees_come_from_the_next_base_fee_and_the_median_tip() -> None:
+    history = {"baseFeePerGas": ["0x1", "0x64"], "reward": [["0x0"], ["0x3b9aca00"], ["0x77359400"]]}
+    got = anyio.run(_from_node({"result": history}).estimate)
+    assert got == Fees(2 * 100 + 15 * GWEI // 10, 15 * GWEI // 10), "zero tips are not the market's"
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(
+    answer=st.one_of(
+        _json,
+        st.fixed_dictionaries({"result": _json}),
+        st.fixed_dictionaries({"result": st.fixed_dictionaries({"baseFeePerGas": _json, "reward": _json})}),
+    )
+)
+def test_a_garbled_fee_history_is_a_node_fault_never_a_price(answer: Any) -> None:
+    """Whatever the node answers: a price from a well-formed history, else a node fault (an
+    OSError, which the keeper loop retries at the next head as it does any node fault)."""
+    assert issubclass(FeeHistoryUnavailable, OSError)
+    try:
+        got = anyio.run(_from_node(answer).estimate)
+    except FeeHistoryUnavailable:
+        return
+    assert isinstance(answer, dict), "a price only from a JSON-RPC answer"
+    assert got.max_fee_per_gas >= got.max_priority_fee_per_gas >= MIN_TIP
