@@ -81,7 +81,7 @@ class FlashbotsSettings(Strict):
 
 class RpcEndpoint(Strict):
     url: str
-    #: Requests per second this endpoint allows us.
+    #: Requests per second this endpoint allows us (a JSON-RPC batch counts each request it carries).
     rate_limit: float = Field(default=50.0, gt=0)
 
     @field_validator("url")
