@@ -25,7 +25,7 @@ from web3.contract import AsyncContract
 from web3.types import RPCEndpoint
 
 from keepers.chain.http import SessionHTTPProvider
-from keepers.chain.rpc_pool import BatchRefused, RpcPool
+from keepers.chain.rpc_pool import BatchRefused, RpcPool, refuses_batches
 
 
 class CallFailed(RuntimeError):
@@ -63,6 +63,10 @@ async def call_all(w3: AsyncWeb3[Any], calls: Sequence[RawCall], block: int | st
             responses = None
         if isinstance(responses, list):
             return [_decoded(c, r) for c, r in zip(calls, responses, strict=True)]
+        if responses is not None and not (
+            isinstance(responses, dict) and refuses_batches(responses.get("error"))
+        ):
+            raise CallFailed(f"a batch of {len(calls)} eth_calls failed: {str(responses)[:200]}")
         _NO_BATCHES.add(provider)
     results: list[tuple[Any, ...] | None] = [None] * len(calls)
 

@@ -54,10 +54,20 @@ class SessionHTTPProvider(AsyncHTTPProvider):
         return await self._post(request_data)
 
     async def make_batch_request(self, batch_requests: list[tuple[RPCEndpoint, Any]]) -> Any:
-        response = self.decode_rpc_response(await self._post(self.encode_batch_rpc_request(batch_requests)))
-        if isinstance(response, list):
-            response.sort(key=lambda r: int(r.get("id") or 0))
-        return response
+        """The answers in the order of the requests, matched by id; a list that does not answer
+        each id exactly once raises ValueError (a faulty endpoint: never an answer given to the
+        wrong call). An answer that is not a list (one error object: batches refused) is
+        returned as it is."""
+        forms = [self.form_request(method, params) for method, params in batch_requests]
+        body = b"[" + b",".join(self.encode_rpc_dict(f) for f in forms) + b"]"
+        response = self.decode_rpc_response(await self._post(body))
+        if not isinstance(response, list):
+            return response
+        ids = [f["id"] for f in forms]
+        by_id = {r.get("id"): r for r in response if isinstance(r, dict) and isinstance(r.get("id"), int)}
+        if len(response) != len(ids) or sorted(by_id) != sorted(ids):
+            raise ValueError(f"a batch of {len(ids)} requests answered with other ids or a different count")
+        return [by_id[i] for i in ids]
 
     async def disconnect(self) -> None:
         if self._session is not None and not self._session.closed:

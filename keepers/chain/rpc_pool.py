@@ -55,19 +55,18 @@ class _Bucket:
         self.stamp = now
 
     def take(self, n: int = 1) -> bool:
-        """`n` requests' tokens (a batch counts each request it carries, as providers do; one
-        larger than the bucket takes all of it)."""
+        """`n` requests' tokens once one is there: a batch counts each request it carries, as
+        providers do, and may leave the bucket in debt (what follows waits it out), so a batch
+        larger than the bucket is counted whole and never waits for tokens singles take first."""
         self._refill()
-        need = min(float(n), max(1.0, self.rate))
-        if self.tokens >= need:
-            self.tokens -= need
+        if self.tokens >= 1:
+            self.tokens -= n
             return True
         return False
 
-    def wait_time(self, n: int = 1) -> float:
+    def wait_time(self) -> float:
         self._refill()
-        need = min(float(n), max(1.0, self.rate))
-        return 0.0 if self.tokens >= need else (need - self.tokens) / self.rate
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
 
 
 @dataclass
@@ -98,7 +97,25 @@ KNOWN_METHODS = frozenset({
 
 
 def method_label(method: str) -> str:
-    return method if method in KNOWN_METHODS else "other"
+    return method if method in KNOWN_METHODS or method == "batch" else "other"
+
+
+def _endpoint_fault(error: object) -> bool:
+    """A JSON-RPC error that is the endpoint's state (rate limited, overloaded), not the request's."""
+    if not isinstance(error, dict):
+        return False
+    try:
+        return int(error.get("code", 0)) in ENDPOINT_FAULT_CODES
+    except (TypeError, ValueError):
+        return False
+
+
+def refuses_batches(error: object) -> bool:
+    """An endpoint's one error for a whole batch that says it takes none (JSON-RPC's invalid
+    request, or a message naming batches); any other is a fault of the endpoint."""
+    if not isinstance(error, dict):
+        return False
+    return error.get("code") == -32600 or "batch" in str(error.get("message", "")).lower()
 
 
 def redact(url: str) -> str:
@@ -185,11 +202,10 @@ class RpcPool(AsyncJSONBaseProvider):
                 while not ep.bucket.take(cost):
                     # Prefer another endpoint with tokens over waiting for this one.
                     if any(
-                        o is not ep and not o.cooling and o.bucket.wait_time(cost) == 0
-                        for o in self.endpoints
+                        o is not ep and not o.cooling and o.bucket.wait_time() == 0 for o in self.endpoints
                     ):
                         break
-                    await anyio.sleep(ep.bucket.wait_time(cost))
+                    await anyio.sleep(ep.bucket.wait_time())
                 else:
                     response = await attempt(ep, reasons)
                     if response is not None:
@@ -212,7 +228,7 @@ class RpcPool(AsyncJSONBaseProvider):
             reasons.append(f"{ep.label}: not a JSON-RPC answer")
             return None
         error = response.get("error")
-        if isinstance(error, dict) and int(error.get("code", 0)) in ENDPOINT_FAULT_CODES:
+        if isinstance(error, dict) and _endpoint_fault(error):
             self._fault(ep, method, f"{ep.label}: {error.get('message')}")
             reasons.append(f"{ep.label}: {error.get('code')}")
             return None
@@ -230,18 +246,15 @@ class RpcPool(AsyncJSONBaseProvider):
     ) -> list[RPCResponse] | None:
         ep.requests += 1
         started = time.perf_counter()
-        methods = {m for m, _ in requests}
-        label = method_label(next(iter(methods))) if len(methods) == 1 else "other"
+        label = "batch"
         try:
             responses = await ep.provider.make_batch_request(requests)
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:  # ValueError: not JSON
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:  # ValueError: not JSON, ids
             self._fault(ep, label, f"{ep.label}: {exc.__class__.__name__}")
             reasons.append(f"{ep.label}: {exc.__class__.__name__}")
             return None
-        if isinstance(responses, dict) and isinstance(responses.get("error"), dict):
-            code = int(responses["error"].get("code", 0))
-            if code not in ENDPOINT_FAULT_CODES:
-                raise BatchRefused(f"{ep.label} refused a batch: {responses['error'].get('message')}")
+        if isinstance(responses, dict) and refuses_batches(responses.get("error")):
+            raise BatchRefused(f"{ep.label} refused a batch: {str(responses['error'].get('message'))[:200]}")
         if (
             not isinstance(responses, list)
             or len(responses) != len(requests)
@@ -252,7 +265,7 @@ class RpcPool(AsyncJSONBaseProvider):
             return None
         for r in responses:
             error = r.get("error")
-            if isinstance(error, dict) and int(error.get("code", 0)) in ENDPOINT_FAULT_CODES:
+            if _endpoint_fault(error):
                 self._fault(ep, label, f"{ep.label}: {error.get('message')}")
                 reasons.append(f"{ep.label}: {error.get('code')}")
                 return None

@@ -56,7 +56,9 @@ class FeeEstimator:
             if not isinstance(bases, list) or not isinstance(reward, list):
                 raise TypeError("not lists")
             next_base = _quantity(bases[-1])
-            rewards = [q for q in (_quantity(r[0]) for r in reward if isinstance(r, list) and r) if q > 0]
+            if not all(isinstance(r, list) and r for r in reward):
+                raise TypeError("a reward entry is not a list of quantities")
+            rewards = [q for q in (_quantity(r[0]) for r in reward) if q > 0]
         except (TypeError, KeyError, IndexError, ValueError):
             answer = str(response.get("error", history) if isinstance(response, dict) else response)[:200]
             raise FeeHistoryUnavailable(f"eth_feeHistory: {answer}") from None

@@ -288,7 +288,7 @@ class TxManager:
             tip = Call(to=self.builder_tip, data=TIP_SELECTOR, value=payment, gas_limit=TIP_GAS)
             action = replace(action, calls=(*action.calls, tip))
         try:
-            fees = self._priced(action, payment, await quote())
+            fees = self._priced(action, payment, await quote(), bundled=isinstance(route, BundleRoute))
         except FeeTooHigh as exc:
             return None, str(exc)
         return (action, fees), ""
@@ -308,7 +308,7 @@ class TxManager:
             calls.append(replace(call, gas_limit=max(call.gas_limit, est * 5 // 4)))
         return replace(action, calls=tuple(calls)), None
 
-    def _priced(self, action: Action, coinbase_payment: int, market: Fees) -> Fees:
+    def _priced(self, action: Action, coinbase_payment: int, market: Fees, *, bundled: bool) -> Fees:
         """The market's fees, or the strategy's priority-fee bid on top of the same base fee
         headroom; capped by config and by what the action is worth after its builder payment."""
         gas = sum(c.gas_limit for c in action.calls)
@@ -320,8 +320,9 @@ class TxManager:
         if budget is not None and budget <= 0:
             raise FeeTooHigh(f"the builder payment ({coinbase_payment} wei) leaves nothing for gas")
         # A strategy's own bid is kept as it is (sent or refused); the market's is lowered to
-        # what the action is worth.
-        return self.fees.capped(market, gas, budget, lower_tip=bid is None)
+        # what the action is worth in a bundle only: a transaction in a mempool under the
+        # market's tip waits to be bumped, and bumps answer to the market, not to its worth.
+        return self.fees.capped(market, gas, budget, lower_tip=bid is None and bundled)
 
     def _ledger_row(self, action: Action, head: int, status: str) -> ActionLedger:
         return ActionLedger(

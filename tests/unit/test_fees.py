@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from keepers.tx.actions import Action, Call
 from keepers.tx.fees import GWEI, FeeEstimator, FeeHistoryUnavailable, Fees, FeeTooHigh
+from keepers.tx.manager import TxManager
 
 MIN_TIP = GWEI // 100
 
@@ -113,3 +115,15 @@ def test_a_garbled_fee_history_is_a_node_fault_never_a_price(answer: Any) -> Non
         return
     assert isinstance(answer, dict), "a price only from a JSON-RPC answer"
     assert got.max_fee_per_gas >= got.max_priority_fee_per_gas >= MIN_TIP
+
+
+def test_the_tip_is_lowered_in_a_bundle_only() -> None:
+    """In a mempool a send under the market's tip waits to be bumped, and bumps answer to the
+    market, not to the action's worth: there an action it cannot afford is refused."""
+    txm = TxManager.__new__(TxManager)  # _priced reads only the fee estimator
+    txm.fees = _estimator()
+    base, tip, gas = 441, GWEI // 10, 21_000
+    action = Action("clip", (Call(to="0x" + "11" * 20, gas_limit=gas),), expected_value_wei=19_741_242 * gas)
+    assert txm._priced(action, 0, _market(base, tip), bundled=True).max_priority_fee_per_gas < tip
+    with pytest.raises(FeeTooHigh):
+        txm._priced(action, 0, _market(base, tip), bundled=False)
