@@ -175,11 +175,20 @@ def _param_names(model: Any) -> str:
     return ", ".join(model.model_fields) or "no params"
 
 
+def _is_set(environ: Mapping[str, str], name: str) -> bool:
+    """Whether `name` is set and not empty, without decoding its value: os.environ.get() makes
+    a str copy of it, which stays in the heap after it is freed (`keepers run` asks before its
+    signer takes the key out of the environment, and plugins load after)."""
+    if environ is os.environ and os.supports_bytes_environ:
+        return bool(os.environb.get(os.fsencode(name)))
+    return bool(environ.get(name))
+
+
 def _present(ref: SecretRef, environ: Mapping[str, str]) -> str | None:
     """Why `ref` cannot resolve, judged without reading the secret (None: it looks fine)."""
     if ref.env is not None:
-        return None if environ.get(ref.env) else f"environment variable {ref.env} is not set"
-    if ref.password_env is not None and not environ.get(ref.password_env):
+        return None if _is_set(environ, ref.env) else f"environment variable {ref.env} is not set"
+    if ref.password_env is not None and not _is_set(environ, ref.password_env):
         return f"environment variable {ref.password_env} is not set"
     for path in (ref.file, ref.keystore, ref.password_file):
         if path is None:
