@@ -21,6 +21,17 @@ from keepers import jsonfast
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
+class HTTPStatusError(aiohttp.ClientError):
+    """The node answered with an HTTP error status; the message names the host only."""
+
+
+def redact(url: str) -> str:
+    """scheme://host[:port] only: paths and queries often carry API keys."""
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}"
+
+
 class SessionHTTPProvider(AsyncHTTPProvider):
     def __init__(self, endpoint_uri: str, request_timeout: float | None = None, **kwargs: Any) -> None:
         super().__init__(endpoint_uri, exception_retry_configuration=None, **kwargs)
@@ -42,7 +53,11 @@ class SessionHTTPProvider(AsyncHTTPProvider):
         async with session.post(
             str(self.endpoint_uri), data=request_data, headers=self.get_request_headers()
         ) as resp:
-            resp.raise_for_status()
+            if resp.status >= 400:
+                # Not raise_for_status(): aiohttp's message carries the whole URL, API key and all.
+                raise HTTPStatusError(
+                    f"HTTP {resp.status} {resp.reason or ''} from {redact(str(self.endpoint_uri))}"
+                )
             return await resp.read()
 
     @staticmethod

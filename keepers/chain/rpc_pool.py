@@ -20,7 +20,7 @@ import structlog
 from web3.providers.async_base import AsyncJSONBaseProvider
 from web3.types import RPCEndpoint, RPCResponse
 
-from keepers.chain.http import SessionHTTPProvider
+from keepers.chain.http import SessionHTTPProvider, redact
 from keepers.obs import metrics
 
 log = structlog.get_logger("rpc")
@@ -116,13 +116,6 @@ def refuses_batches(error: object) -> bool:
     if not isinstance(error, dict):
         return False
     return error.get("code") == -32600 or "batch" in str(error.get("message", "")).lower()
-
-
-def redact(url: str) -> str:
-    """scheme://host[:port] only: paths and queries often carry API keys."""
-    scheme, _, rest = url.partition("://")
-    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-    return f"{scheme}://{host}"
 
 
 class RpcPool(AsyncJSONBaseProvider):

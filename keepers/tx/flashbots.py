@@ -20,7 +20,7 @@ from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
 
-from keepers.chain.rpc_pool import redact
+from keepers.chain.http import redact
 
 SIGNATURE_HEADER = "X-Flashbots-Signature"
 #: JSON-RPC error code relays use for a missing or bad signature.

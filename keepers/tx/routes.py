@@ -19,7 +19,7 @@ import structlog
 from web3 import AsyncWeb3
 from web3.exceptions import Web3RPCError
 
-from keepers.chain.rpc_pool import redact
+from keepers.chain.http import redact
 from keepers.tx.flashbots import FlashbotsClient, RelayError, RelayUnavailable, Simulation, without_url
 
 log = structlog.get_logger("route")

@@ -7,7 +7,8 @@ import pytest
 from web3 import AsyncWeb3
 
 from keepers.chain.calls import RawCall, call_all
-from keepers.chain.rpc_pool import AllEndpointsFailed, RpcPool, redact
+from keepers.chain.http import HTTPStatusError, SessionHTTPProvider, redact
+from keepers.chain.rpc_pool import AllEndpointsFailed, RpcPool
 from keepers_workshop.devnet.anvil import Anvil, free_port
 from tests.helpers.fault_proxy import FaultProxy
 
@@ -116,3 +117,20 @@ def test_an_endpoint_that_refuses_batches_gets_one_request_per_call_from_then_on
         assert anyio.run(call_all, w3, calls, "latest") == [(n,) for n in range(5)]
         assert proxy.requests == 6 + 5, "no second batch"
         assert pool.endpoints[0].failures == 0, "a refused batch is no fault of the endpoint"
+
+
+def test_an_http_error_names_the_host_only():
+    """A provider used on its own (an isolated strategy's reader, replay) must not hand a
+    strategy or a log an error text with the URL's API key in it, as aiohttp's own does."""
+    with Anvil() as a, FaultProxy(a.url) as busy:
+        busy.set("503")
+        provider = SessionHTTPProvider(f"{busy.url}/v3/SECRETKEY")
+
+        async def go() -> None:
+            await AsyncWeb3(provider).eth.block_number
+
+        with pytest.raises(HTTPStatusError) as info:
+            anyio.run(go)
+        assert "503" in str(info.value)
+        assert busy.url in str(info.value)
+        assert "SECRETKEY" not in str(info.value)
