@@ -1,10 +1,20 @@
 """The `keepers` command."""
 
+# ruff: noqa: E402 - the funds key leaves the environment before the imports below
 from __future__ import annotations
+
+import sys
+
+# isort: off
+# `keepers run`: the funds key's variables leave the environment before any library is
+# imported (some decode every variable into a str on import; keepers.tx.key_env says which).
+from keepers.tx import key_env
+
+key_env.hold_for(sys.argv[1:])
+# isort: on
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -137,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
     child = SignerProcess.of_keeper(settings, args.name)
     if child is not None:
         child.spawn(fork=True)
+    key_env.release()  # the signer has the key (or, with signer_url, nobody here needs it)
     if problems := check_strategies(settings, where, names):
         if child is not None:
             child.close()

@@ -39,6 +39,7 @@ from keepers.config.loader import (
 )
 from keepers.config.schema import Settings, _check_address
 from keepers.config.secrets import SecretError, SecretRef
+from keepers.tx import key_env
 
 Loc = tuple[str | int, ...]
 
@@ -179,6 +180,8 @@ def _is_set(environ: Mapping[str, str], name: str) -> bool:
     """Whether `name` is set and not empty, without decoding its value: os.environ.get() makes
     a str copy of it, which stays in the heap after it is freed (`keepers run` asks before its
     signer takes the key out of the environment, and plugins load after)."""
+    if environ is os.environ and key_env.is_held(name):
+        return True  # `keepers run` holds it out of the environment for its signer
     if environ is os.environ and os.supports_bytes_environ:
         return bool(os.environb.get(os.fsencode(name)))
     return bool(environ.get(name))

@@ -22,6 +22,7 @@ import structlog
 from keepers.config.contracts import contract_addresses
 from keepers.config.schema import Settings
 from keepers.config.secrets import SecretRef
+from keepers.tx import key_env
 from keepers.tx.remote_signer import RemoteSigner
 from keepers.tx.scrub import scrub_environment
 from keepers.tx.signer import SignerError
@@ -113,9 +114,17 @@ class SignerProcess:
         the second of imports a new interpreter pays, so a restarted keeper is ready sooner on
         a busy machine; the key is still read in the child only, after the fork."""
         # A thread would hold locks a forked child inherits held: then a new interpreter.
-        self._proc = _fork(self._args) if fork and threading.active_count() == 1 else _popen(self._argv)
-        for variable in self._scrub:
-            scrub_environment(variable)
+        fork = fork and threading.active_count() == 1
+        if fork:
+            # Imported before the key is back in the environment: its imports decode every
+            # variable into a str (keepers.tx.key_env), and the child reuses them.
+            from keepers.tx import signer_service  # noqa: F401
+        held = key_env.restore()
+        try:
+            self._proc = _fork(self._args) if fork else _popen(self._argv)
+        finally:
+            for variable in dict.fromkeys([*self._scrub, *held]):
+                scrub_environment(variable)
 
     async def start(self, client: RemoteSigner) -> str:
         """Starts the child (unless spawned already) and waits until it answers; its address."""

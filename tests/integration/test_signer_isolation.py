@@ -9,6 +9,7 @@ hourly fee budget, and answers any input with a JSON-RPC error, never by dying."
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -30,7 +31,14 @@ from keepers.tx.remote_signer import RemoteSigner
 from keepers.tx.signer import SignerError, TxSigner
 from keepers.tx.signer_process import SignerProcess
 from keepers.tx.signer_service import Policy, SignerService
-from tests.helpers.keeper_process import KEEPER, KEEPER_KEY, keeper_config, relayed_chain, start_keeper
+from tests.helpers.keeper_process import (
+    KEEPER,
+    KEEPER_KEY,
+    PLUGINS,
+    keeper_config,
+    relayed_chain,
+    start_keeper,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -151,6 +159,51 @@ def test_a_hostile_plugin_finds_no_key_in_the_keeper(tmp_path: Path, reference: 
         if reference == "file":
             assert keeper.returncode == 0, _stderr(keeper)
             assert not _alive(signers[0])
+
+
+#: Installed in the keeper's interpreter: records which process decodes a variable's value
+#: into a str, with the key's value (a str copy stays in the heap after it is freed).
+DECODE_RECORDER = """
+import os, sys
+if any("keepers.cli" in a for a in sys.orig_argv):
+    _decode = os.environ.decodevalue
+    def _recorded(value, _decode=_decode):
+        if value == os.environb.get(b"TEST_SIGNER"):
+            with open(os.environ["DECODES"], "a") as f:
+                f.write(f"{os.getpid()}\\n")
+        return _decode(value)
+    os.environ.decodevalue = _recorded
+"""
+
+
+def test_the_keeper_never_decodes_its_key_variable(tmp_path: Path) -> None:
+    """Deterministic where the plugin's scan is not (a freed copy may be overwritten before it
+    looks): libraries decode every variable on import (eth_account's pycryptodome through
+    platform.architecture(), wsgiref.handlers), so `keepers run` takes the key's variable out of
+    the environment before importing any; only the forked signer reads it."""
+    recorder = tmp_path / "recorder"
+    recorder.mkdir()
+    (recorder / "sitecustomize.py").write_text(DECODE_RECORDER)
+    decodes, report = tmp_path / "decodes", tmp_path / "snoop.json"
+    with relayed_chain(tmp_path) as (_anvil, relay):
+        cfg = keeper_config(tmp_path, relay.url, health_port=0, strategy="test-key-snooper")
+        keeper = start_keeper(
+            cfg, SNOOP_REPORT=str(report), DECODES=str(decodes),
+            PYTHONPATH=os.pathsep.join([str(recorder), str(PLUGINS)]),
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while not report.exists() and keeper.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert report.exists(), _stderr(keeper)
+            signers = _children(keeper.pid)
+        finally:
+            keeper.terminate()
+            keeper.wait(timeout=30)
+    readers = {int(line) for line in decodes.read_text().split()} if decodes.exists() else set()
+    assert readers, "control: the signer read it"
+    assert keeper.pid not in readers, "the keeper decoded its key variable"
+    assert readers <= set(signers)
 
 
 def _alive(pid: int) -> bool:
