@@ -28,17 +28,16 @@ from pydantic import ValidationError
 
 from keepers.config.contracts import ContractAddresses, contract_addresses
 from keepers.config.loader import (
-    ENV_PREFIX,
     ConfigError,
     Problem,
     _line_for,
     _without_value,
-    apply_env,
     key_lines,
     load_config,
 )
 from keepers.config.schema import Settings, _check_address
 from keepers.config.secrets import SecretError, SecretRef
+from keepers.env_overrides import ENV_PREFIX, apply_env
 from keepers.tx import key_env
 
 Loc = tuple[str | int, ...]
@@ -53,7 +52,7 @@ class Locator:
             text = path.read_text()
             self.lines = key_lines(text)
             self.applied = apply_env(tomllib.loads(text), environ)
-        except (OSError, tomllib.TOMLDecodeError):  # the loader has said so already
+        except (OSError, ValueError, RecursionError):  # the loader has said so already
             self.lines, self.applied = {}, []
 
     def problem(self, loc: Loc, message: str) -> Problem:

@@ -18,8 +18,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from keepers.config.schema import Settings
+from keepers.env_overrides import ENV_PREFIX, OverrideError, apply_env
 
-ENV_PREFIX = "KEEPERS__"
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"'.]+)\s*=")
 
@@ -88,31 +88,6 @@ def _without_value(message: str, value: Any) -> str:
     return message
 
 
-def _parse_env_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
-    """Applies KEEPERS__ overrides in place; returns the dotted keys it set."""
-    applied = []
-    # Names first, values of ours only: reading every value would copy secrets (a funds key
-    # in an environment variable) into this process's heap.
-    for name in sorted(n for n in environ if n.startswith(ENV_PREFIX)):
-        raw = environ[name]
-        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
-        node = data
-        for part in path[:-1]:
-            # Table names in our files use dashes (limit-stop) where env names cannot.
-            existing = next((k for k in node if k.replace("-", "_") == part), part)
-            node = node.setdefault(existing, {})
-        node[path[-1]] = _parse_env_value(raw)
-        applied.append(".".join(path))
-    return applied
-
-
 def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> Settings:
     """Reads, overrides from the environment, and validates. Raises ConfigError."""
     path = Path(path)
@@ -128,7 +103,14 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> S
         pos = re.search(r"at line (\d+)", str(exc))
         line = getattr(exc, "lineno", None) or (int(pos.group(1)) if pos else None)
         raise ConfigError([Problem(str(path), line, "(syntax)", str(exc))]) from None
-    applied = apply_env(data, env)
+    except RecursionError:
+        raise ConfigError([Problem(str(path), None, "(syntax)", "values nested too deeply")]) from None
+    try:
+        applied = apply_env(data, env)
+    except OverrideError as exc:
+        raise ConfigError(
+            [Problem(exc.variable, None, exc.key, "sets a key inside a value that is not a table")]
+        ) from None
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:

@@ -14,22 +14,25 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
+from keepers.env_overrides import apply_env
 from keepers.tx.scrub import scrub_environment
 
 #: Variable name -> its value, out of the environment until the signer is started.
 _HELD: dict[str, bytearray] = {}
-#: KEEPERS__ overrides that point a signer reference at another variable.
-_OVERRIDE_SUFFIXES = ("__SIGNER__ENV", "__SIGNER__PASSWORD_ENV")
+#: The config file when --config is not given (keepers.cli's default).
+CONFIG_ENV = "KEEPERS_CONFIG"
 
 
 def hold_for(argv: Sequence[str]) -> None:
     """For `keepers run ...`: holds every variable its config names for a funds key (the top
-    level `signer` and each keeper's). Anything unreadable here is left alone: the config's own
-    checks report it."""
+    level `signer` and each keeper's, KEEPERS__ overrides applied as the loader applies them).
+    Anything unreadable here is left alone: the config's own checks report it, and `keepers
+    run` refuses to start if a key variable it needs is still in the environment."""
     if not argv or argv[0] != "run":
         return
-    hold(signer_variables(_config_path(argv), os.environ))
+    hold(signer_variables(config_path(argv[1:], os.environ), os.environ))
 
 
 def hold(names: Sequence[str]) -> None:
@@ -46,12 +49,13 @@ def is_held(name: str) -> bool:
     return bool(_HELD.get(name))
 
 
-def restore() -> list[str]:
-    """Puts the held variables back into the environment, for a signer about to be started
-    (scrub them again once it is); their names."""
-    for name, value in _HELD.items():
-        os.environb[os.fsencode(name)] = bytes(value)
-    return list(_HELD)
+def restore(names: Sequence[str]) -> list[str]:
+    """Puts these held variables (one signer's) back into the environment, for a signer about
+    to be started (scrub them again once it is); the names put back."""
+    back = [name for name in dict.fromkeys(names) if name in _HELD]
+    for name in back:
+        os.environb[os.fsencode(name)] = bytes(_HELD[name])
+    return back
 
 
 def release() -> None:
@@ -63,30 +67,40 @@ def release() -> None:
 
 def signer_variables(path: str | None, environ: Mapping[str, str]) -> list[str]:
     """The variables a config file names as funds-key references (env, password_env), with
-    the KEEPERS__ overrides that rename them."""
-    names: list[str] = []
-    if path:
+    the KEEPERS__ overrides applied."""
+    data: dict[str, Any] = {}
+    if path and os.path.isfile(path):  # not a FIFO or a device: the loader reads it next
         try:
             with open(path, "rb") as f:
                 data = tomllib.load(f)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             data = {}
-        refs = [data.get("signer")]
-        keepers = data.get("keepers")
-        if isinstance(keepers, dict):
-            refs += [k.get("signer") for k in keepers.values() if isinstance(k, dict)]
-        for ref in refs:
-            if isinstance(ref, dict):
-                names += [v for k, v in ref.items() if k in ("env", "password_env") and isinstance(v, str)]
-    # Names only are decoded here, never a value but the overrides' own (variable names).
-    names += [environ[n] for n in environ if n.startswith("KEEPERS__") and n.endswith(_OVERRIDE_SUFFIXES)]
+    try:
+        # Reads the values of KEEPERS__ variables only (config values and variable names).
+        apply_env(data, environ)
+    except ValueError:
+        return []
+    refs = [data.get("signer")]
+    keepers = data.get("keepers")
+    if isinstance(keepers, dict):
+        refs += [k.get("signer") for k in keepers.values() if isinstance(k, dict)]
+    names = [
+        v for ref in refs if isinstance(ref, dict)
+        for k, v in ref.items() if k in ("env", "password_env") and isinstance(v, str)
+    ]  # fmt: skip
     return list(dict.fromkeys(names))
 
 
-def _config_path(argv: Sequence[str]) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--config="):
-            return arg.removeprefix("--config=")
-    return os.environ.get("KEEPERS_CONFIG")
+def config_path(args: Sequence[str], environ: Mapping[str, str]) -> str | None:
+    """The file `keepers run`'s parser takes: the last --config (its parser allows no
+    abbreviations), else $KEEPERS_CONFIG."""
+    path = environ.get(CONFIG_ENV)
+    args = list(args)
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--config" and i + 1 < len(args):
+            path = args[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.removeprefix("--config=")
+    return path

@@ -115,15 +115,15 @@ class SignerProcess:
         a busy machine; the key is still read in the child only, after the fork."""
         # A thread would hold locks a forked child inherits held: then a new interpreter.
         fork = fork and threading.active_count() == 1
-        if fork:
-            # Imported before the key is back in the environment: its imports decode every
-            # variable into a str (keepers.tx.key_env), and the child reuses them.
-            from keepers.tx import signer_service  # noqa: F401
-        held = key_env.restore()
         try:
-            self._proc = _fork(self._args) if fork else _popen(self._argv)
+            if fork:
+                # The held variables go back into the child's environment only.
+                self._proc = _fork(self._args, self._scrub)
+            else:
+                key_env.restore(self._scrub)  # this signer's variables, no other keeper's
+                self._proc = _popen(self._argv)
         finally:
-            for variable in dict.fromkeys([*self._scrub, *held]):
+            for variable in self._scrub:
                 scrub_environment(variable)
 
     async def start(self, client: RemoteSigner) -> str:
@@ -205,11 +205,15 @@ class Forked:
         self.send_signal(signal.SIGKILL)
 
 
-def _fork(args: list[str]) -> Forked:
+def _fork(args: list[str], variables: list[str]) -> Forked:
     """signer_service.main(args) in a forked child, in its own session as _popen's. The child
     makes itself non-dumpable before anything else and the parent waits for that: a plugin
-    the keeper loads next cannot attach to it before it holds the key."""
-    from keepers.tx import signer_service  # imported once, here, for both processes
+    the keeper loads next cannot attach to it before it holds the key. `variables` (held by
+    keepers.tx.key_env) go back into the child's environment, and the rest it inherited of
+    what key_env holds (other keepers' keys) is zeroed there."""
+    # Imported once, here, for both processes, while no key is in the environment: its
+    # imports decode every variable into a str (keepers.tx.key_env).
+    from keepers.tx import signer_service
 
     sys.stdout.flush()
     sys.stderr.flush()
@@ -225,6 +229,8 @@ def _fork(args: list[str]) -> Forked:
     code = 1
     try:
         signer_service.not_dumpable()
+        key_env.restore(variables)
+        key_env.release()
         os.close(ready)
         os.write(said, b"1")
         os.close(said)
