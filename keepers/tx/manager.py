@@ -652,6 +652,7 @@ class TxManager:
         """The confirmer's step at a new head; returns the actions that ended."""
         async with self._lock:
             records = await anyio.to_thread.run_sync(self.records.open_records)
+            self._forget_ended_elsewhere(records)
             # Sent (late) for a block not built yet: the next submission for it joins them.
             self._ahead = [
                 r for r in records
@@ -676,7 +677,33 @@ class TxManager:
             # that made the same move reports it itself.
             mine = {action_key_of(r) for r in records if r.id in moved} | self._superseded
             self._superseded = set()
-            return self._reported([o for o in outcomes if o.action_key in mine])
+            return self._reported(await self._as_decided([o for o in outcomes if o.action_key in mine]))
+
+    def _forget_ended_elsewhere(self, open_records: Sequence[TxRecord]) -> None:
+        """Actions of this process whose records another process sharing the signer settled
+        (it reports them): off this process's books, or they would stay in flight forever."""
+        still_open = {action_key_of(r) for r in open_records}
+        for key in [k for k in self._actions if k not in still_open]:
+            del self._actions[key]
+            self._first_target.pop(key, None)
+
+    async def _as_decided(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """Outcomes of actions this process did not send (a replica sharing the signer did)
+        with the orders and valuation their ledger rows hold: the action log names the orders
+        filled, and the economics metrics count what was earned, whoever settled them."""
+        foreign = [o.action_key for o in outcomes if o.action_key not in self._actions]
+        if not foreign:
+            return outcomes
+        rows = await anyio.to_thread.run_sync(lambda: self.records.decided_by(foreign))
+        out = []
+        for o in outcomes:
+            if o.action_key in rows and o.action_key not in self._actions:
+                orders, earned = rows[o.action_key]
+                o = replace(
+                    o, order_ids=tuple(orders), earned_wei=earned if o.status is Status.INCLUDED else 0
+                )
+            out.append(o)
+        return out
 
     def _reported(self, outcomes: list[Outcome]) -> list[Outcome]:
         """A settlement's outcomes, with what maintenance ended since the last one: their
@@ -914,7 +941,7 @@ class TxManager:
             # (else an action it sent would stay in flight: settlement reports what it moves).
             for recs, outcomes in ended:
                 mine = {action_key_of(r) for r in recs if r.id in report.moved}
-                self._ended_elsewhere += [o for o in outcomes if o.action_key in mine]
+                self._ended_elsewhere += await self._as_decided([o for o in outcomes if o.action_key in mine])
             metrics.NONCE_GAPS.labels(self.chain).set(len(report.gaps))
             if report.consumed or report.reorged or report.recovered:
                 log.warning(

@@ -467,6 +467,19 @@ class TxRecords:
                 session.expunge(r)
             return list(rows)
 
+    def decided_by(self, action_keys: Sequence[str]) -> dict[str, tuple[list[int], int]]:
+        """What the process that decided each action wrote in its ledger row: (order ids,
+        earned wei). For actions that another process sharing the signer sent."""
+        if not action_keys:
+            return {}
+        with self._session() as session:
+            rows = session.execute(
+                select(LEDGER.c.idempotency_key, LEDGER.c.order_ids, LEDGER.c.earned_wei).where(
+                    LEDGER.c.chain_id == self.chain_id, LEDGER.c.idempotency_key.in_(list(action_keys))
+                )
+            ).all()
+        return {str(key): (list(orders or []), int(earned or 0)) for key, orders, earned in rows}
+
     def attempt_hashes(self, tx_ids: Sequence[int]) -> dict[int, list[str]]:
         """Every hash each record was sent under (fee bumps are new hashes)."""
         if not tx_ids:

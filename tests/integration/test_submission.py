@@ -5,6 +5,7 @@ gap fills, no-op replacement at the deadline)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -352,6 +353,32 @@ def test_one_signers_actions_of_one_block_land_together(relay: RelayThread, reco
     assert {_ended(seen, f"a{i}").status for i in range(3)} == {Status.INCLUDED}
     assert {_ended(seen, f"a{i}").block for i in range(3)} == {w3.eth.block_number}
     assert w3.eth.get_transaction_count(KEEPER.address) == 3
+
+
+def test_an_action_settled_by_another_process_on_the_signer_is_reported_whole_and_leaves_the_sender(
+    relay: RelayThread, records: TxRecords
+):
+    """Replicas share a signer through the store: whichever settles first reports the action,
+    with the orders and valuation its sender decided (a busy machine's HA run logged them as
+    null); the sender takes it off its books instead of keeping it in flight for good."""
+    seen: list[Outcome] = []
+    action = replace(_transfer("fill-7"), order_ids=(7, 9), expected_value_wei=ETH + 7)
+
+    async def body(sender: TxManager, session: aiohttp.ClientSession, sync: Web3) -> None:
+        other = _bundle_manager(relay, TxRecords(records.engine, 31337, KEEPER.address), session)
+        sent = await _step(sender, sync, [action])
+        assert [o.status for o in sent] == [Status.SENT]
+        assert sender.pending_actions == 1
+        await _build(session, relay.url)
+        seen.extend(await other.settle(sync.eth.block_number))
+        assert await sender.settle(sync.eth.block_number) == [], "reported once, by the one that settled"
+        assert sender.pending_actions == 0, "off the sender's books"
+
+    anyio.run(_with_bundles, relay, records, body)
+    ended = _ended(seen, "fill-7")
+    assert ended.status is Status.INCLUDED
+    assert ended.order_ids == (7, 9)
+    assert ended.earned_wei == ETH + 7
 
 
 def test_a_refused_action_is_left_out_and_the_rest_keeps_a_run(relay: RelayThread, records: TxRecords):
