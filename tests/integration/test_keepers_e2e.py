@@ -237,10 +237,11 @@ def test_oracle_follows_pools_and_ignores_one_manipulated_pool(keepers_devnet: D
         d.mine()
         k.wait_synced(d.head)
         assert k.pending_bundle_blocks() == [], "one manipulated source is an outlier"
-        for pool in (d.pools("WETH", "USDC")[0], d.pools("WETH", "DAI")[0]):
-            token = "USDC" if pool == d.pools("WETH", "USDC")[0] else "DAI"
-            d.swap(pool, token, (100_000 if token == "USDC" else 50_000) * (USDC if token == "USDC" else E18))
-        moved = d.head
+        # Both moves in one block: the keeper reacts to the block where the majority moved (a
+        # block each let it update on the first alone, in the second's block, on a busy machine).
+        d.swap(d.pools("WETH", "USDC")[0], "USDC", 100_000 * USDC, mine=False)
+        d.swap(d.pools("WETH", "DAI")[0], "DAI", 50_000 * E18, mine=False)
+        moved = d.mine()
         k.wait_for_bundle(moved + 1)
         d.mine()
         _r, price, _at = d.oracle.functions.latestRound(weth).call()

@@ -307,15 +307,25 @@ class Devnet:
     def pools(self, base: str, quote: str) -> list[str]:
         return [p["address"] for p in self.deployment.pools if (p["base"], p["quote"]) == (base, quote)]
 
-    def swap(self, pool: str, token_in: str, amount: int, *, trader: int = 4) -> None:
-        """A trader's exact-input swap (moves the pool's price), in its own block."""
+    def swap(self, pool: str, token_in: str, amount: int, *, trader: int = 4, mine: bool = True) -> None:
+        """A trader's exact-input swap (moves the pool's price), in its own block (or, with
+        `mine=False`, in the next block built)."""
         acct = self.traders[trader]
         p = bind(self.w3, "LiquidityPool", pool)
         token = self.token(token_in)
         out, token_out = p.functions.getAmountOut(amount, token.address).call()
         self.send(acct, token, "transfer", p.address, amount, mine=False)
         zero_for_one = int(token_out, 16) < int(token.address, 16)
-        self.send(acct, p, "swap", out if zero_for_one else 0, 0 if zero_for_one else out, acct.address, b"")
+        self.send(
+            acct,
+            p,
+            "swap",
+            out if zero_for_one else 0,
+            0 if zero_for_one else out,
+            acct.address,
+            b"",
+            mine=mine,
+        )
 
     def move_market(self, symbol: str, usd: float) -> None:
         """The market moves: every pool of `symbol` is arbitraged to `usd` (against its other
