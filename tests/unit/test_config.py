@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,20 @@ def test_environment_overrides_and_is_named_when_bad(tmp_path: Path):
     assert settings.keepers["limit-stop"].enabled is False
     with pytest.raises(ConfigError, match=r"KEEPERS__CHAINS__MAIN__CHAIN_ID: chains\.main\.chain_id"):
         load_config(path, environ={"KEEPERS__CHAINS__MAIN__CHAIN_ID": "-5"})
+
+
+def test_a_config_nested_too_deeply_or_an_override_inside_a_value_is_named(tmp_path: Path):
+    path = _write(tmp_path, "x = " + "[" * 5000 + "]" * 5000 + "\n" + GOOD)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)  # Python's default (a plugin of the test run may raise it)
+    try:
+        with pytest.raises(ConfigError, match=r"keepers\.toml: \(syntax\): values nested too deeply"):
+            load_config(path, environ={})
+    finally:
+        sys.setrecursionlimit(limit)
+    path = _write(tmp_path, GOOD)
+    with pytest.raises(ConfigError, match=r"KEEPERS__SIGNER__ENV__X: signer\.env\.x: sets a key inside"):
+        load_config(path, environ={"KEEPERS__SIGNER__ENV__X": "1"})
 
 
 def test_secrets_resolve_by_reference_and_never_echo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
