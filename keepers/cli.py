@@ -130,15 +130,17 @@ def _signer_address(args: argparse.Namespace) -> int:
 
 def _key_variables_not_held(settings: Settings, name: str) -> list[Problem]:
     """A funds-key variable the keeper's signer reads that is still in the environment was
-    missed by key_env.hold_for, and libraries imported since may have copied it into this
-    process's heap: refused (only a bug of ours gets here; asked by name, never decoded)."""
+    missed by key_env.hold_for (a config that is not a regular file is not read then), and
+    libraries imported since may have copied it into this process's heap: refused. Asked in
+    os.environb, by name: `in os.environ` would decode the value."""
     if name not in settings.keepers:
         return []  # keepers_to_check says so
     _, key = settings.signer_of(name)
     variables = [v for v in (key.env, key.password_env) if v is not None] if key else []
+    message = "was still in the environment when libraries were imported (give --config a regular file)"
     return [
-        Problem(variable, None, "signer", "was still in the environment when libraries were imported")
-        for variable in variables if variable in os.environ
+        Problem(variable, None, "signer", message)
+        for variable in variables if os.fsencode(variable) in os.environb
     ]  # fmt: skip
 
 

@@ -329,7 +329,10 @@ class TxManager:
             chain_id=self.records.chain_id, keeper=self.keeper, strategy=self.strategy,
             idempotency_key=action.idempotency_key, decided_block=head, status=status,
             order_ids=list(action.order_ids),
-            earned_wei=action.expected_value_wei if status == "pending" else 0, coinbase_wei=0,
+            earned_wei=action.expected_value_wei if status == "pending" else 0,
+            # What a bundle pays the builder if it lands: kept for a process that settles it
+            # without the action in hand (a replica sharing the signer).
+            coinbase_wei=action.coinbase_payment_wei if status == "pending" else 0,
         )  # fmt: skip
 
     def _intents(self, prepared: Sequence[tuple[Action, Fees]], head: int, route: str) -> list[Intent]:
@@ -688,22 +691,20 @@ class TxManager:
             self._first_target.pop(key, None)
 
     async def _as_decided(self, outcomes: list[Outcome]) -> list[Outcome]:
-        """Outcomes of actions this process did not send (a replica sharing the signer did)
-        with the orders and valuation their ledger rows hold: the action log names the orders
-        filled, and the economics metrics count what was earned, whoever settled them."""
+        """Outcomes of actions this process did not send (a replica sharing the signer did,
+        or it ended here before a reorg) with the orders their ledger rows hold: the action
+        log names the orders filled whoever settled them. The economics metrics count only
+        what the sender valued (a re-inclusion after a reorg must not count twice)."""
         foreign = [o.action_key for o in outcomes if o.action_key not in self._actions]
         if not foreign:
             return outcomes
-        rows = await anyio.to_thread.run_sync(lambda: self.records.decided_by(foreign))
-        out = []
-        for o in outcomes:
-            if o.action_key in rows and o.action_key not in self._actions:
-                orders, earned = rows[o.action_key]
-                o = replace(
-                    o, order_ids=tuple(orders), earned_wei=earned if o.status is Status.INCLUDED else 0
-                )
-            out.append(o)
-        return out
+        try:
+            orders = await anyio.to_thread.run_sync(lambda: self.records.orders_of(foreign))
+        except Exception as exc:  # noqa: BLE001 - the moves are committed: reported as they are
+            log.warning("the orders of actions settled here were not read", error=repr(exc)[:300])
+            return outcomes
+        known = {key: tuple(ids) for key, ids in orders.items()}
+        return [o if o.order_ids else replace(o, order_ids=known.get(o.action_key, ())) for o in outcomes]
 
     def _reported(self, outcomes: list[Outcome]) -> list[Outcome]:
         """A settlement's outcomes, with what maintenance ended since the last one: their
@@ -891,10 +892,10 @@ class TxManager:
                 got = [mined[r.id or 0] for r in recs if (r.id or 0) in mined]
                 block = max(m.block for m in got)
                 gas_used, gas_cost = sum(m.gas_used for m in got), sum(m.gas_cost for m in got)
-                coinbase = action.coinbase_payment_wei if action else 0
+                coinbase = action.coinbase_payment_wei if action else None  # None: the row's
                 earned = action.expected_value_wei if action else None
                 outcomes.append(
-                    Outcome(key, Status.INCLUDED, block, hashes, coinbase_paid_wei=coinbase,
+                    Outcome(key, Status.INCLUDED, block, hashes, coinbase_paid_wei=coinbase or 0,
                             earned_wei=earned or 0, gas_used=gas_used, gas_cost_wei=gas_cost,
                             order_ids=orders)
                 )  # fmt: skip

@@ -118,7 +118,8 @@ class LedgerUpdate:
     earned_wei: int | None = 0
     gas_used: int = 0
     gas_cost_wei: int = 0
-    coinbase_wei: int = 0
+    #: None keeps the row's value (written when it was sent, as earned_wei).
+    coinbase_wei: int | None = 0
 
 
 @dataclass
@@ -383,8 +384,10 @@ class TxRecords:
                     continue
                 values: dict[str, Any] = {
                     "status": u.status, "included_block": u.included_block, "tx_hashes": list(u.tx_hashes),
-                    "gas_used": u.gas_used, "gas_cost_wei": u.gas_cost_wei, "coinbase_wei": u.coinbase_wei,
+                    "gas_used": u.gas_used, "gas_cost_wei": u.gas_cost_wei,
                 }  # fmt: skip
+                if u.coinbase_wei is not None:
+                    values["coinbase_wei"] = u.coinbase_wei
                 if u.earned_wei is not None:  # None: keep what the row says (decided by a process since gone)
                     values["earned_wei"] = u.earned_wei
                 session.execute(
@@ -467,18 +470,18 @@ class TxRecords:
                 session.expunge(r)
             return list(rows)
 
-    def decided_by(self, action_keys: Sequence[str]) -> dict[str, tuple[list[int], int]]:
-        """What the process that decided each action wrote in its ledger row: (order ids,
-        earned wei). For actions that another process sharing the signer sent."""
+    def orders_of(self, action_keys: Sequence[str]) -> dict[str, list[int]]:
+        """The orders each action fills, as the process that decided it wrote them in its ledger
+        row (for actions that another process sharing the signer sent)."""
         if not action_keys:
             return {}
         with self._session() as session:
             rows = session.execute(
-                select(LEDGER.c.idempotency_key, LEDGER.c.order_ids, LEDGER.c.earned_wei).where(
+                select(LEDGER.c.idempotency_key, LEDGER.c.order_ids).where(
                     LEDGER.c.chain_id == self.chain_id, LEDGER.c.idempotency_key.in_(list(action_keys))
                 )
             ).all()
-        return {str(key): (list(orders or []), int(earned or 0)) for key, orders, earned in rows}
+        return {str(key): list(orders or []) for key, orders in rows}
 
     def attempt_hashes(self, tx_ids: Sequence[int]) -> dict[int, list[str]]:
         """Every hash each record was sent under (fee bumps are new hashes)."""

@@ -19,7 +19,7 @@ from keepers.chain.http import SessionHTTPProvider
 from keepers.obs import metrics
 from keepers.store.engine import make_engine
 from keepers.store.migrations import migrate
-from keepers.store.tables import TxAttempt, TxRecord
+from keepers.store.tables import ActionLedger, TxAttempt, TxRecord
 from keepers.tx.actions import Action, Call
 from keepers.tx.fees import FeeEstimator, Fees
 from keepers.tx.flashbots import FlashbotsClient
@@ -359,8 +359,9 @@ def test_an_action_settled_by_another_process_on_the_signer_is_reported_whole_an
     relay: RelayThread, records: TxRecords
 ):
     """Replicas share a signer through the store: whichever settles first reports the action,
-    with the orders and valuation its sender decided (a busy machine's HA run logged them as
-    null); the sender takes it off its books instead of keeping it in flight for good."""
+    with the orders its sender decided (a busy machine's HA run logged them as null), and the
+    ledger keeps the sender's valuation; the sender takes it off its books instead of keeping
+    it in flight for good."""
     seen: list[Outcome] = []
     action = replace(_transfer("fill-7"), order_ids=(7, 9), expected_value_wei=ETH + 7)
 
@@ -378,7 +379,9 @@ def test_an_action_settled_by_another_process_on_the_signer_is_reported_whole_an
     ended = _ended(seen, "fill-7")
     assert ended.status is Status.INCLUDED
     assert ended.order_ids == (7, 9)
-    assert ended.earned_wei == ETH + 7
+    with Session(records.engine) as session:
+        (row,) = session.exec(select(ActionLedger)).all()
+    assert (row.status, row.earned_wei, row.order_ids) == ("included", ETH + 7, [7, 9]), "as its sender wrote"
 
 
 def test_a_refused_action_is_left_out_and_the_rest_keeps_a_run(relay: RelayThread, records: TxRecords):

@@ -165,6 +165,28 @@ def test_what_reconcile_decides_is_booked_in_the_ledger_with_it(db_url: str):
     assert _one(nm, "c").nonce == 2, "the consumed nonce is not handed out again"
 
 
+def test_a_process_without_the_action_settles_it_keeping_its_valuation(db_url: str):
+    """A replica sharing the signer settles what another sent: None keeps the sender's earned
+    and builder payment in the ledger row (0 would overstate `keepers pnl` by the payment)."""
+    engine = make_engine(db_url)
+    migrate(engine)
+    nm = TxRecords(engine, 1, SIGNER)
+    row = ActionLedger(
+        chain_id=1, keeper="k", strategy="s", idempotency_key="a", decided_block=1, status="pending",
+        order_ids=[4], earned_wei=10**18, coinbase_wei=3 * 10**17,
+    )  # fmt: skip
+    (rec,) = nm.allocate([Intent("a#0", to=None)], ledger=[row])
+    _sent(nm, rec, "0xa")
+    nm.apply(
+        [Move(rec.id or 0, TxState.CONFIRMED, "mined")],
+        [LedgerUpdate("a", "included", 7, ("0xa",), earned_wei=None, gas_used=21_000, coinbase_wei=None)],
+    )
+    assert nm.orders_of(["a", "other"]) == {"a": [4]}
+    with Session(engine) as s:
+        (booked,) = s.exec(select(ActionLedger)).all()
+    assert (booked.status, booked.earned_wei, booked.coinbase_wei) == ("included", 10**18, 3 * 10**17)
+
+
 def test_counter_never_falls_below_the_chain(db_url: str):
     engine = make_engine(db_url)
     migrate(engine)
