@@ -17,12 +17,18 @@ Stages, as the keeper (built by the runtime's factory, as `keepers run` builds i
   simulate  eth_callBundle at the relay
   send      eth_sendBundle until the relay accepted it
   other     the rest: signing, bookkeeping, scheduling between the stages
+
+Beside the stages, where the machine's time went in each block's window (Linux schedstat, all
+threads, ns resolution): CPU time of the keeper's process, the relay and anvil, and the time
+the keeper's threads were runnable but waiting for a core (run queue). A slow block whose
+keeper CPU is at its median and whose run-queue wait is not, was preempted, not slow itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import statistics
 import subprocess
 import sys
@@ -53,27 +59,53 @@ from keepers_workshop.devnet.deploy import Deployment, bind
 from keepers_workshop.testing import keeper_settings
 
 STAGES = ("head", "sync", "settle", "market", "index", "strategy", "nonce", "simulate", "send", "other")
+#: Per block window: CPU of the keeper's process, the relay and anvil; the keeper's run-queue wait.
+SCHED = ("keeper_cpu", "keeper_runq", "relay_cpu", "anvil_cpu")
 FLOOR_P99_MS = 40.0  # at 100k open orders with 50 crossing
 KEEPER_KEY = 9
 TRADER_KEYS = (1, 2, 3)
 GAS_LIMIT = 300_000_000
 
 
+def _schedstat(pid: int) -> tuple[float, float]:
+    """(CPU seconds, run-queue wait seconds) of every thread of `pid` so far."""
+    cpu = wait = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            on_cpu, waited, _slices = (task / "schedstat").read_text().split()
+        except (OSError, ValueError):  # a thread that ended
+            continue
+        cpu, wait = cpu + int(on_cpu), wait + int(waited)
+    return cpu / 1e9, wait / 1e9
+
+
 class Clock:
     """Stage times of the block being measured (one keeper task at a time writes them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, others: dict[str, int] | None = None) -> None:
+        #: Processes whose CPU time is recorded per block besides the keeper's (relay, anvil).
+        self.others = others or {}
+        self._sched: dict[str, tuple[float, float]] = {}
         self.built_at: float | None = None
         self.seen_at: float | None = None
         self.marks: dict[str, float] = {}
         self.done = threading.Event()
         self.rows: list[dict[str, float]] = []
 
+    def _sample(self) -> dict[str, tuple[float, float]]:
+        pids = {"keeper": os.getpid(), **self.others}
+        return {name: _schedstat(pid) for name, pid in pids.items()}
+
     def arm(self) -> None:
         """Before the block is built: nothing of the previous block counts."""
         self.built_at = self.seen_at = None
         self.marks = {}
         self.done.clear()
+
+    def built(self) -> None:
+        """The relay built the block (its reply is here): the window starts."""
+        self._sched = self._sample()
+        self.built_at = time.perf_counter()
 
     def mark(self, stage: str, started: float) -> None:
         if not self.done.is_set():
@@ -88,6 +120,12 @@ class Clock:
         start = min(self.built_at, self.seen_at or self.built_at)
         row = {**self.marks, "head": (self.seen_at or start) - start, "total": end - start}
         row["other"] = max(0.0, row["total"] - sum(v for k, v in row.items() if k in STAGES))
+        # Read after the end is taken: the reads are not in the block's time. The window is
+        # the block built -> its bundle accepted.
+        for name, (cpu, wait) in self._sample().items():
+            row[f"{name}_cpu"] = cpu - self._sched[name][0]
+            if name == "keeper":
+                row["keeper_runq"] = wait - self._sched[name][1]
         self.rows.append(row)
         self.done.set()
 
@@ -259,6 +297,11 @@ class Chain:
             self.nonces[trader.address] += 1
             self.rw3.eth.send_raw_transaction(trader.sign_transaction(tx).raw_transaction)
 
+    def pids(self) -> dict[str, int]:
+        """The relay's and anvil's processes, for the per-block CPU record."""
+        anvil = self.anvil._proc
+        return {"relay": self.relay.pid, **({"anvil": anvil.pid} if anvil is not None else {})}
+
     def stop(self) -> None:
         self.relay.terminate()
         self.relay.wait(10)
@@ -280,7 +323,7 @@ def measure(open_orders: int, crossing: list[int], blocks: int, database: str) -
 
 
 def keeper_reaction(chain: Chain, k: int, blocks: int, database: str) -> dict[str, Any]:
-    clock = Clock()
+    clock = Clock(chain.pids())
     stop = threading.Event()
     ready = threading.Event()
     catch_up = [0.0]
@@ -320,7 +363,7 @@ def keeper_reaction(chain: Chain, k: int, blocks: int, database: str) -> dict[st
             chain.place_crossing(k, b)
             clock.arm()
             chain.build()  # the orders land in this block: executable from its state on
-            clock.built_at = time.perf_counter()
+            clock.built()
             if not clock.done.wait(10):
                 missed += 1
             chain.build()  # the keeper's bundle lands; the orders are filled
@@ -331,11 +374,7 @@ def keeper_reaction(chain: Chain, k: int, blocks: int, database: str) -> dict[st
     totals = sorted(r["total"] * 1000 for r in clock.rows)
     simulations = sorted(r.get("simulate", 0.0) * 1000 for r in clock.rows)
     included = sum(o.status is Status.INCLUDED for o in loops[0].state.outcomes) if loops else 0
-    stages = (
-        {s: statistics.median([r.get(s, 0.0) * 1000 for r in clock.rows]) for s in STAGES}
-        if clock.rows
-        else {}
-    )
+    stages = _medians(clock.rows, STAGES)
     return {
         "blocks": blocks,
         "measured": len(clock.rows),
@@ -343,16 +382,18 @@ def keeper_reaction(chain: Chain, k: int, blocks: int, database: str) -> dict[st
         "p50_ms": round(_pct(totals, 0.5), 1),
         "p99_ms": round(_pct(totals, 0.99), 1),
         "max_ms": round(totals[-1], 1) if totals else None,
-        "stage_p50_ms": {s: round(v, 2) for s, v in stages.items()},
+        "stage_p50_ms": stages,
         # eth_callBundle at the relay, as the keeper waits for it (HTTP and signing included).
         "call_bundle_p99_ms": round(_pct(simulations, 0.99), 1),
         # Database transactions the transaction manager committed, per action included.
         "db_transactions_per_action": round(db.commits / included, 2) if included else None,
-        # What the tail is made of: the slowest blocks, stage by stage.
+        # What the tail is made of: the slowest blocks, stage by stage, and where the machine's
+        # time went in their windows (CPU of each process, the keeper's run-queue wait).
         "slowest_ms": [
-            {s: round(r.get(s, 0.0) * 1000, 1) for s in (*STAGES, "total")}
+            {s: round(r.get(s, 0.0) * 1000, 1) for s in (*STAGES, "total", *SCHED)}
             for r in sorted(clock.rows, key=lambda r: r["total"], reverse=True)[:5]
         ],
+        "sched_p50_ms": _medians(clock.rows, SCHED),
         "catch_up_seconds": round(catch_up[0], 1),
     }
 
@@ -390,6 +431,13 @@ def checker_per_order(chain: Chain, open_orders: int, rounds: int = 3) -> dict[s
 
     times = [anyio.run(one_round) for _ in range(rounds)]
     return {"checker_ms_per_block": round(statistics.median(times) * 1000, 1)}
+
+
+def _medians(rows: list[dict[str, float]], keys: tuple[str, ...]) -> dict[str, float]:
+    """Median of each key over the blocks, in ms."""
+    if not rows:
+        return {}
+    return {k: round(statistics.median([r.get(k, 0.0) * 1000 for r in rows]), 2) for k in keys}
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -436,6 +484,19 @@ def main() -> int:
             + " | ".join(str(r["stage_p50_ms"].get(s, "-")) for s in STAGES)
             + " |"
         )
+    lines += ["", "Where the time went in each block's window (ms; median block, then the three slowest): "
+              "CPU of the keeper's process, its threads' run-queue wait, CPU of the relay and of anvil.", "",
+              "| open | crossing | block | total | " + " | ".join(SCHED) + " |",
+              "| ---: | ---: | --- | ---: | " + " | ".join("---:" for _ in SCHED) + " |"]  # fmt: skip
+    for r in rows:
+        blocks = [("median", r["p50_ms"], r["sched_p50_ms"])]
+        blocks += [(f"slowest {i + 1}", b["total"], b) for i, b in enumerate(r["slowest_ms"][:3])]
+        for name, total, sched in blocks:
+            lines.append(
+                f"| {r['open_orders']:,} | {r['crossing']} | {name} | {total} | "
+                + " | ".join(str(sched.get(s, "-")) for s in SCHED)
+                + " |"
+            )
     lines += ["", f"Floors: p99 under {FLOOR_P99_MS:g} ms at 100,000 open orders with 50 crossing; "
               "eth_callBundle p99 under 10 ms; at most 3 database transactions per action."]  # fmt: skip
     text = "\n".join(lines) + "\n"
