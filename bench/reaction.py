@@ -119,6 +119,7 @@ class Clock:
         # reached us: start from whichever we saw first.
         start = min(self.built_at, self.seen_at or self.built_at)
         row = {**self.marks, "head": (self.seen_at or start) - start, "total": end - start}
+        row["block"] = len(self.rows)  # its place in the run (0: the first after catch-up)
         row["other"] = max(0.0, row["total"] - sum(v for k, v in row.items() if k in STAGES))
         # Read after the end is taken: the reads are not in the block's time. The window is
         # the block built -> its bundle accepted.
@@ -390,7 +391,7 @@ def keeper_reaction(chain: Chain, k: int, blocks: int, database: str) -> dict[st
         # What the tail is made of: the slowest blocks, stage by stage, and where the machine's
         # time went in their windows (CPU of each process, the keeper's run-queue wait).
         "slowest_ms": [
-            {s: round(r.get(s, 0.0) * 1000, 1) for s in (*STAGES, "total", *SCHED)}
+            {"block": r["block"], **{s: round(r.get(s, 0.0) * 1000, 1) for s in (*STAGES, "total", *SCHED)}}
             for r in sorted(clock.rows, key=lambda r: r["total"], reverse=True)[:5]
         ],
         "sched_p50_ms": _medians(clock.rows, SCHED),
