@@ -118,6 +118,7 @@ class KeeperLoop:
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             try:
+                await self._warm_market()
                 async for number in self.source.heads():
                     if number > self.state.last_block and not self.state.draining:
                         await self.step(number)
@@ -129,6 +130,18 @@ class KeeperLoop:
                 if self.state.in_flight:
                     log.warning("drain timed out", in_flight=self.state.in_flight, kind=self.kind)
                 tasks.cancel_scope.cancel()
+
+    async def _warm_market(self) -> None:
+        """One market read before the first head: the pools' tokens and decimals, the markets'
+        terms and the encoded per-block reads are fetched and built here, not in the first
+        block's reaction (16 to 20 ms of it in the reaction bench). A failure only leaves that
+        work to the first block."""
+        if self.snapshots is None:
+            return
+        try:
+            await self.snapshots.read(await self.source.follower.head())
+        except Exception as exc:  # noqa: BLE001 - the first block reads it again
+            log.info("market warm-up failed; the first block reads it", error=repr(exc)[:200])
 
     async def _drain(self) -> None:
         """Settles on every new head until nothing this process sent is in flight."""
