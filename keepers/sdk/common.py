@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from functools import cache
 from typing import Any
@@ -28,6 +29,9 @@ def _abi_contract(name: str) -> type[Contract]:
     return Web3().eth.contract(abi=load_artifact(name).abi)
 
 
+_FIXED_BYTES = re.compile(r"\bbytes\d")
+
+
 def _abi_type(param: dict[str, Any]) -> str:
     """The canonical type of an ABI parameter (a struct as its tuple of member types)."""
     kind = str(param["type"])
@@ -43,17 +47,20 @@ def _encoding(contract: str, fn: str) -> tuple[bytes, tuple[str, ...]] | None:
     if len(found) != 1:
         return None
     types = tuple(_abi_type(p) for p in found[0]["inputs"])
+    if any(_FIXED_BYTES.search(t) for t in types):
+        return None  # eth_abi pads a short bytesN where web3 refuses it
     return keccak(text=f"{fn}({','.join(types)})")[:4], types
 
 
 def _as_web3_reads_it(value: Any) -> bool:
-    """No text among the arguments but checksummed addresses: eth_abi reads those as web3
-    does, where other text (hex for bytes, an address web3 refuses) is web3's to judge."""
+    """Only ints, bytes, lists and tuples of them, and checksummed addresses: eth_abi encodes
+    those as web3 does. Anything else (hex text, an address web3 refuses, another kind of
+    sequence, a float) is web3's to judge."""
     if isinstance(value, str):
         return is_checksum_address(value)
     if isinstance(value, list | tuple):
         return all(map(_as_web3_reads_it, value))
-    return True
+    return isinstance(value, int | bytes | bytearray | memoryview)
 
 
 def calldata(contract: str, fn: str, *args: Any) -> str:

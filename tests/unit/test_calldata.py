@@ -4,6 +4,7 @@ of every project contract, with any arguments its types allow."""
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from eth_abi.tools import get_abi_strategy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from web3 import Web3
-from web3.exceptions import InvalidAddress
+from web3.exceptions import InvalidAddress, MismatchedABI
 
 from keepers.chain.artifacts import PROJECT_CONTRACTS, load_artifact
 from keepers.sdk.common import _abi_contract, _abi_type, calldata
@@ -45,3 +46,18 @@ def test_arguments_only_web3_reads_are_encoded_by_web3() -> None:
     for address in (bad, to.lower()):
         with pytest.raises(InvalidAddress):
             calldata("LiquidityPool", "swap", 1, 2, address, b"")
+
+
+def test_what_eth_abi_would_pad_or_read_loosely_is_refused_as_web3_refuses_it() -> None:
+    """A bytes32 one byte short (eth_abi pads it with zeros: a wrong commitment on-chain) and a
+    lowercase address inside a sequence web3 does not walk are web3's to refuse."""
+    book = _abi_contract("OrderBook")
+    with pytest.raises(MismatchedABI):
+        book.encode_abi("commitOrder", args=[b"\x01" * 31])
+    with pytest.raises(MismatchedABI):
+        calldata("OrderBook", "commitOrder", b"\x01" * 31)
+    whole = b"\x01" * 32
+    assert calldata("OrderBook", "commitOrder", whole) == book.encode_abi("commitOrder", args=[whole])
+    lower = "0x" + "ab" * 20
+    with pytest.raises(InvalidAddress):
+        calldata("PriceOracle", "updatePrices", deque([lower]), [1])
