@@ -136,7 +136,7 @@ def _key_variables_not_held(settings: Settings, name: str) -> list[Problem]:
     if name not in settings.keepers:
         return []  # keepers_to_check says so
     _, key = settings.signer_of(name)
-    variables = [v for v in (key.env, key.password_env) if v is not None] if key else []
+    variables = key.variables if key else []
     message = "was still in the environment when libraries were imported (give --config a regular file)"
     return [
         Problem(variable, None, "signer", message)

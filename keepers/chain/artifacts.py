@@ -92,3 +92,12 @@ if __name__ == "__main__":
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO_ROOT / "contracts" / "out"
     files = package_artifacts(out)
     print(f"{len(files)} contract artifacts in {PACKAGED_ARTIFACTS.relative_to(REPO_ROOT)}")
+
+
+def abi_type(param: dict[str, Any]) -> str:
+    """An ABI parameter's canonical type, as selectors and eth_abi need it (a struct spelled
+    out as the tuple of its members' types)."""
+    kind = str(param["type"])
+    if kind.startswith("tuple"):
+        return "(" + ",".join(abi_type(c) for c in param["components"]) + ")" + kind.removeprefix("tuple")
+    return kind

@@ -17,8 +17,7 @@ from eth_abi.abi import decode
 from eth_abi.exceptions import DecodingError
 from eth_utils.crypto import keccak
 
-from keepers.chain.artifacts import Artifact
-from keepers.chain.reverts import _abi_type
+from keepers.chain.artifacts import Artifact, abi_type
 
 
 class MalformedLog(ValueError):
@@ -149,7 +148,7 @@ class EventDecoder:
             for item in art.abi:
                 if item.get("type") != "event" or item.get("anonymous"):
                     continue
-                sig = f"{item['name']}({','.join(_abi_type(p) for p in item['inputs'])})"
+                sig = f"{item['name']}({','.join(abi_type(p) for p in item['inputs'])})"
                 self._events[(art.name, keccak(text=sig))] = _Plan.of(item)
 
     @property
@@ -207,8 +206,8 @@ class EventDecoder:
         plain = [p for p in abi["inputs"] if not p["indexed"]]
         args: dict[str, Any] = {}
         for p, topic in zip(indexed, topics[1:], strict=True):
-            (value,) = decode([_abi_type(p)], topic)
+            (value,) = decode([abi_type(p)], topic)
             args[p["name"]] = _plain(value, p)
-        for p, value in zip(plain, decode([_abi_type(p) for p in plain], data), strict=True):
+        for p, value in zip(plain, decode([abi_type(p) for p in plain], data), strict=True):
             args[p["name"]] = _plain(value, p)
         return args

@@ -10,7 +10,7 @@ from typing import Any
 from eth_abi.abi import decode
 from eth_utils.abi import function_signature_to_4byte_selector
 
-from keepers.chain.artifacts import Artifact
+from keepers.chain.artifacts import Artifact, abi_type
 
 _ERROR_STRING = bytes.fromhex("08c379a0")  # Error(string)
 
@@ -28,13 +28,6 @@ class DecodedError:
         return f"{self.contract}.{self.name}({inner})"
 
 
-def _abi_type(param: dict[str, Any]) -> str:
-    if param["type"].startswith("tuple"):
-        inner = ",".join(_abi_type(c) for c in param["components"])
-        return f"({inner}){param['type'][5:]}"
-    return str(param["type"])
-
-
 class RevertDecoder:
     """Maps 4-byte selectors of every known custom error to their ABI entries."""
 
@@ -42,7 +35,7 @@ class RevertDecoder:
         self._by_selector: dict[bytes, tuple[str, dict[str, Any]]] = {}
         for art in artifacts:
             for err in art.errors():
-                types = ",".join(_abi_type(p) for p in err["inputs"])
+                types = ",".join(abi_type(p) for p in err["inputs"])
                 selector = function_signature_to_4byte_selector(f"{err['name']}({types})")
                 self._by_selector.setdefault(selector, (art.name, err))
 
@@ -57,6 +50,6 @@ class RevertDecoder:
         if found is None:
             return None
         contract, err = found
-        values = decode([_abi_type(p) for p in err["inputs"]], data[4:])
+        values = decode([abi_type(p) for p in err["inputs"]], data[4:])
         names = [p["name"] or f"arg{i}" for i, p in enumerate(err["inputs"])]
         return DecodedError(contract, err["name"], dict(zip(names, values, strict=True)))

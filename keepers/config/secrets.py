@@ -28,6 +28,11 @@ class SecretRef(BaseModel):
     password_file: Path | None = None
     password_env: str | None = None
 
+    @property
+    def variables(self) -> list[str]:
+        """The environment variables this reference reads (the key's, a keystore's password)."""
+        return [v for v in (self.env, self.password_env) if v is not None]
+
     @model_validator(mode="after")
     def _one_source(self) -> SecretRef:
         sources = [s for s in (self.env, self.file, self.keystore) if s is not None]

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from web3 import Web3
 from web3.contract import Contract
 
-from keepers.chain.artifacts import load_artifact
+from keepers.chain.artifacts import abi_type, load_artifact
 from keepers.engine.market import MarketSnapshot
 from keepers.tx.actions import Action
 
@@ -32,21 +32,13 @@ def _abi_contract(name: str) -> type[Contract]:
 _FIXED_BYTES = re.compile(r"\bbytes\d")
 
 
-def _abi_type(param: dict[str, Any]) -> str:
-    """The canonical type of an ABI parameter (a struct as its tuple of member types)."""
-    kind = str(param["type"])
-    if kind.startswith("tuple"):
-        return "(" + ",".join(_abi_type(c) for c in param["components"]) + ")" + kind.removeprefix("tuple")
-    return kind
-
-
 @cache
 def _encoding(contract: str, fn: str) -> tuple[bytes, tuple[str, ...]] | None:
     """(selector, argument types) of a function that is not overloaded; None leaves it to web3."""
     found = [e for e in load_artifact(contract).abi if e.get("type") == "function" and e.get("name") == fn]
     if len(found) != 1:
         return None
-    types = tuple(_abi_type(p) for p in found[0]["inputs"])
+    types = tuple(abi_type(p) for p in found[0]["inputs"])
     if any(_FIXED_BYTES.search(t) for t in types):
         return None  # eth_abi pads a short bytesN where web3 refuses it
     return keccak(text=f"{fn}({','.join(types)})")[:4], types

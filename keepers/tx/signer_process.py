@@ -85,7 +85,7 @@ class SignerProcess:
         )
         # -P: never code from the cwd
         self._argv = [sys.executable, "-P", "-m", "keepers.tx.signer_service", *self._args]
-        self._scrub = [v for v in (key.env, key.password_env) if v is not None]
+        self._scrub = key.variables
         self._proc: subprocess.Popen[bytes] | Forked | None = None
         self.url = f"unix:{self.socket}"
 

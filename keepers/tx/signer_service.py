@@ -71,20 +71,12 @@ KIND_CALLS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
 EVERY_KIND_CALLS = {"builder_tip": ("BuilderTip", ("tip",))}
 
 
-def _abi_type(param: dict[str, Any]) -> str:
-    """An ABI input's canonical type (tuples spelled out, as selectors need them)."""
-    kind = str(param["type"])
-    if kind.startswith("tuple"):
-        return "(" + ",".join(_abi_type(c) for c in param["components"]) + ")" + kind[len("tuple") :]
-    return kind
-
-
 def kind_calls(kind: str, contracts: dict[str, str]) -> frozenset[tuple[str, str]]:
     """(address, selector) pairs a keeper of `kind` may have signed, for these contract
     addresses by role (order_book, vault, ...); the selectors come from the compiled ABIs."""
     from eth_utils.abi import function_signature_to_4byte_selector
 
-    from keepers.chain.artifacts import load_artifact
+    from keepers.chain.artifacts import abi_type, load_artifact
 
     out = set()
     for role, (artifact, functions) in {**KIND_CALLS.get(kind, {}), **EVERY_KIND_CALLS}.items():
@@ -93,7 +85,7 @@ def kind_calls(kind: str, contracts: dict[str, str]) -> frozenset[tuple[str, str
             continue
         for entry in load_artifact(artifact).abi:
             if entry.get("type") == "function" and entry.get("name") in functions:
-                types = ",".join(_abi_type(i) for i in entry["inputs"])
+                types = ",".join(abi_type(i) for i in entry["inputs"])
                 selector = function_signature_to_4byte_selector(f"{entry['name']}({types})")
                 out.add((address.lower(), "0x" + selector.hex()))
     return frozenset(out)
@@ -220,9 +212,8 @@ async def serve(
     if parent is not None and os.getppid() != parent:
         return  # the keeper died while this process started
     signer = TxSigner(Account.from_key(key.resolve()), chain_id=0)
-    for variable in (key.env, key.password_env):
-        if variable is not None:
-            scrub_environment(variable)  # /proc/<pid>/environ of this process too
+    for variable in key.variables:
+        scrub_environment(variable)  # /proc/<pid>/environ of this process too
     service = SignerService(signer, policy, FeeBudget(max_per_hour_wei))
     runner = web.AppRunner(make_app(service), access_log=None)
     await runner.setup()

@@ -17,8 +17,7 @@ import requests
 from eth_utils.crypto import keccak
 from web3 import Web3
 
-from keepers.chain.artifacts import load_artifact
-from keepers.chain.reverts import _abi_type
+from keepers.chain.artifacts import abi_type, load_artifact
 from keepers_workshop.devnet.anvil import free_port
 from tests.helpers.fault_proxy import FaultProxy, Mode, TcpProxy
 from tests.helpers.keeper_process import keeper_config, relayed_chain, start_keeper
@@ -29,7 +28,7 @@ SINK = Web3.to_checksum_address("0x000000000000000000000000000000000000dEaD")
 FAULTS: list[Mode] = ["503", "429", "garbage", "truncated", "drop", "refuse", "latency", "behind", "bad-logs"]
 #: A log the node makes up: an OrderBook event's topic over data its ABI cannot decode.
 ORDER_PLACED = next(
-    "0x" + keccak(text=f"{e['name']}({','.join(_abi_type(p) for p in e['inputs'])})").hex()
+    "0x" + keccak(text=f"{e['name']}({','.join(abi_type(p) for p in e['inputs'])})").hex()
     for e in load_artifact("OrderBook").abi
     if e.get("type") == "event" and e["name"] == "OrderPlaced"
 )

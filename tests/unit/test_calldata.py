@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from web3 import Web3
 from web3.exceptions import InvalidAddress, MismatchedABI
 
-from keepers.chain.artifacts import PROJECT_CONTRACTS, load_artifact
-from keepers.sdk.common import _abi_contract, _abi_type, calldata
+from keepers.chain.artifacts import PROJECT_CONTRACTS, abi_type, load_artifact
+from keepers.sdk.common import _abi_contract, calldata
 
 FUNCTIONS = [
-    (contract, entry["name"], tuple(_abi_type(p) for p in entry["inputs"]))
+    (contract, entry["name"], tuple(abi_type(p) for p in entry["inputs"]))
     for contract in PROJECT_CONTRACTS
     for entry in load_artifact(contract).abi
     if entry.get("type") == "function"

@@ -12,9 +12,8 @@ from eth_utils.crypto import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keepers.chain.artifacts import load_artifact
+from keepers.chain.artifacts import abi_type, load_artifact
 from keepers.chain.events import EventDecoder, MalformedLog
-from keepers.chain.reverts import _abi_type
 
 CONTRACTS = ("OrderBook", "LendingMarket", "RebalancingVault", "PriceOracle")
 ADDRESS = {name: "0x" + f"{i + 1:040x}" for i, name in enumerate(CONTRACTS)}
@@ -47,7 +46,7 @@ def values(param: dict[str, Any]) -> st.SearchStrategy[Any]:
 @st.composite
 def logs(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     contract, abi = draw(st.sampled_from(EVENTS))
-    types = [_abi_type(p) for p in abi["inputs"]]
+    types = [abi_type(p) for p in abi["inputs"]]
     sig = f"{abi['name']}({','.join(types)})"
     topics = ["0x" + keccak(text=sig).hex()]
     plain_types, plain_values = [], []
@@ -92,7 +91,7 @@ def test_every_order_book_event_takes_the_fast_path():
 
 def test_a_short_log_falls_back_to_eth_abi_which_refuses_it():
     _contract, abi = next((c, a) for c, a in EVENTS if a["name"] == "OrderFilled")
-    sig = f"{abi['name']}({','.join(_abi_type(p) for p in abi['inputs'])})"
+    sig = f"{abi['name']}({','.join(abi_type(p) for p in abi['inputs'])})"
     log = {
         "address": ADDRESS["OrderBook"], "topics": ["0x" + keccak(text=sig).hex(), "0x" + "00" * 32,
         "0x" + "00" * 32], "data": "0x" + "00" * 64, "blockNumber": 1, "blockHash": "0x00",

@@ -65,7 +65,7 @@ def _variables_of_loader(path: Path, environ: dict[str, str]) -> set[str]:
     for name in settings.keepers:
         _, key = settings.signer_of(name)
         if key is not None:
-            names |= {v for v in (key.env, key.password_env) if v is not None}
+            names |= set(key.variables)
     return names
 
 
