@@ -32,6 +32,7 @@ from keepers.tx.remote_signer import RemoteSigner
 from keepers.tx.signer import SignerError, TxSigner
 from keepers.tx.signer_process import SignerProcess
 from keepers.tx.signer_service import Policy, SignerService
+from keepers_workshop.devnet.anvil import free_port
 from tests.helpers.keeper_process import (
     KEEPER,
     KEEPER_KEY,
@@ -119,7 +120,7 @@ def test_a_hostile_plugin_finds_no_key_in_the_keeper(tmp_path: Path, reference: 
             "anvil_setBalance",  # type: ignore[arg-type]
             [funds.address, hex(10**20)],
         )
-        cfg = keeper_config(tmp_path, relay.url, health_port=0, strategy="test-key-snooper")
+        cfg = keeper_config(tmp_path, relay.url, health_port=free_port(), strategy="test-key-snooper")
         if reference == "file":
             text = cfg.read_text().replace(
                 '{ env = "TEST_SIGNER" }', f'{{ file = "{_key_file(tmp_path, key)}" }}'
@@ -188,7 +189,7 @@ def test_the_keeper_never_decodes_its_key_variable(tmp_path: Path) -> None:
     (recorder / "sitecustomize.py").write_text(DECODE_RECORDER)
     decodes, report = tmp_path / "decodes", tmp_path / "snoop.json"
     with relayed_chain(tmp_path) as (_anvil, relay):
-        cfg = keeper_config(tmp_path, relay.url, health_port=0, strategy="test-key-snooper")
+        cfg = keeper_config(tmp_path, relay.url, health_port=free_port(), strategy="test-key-snooper")
         keeper = start_keeper(
             cfg, SNOOP_REPORT=str(report), DECODES=str(decodes),
             KEY_SHA256=hashlib.sha256(KEEPER_KEY.encode()).hexdigest(),
